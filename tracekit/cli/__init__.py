@@ -1,0 +1,1 @@
+"""Command-line interface (click). The only place click and rich are imported."""

@@ -1,0 +1,73 @@
+"""``tracekit validate``, ``tracekit info`` and ``tracekit schema``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from tracekit.cli._render import echo_json, human_bytes, render_rows
+from tracekit.schema.tables import SCHEMA_VERSION, table_specs
+from tracekit.trace import open_trace
+from tracekit.trace import validate as validate_trace
+
+
+@click.command()
+@click.argument("traces", nargs=-1, required=True, type=click.Path())
+def validate(traces: tuple[str, ...]) -> None:
+    """Check TRACES against the trace schema.
+
+    Exit 0 when every trace is valid and complete; otherwise print one line per problem and exit 2.
+    """
+    bad = False
+    for path in traces:
+        result = validate_trace(path)
+        if result.ok:
+            click.echo(f"{path}: valid (schema {SCHEMA_VERSION})")
+            continue
+        bad = True
+        for p in result.problems:
+            click.echo(str(p), err=True)
+    if bad:
+        sys.exit(2)
+
+
+@click.command()
+@click.argument("trace", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+def info(trace: str, as_json: bool) -> None:
+    """Model, source, steps, tokens, layers, experts, ranks and sizes of TRACE."""
+    s = open_trace(trace).summary()
+    if as_json:
+        echo_json(s)
+        return
+    m, p = s["model"], s["parallel"]
+    lines = [
+        f"trace      {s['path']}  ({s['source']}, schema {s['schema_version']}, "
+        f"{'complete' if s['complete'] else 'INCOMPLETE: ranks ' + str(s['incomplete_ranks'])})",
+        f"model      {m['name']} ({m['architecture']}): {m['layers']} layers, {m['moe_layers']} MoE, "
+        f"{m['experts']} experts (+{m['shared_experts']} shared), top-{m['top_k']}, hidden {m['hidden_size']}",
+        f"layout     world {p['world_size']}, EP {p['ep_size']}, DP {p['dp_size']}, TP {p['tp_size']}, "
+        f"placement {p['placement']}; ranks {s['ranks']}",
+        f"steps      {s['steps']['count']} ({s['steps']['prefill']} prefill, {s['steps']['decode']} decode, "
+        f"{s['steps']['mixed']} mixed), {s['tokens']} tokens",
+        f"size       {human_bytes(s['size_bytes'])}",
+    ]
+    click.echo("\n".join(lines))
+    rows = [(t, v["rows"], v["files"], human_bytes(v["bytes"])) for t, v in s["tables"].items()]
+    click.echo(render_rows(["table", "rows", "files", "size"], rows))
+
+
+@click.command()
+@click.argument("table", required=False)
+def schema(table: str | None) -> None:
+    """List the trace tables, or the columns of TABLE with types, units and meaning."""
+    specs = table_specs()
+    if table is None:
+        click.echo(render_rows(["table", "columns", "description"], [(n, len(t.columns), t.description) for n, t in specs.items()]))
+        return
+    from tracekit.schema.tables import table_spec
+
+    spec = table_spec(table)
+    rows = [(c.name, c.type, "yes" if c.nullable else "no", c.unit or "", c.description) for c in spec.columns]
+    click.echo(render_rows(["column", "type", "nullable", "unit", "description"], rows, title=spec.name))

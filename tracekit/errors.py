@@ -1,0 +1,96 @@
+"""The one exception tree of tracekit.
+
+Every error says what happened and what to do; the CLI prints ``str(error)`` as one line and exits
+with ``error.exit_code``::
+
+    TracekitError                  base; never raised itself
+    ├── UsageError                 a bad argument or option value (exit 2)
+    ├── TraceError                 a trace on disk cannot be used (exit 2)
+    │   ├── NotATraceError         the path is not a tracekit trace
+    │   ├── SchemaError            a table or manifest does not match the schema
+    │   ├── SchemaVersionError     the trace was written by a newer, unknown major version
+    │   └── IncompleteTraceError   a writer (or one rank) stopped before closing its shard
+    ├── InputFormatError           a file to import is malformed (exit 2)
+    ├── UnknownNameError           a name not in a registry; the message lists the valid names (exit 2)
+    ├── MissingDependencyError     an optional extra is not installed; says what to install (exit 2)
+    ├── ModelError                 a model cannot be loaded, or has no MoE layer (exit 2)
+    ├── DeploymentError            a deployment cannot run (does not fit, bad degrees) (exit 2)
+    └── CollectorError             recording failed at run time (exit 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class TracekitError(Exception):
+    """Base of every error tracekit raises on purpose."""
+
+    exit_code: int = 2
+
+
+class UsageError(TracekitError):
+    """A bad argument or option value."""
+
+
+class TraceError(TracekitError):
+    """A trace on disk cannot be used as it is."""
+
+
+class NotATraceError(TraceError):
+    """The path is not a tracekit trace directory."""
+
+
+class SchemaError(TraceError):
+    """A table or the manifest does not match the schema."""
+
+
+class SchemaVersionError(TraceError):
+    """The trace was written with a schema major version this tracekit does not know."""
+
+
+class IncompleteTraceError(TraceError):
+    """A writer stopped before closing its shard (killed, crashed, still running)."""
+
+
+class InputFormatError(TracekitError):
+    """A file given to an importer is malformed."""
+
+
+class ModelError(TracekitError):
+    """A model cannot be loaded or used (not a model directory, no MoE layer, ...)."""
+
+
+class DeploymentError(TracekitError):
+    """A deployment cannot run as asked (does not fit in memory, inconsistent degrees, ...)."""
+
+
+class CollectorError(TracekitError):
+    """Recording failed while the run was going on."""
+
+    exit_code = 1
+
+
+class UnknownNameError(TracekitError):
+    """A name that is not in a registry."""
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str], hint: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        self.valid = sorted(valid)
+        msg = f"unknown {kind} {name!r}; valid names: {', '.join(self.valid) or '(none)'}"
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(msg)
+
+
+class MissingDependencyError(TracekitError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{purpose} needs {package}, which is not installed; "
+            f"install it with: pip install 'tracekit[{extra}]'"
+        )

@@ -1,0 +1,29 @@
+"""Where things live inside a trace directory.
+
+    TRACE/
+      manifest.json                   the Manifest (written by rank 0)
+      _shards/rank-00000.json         one status file per writer: complete or not, rows per table
+      <table>/r00000-p000000.parquet  part files, one per flush, written to a hidden temp name
+                                      and renamed, so a killed writer leaves only whole files
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+SHARDS = "_shards"
+PART_GLOB = "*.parquet"
+TMP_SUFFIX = ".tmp"
+
+
+def shard_status_path(root: Path, rank: int) -> Path:
+    return root / SHARDS / f"rank-{rank:05d}.json"
+
+
+def part_path(root: Path, table: str, rank: int, index: int) -> Path:
+    return root / table / f"r{rank:05d}-p{index:06d}.parquet"
+
+
+def tmp_path(final: Path) -> Path:
+    return final.with_name("." + final.name + TMP_SUFFIX)

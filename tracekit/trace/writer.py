@@ -1,0 +1,232 @@
+"""Streaming trace writer: bounded memory, one Parquet part file per flush, one shard per rank.
+
+Rows are buffered per table and flushed as a part file once ``rows_per_part`` rows are buffered, so
+memory stays bounded for runs of any length. Each part is written under a hidden temporary name and
+renamed when whole; a writer killed mid-run therefore leaves every part it finished readable, and its
+shard status file still says ``complete: false`` so ``validate`` reports the trace as incomplete.
+With ``background=True`` the Parquet encoding and disk writes happen on a writer thread behind a small
+bounded queue, off the caller's (model's) thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tracekit.errors import CollectorError, SchemaError, UsageError
+from tracekit.schema.manifest import Manifest
+from tracekit.schema.tables import TABLE_NAMES, TableSpec, table_spec
+from tracekit.trace import layout
+from tracekit.trace.convert import to_arrow
+
+#: Default rows per part file. Routing rows are ~40 bytes at top-8, so 1M rows is ~40 MB buffered.
+DEFAULT_ROWS_PER_PART: Mapping[str, int] = {
+    "routing": 1_000_000,
+    "tokens": 1_000_000,
+    "expert_load": 1_000_000,
+    "kernels": 500_000,
+}
+FALLBACK_ROWS_PER_PART = 100_000
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = layout.tmp_path(path)
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+class TraceWriter:
+    """Writes one rank's shard of a trace.
+
+    Use as a context manager. Rank 0 writes ``manifest.json``; every rank passes the same manifest
+    (the schema needs its ``top_k``). ``append(table, data)`` takes a dict of columns (numpy arrays,
+    lists; 2-D arrays for the fixed-size list columns), an Arrow table or a polars DataFrame; a
+    ``rank`` column is filled in when absent.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        manifest: Manifest,
+        *,
+        rank: int = 0,
+        rows_per_part: int | Mapping[str, int] | None = None,
+        background: bool = False,
+        overwrite: bool = False,
+        compression: str = "zstd",
+    ) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.rank = rank
+        self._compression = compression
+        self._rows_per_part = dict(DEFAULT_ROWS_PER_PART)
+        if isinstance(rows_per_part, int):
+            self._rows_per_part = {t: rows_per_part for t in TABLE_NAMES}
+        elif rows_per_part is not None:
+            self._rows_per_part.update(rows_per_part)
+        self._buffers: dict[str, list[pa.Table]] = {}
+        self._buffered_rows: dict[str, int] = {}
+        self._parts: dict[str, int] = {}
+        self._rows: dict[str, int] = {}
+        self._schemas: dict[str, tuple[TableSpec, pa.Schema]] = {}
+        self._closed = False
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[tuple[Path, pa.Table] | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._prepare(overwrite)
+        if background:
+            self._queue = queue.Queue(maxsize=4)
+            self._thread = threading.Thread(target=self._drain, name=f"tracekit-writer-{rank}", daemon=True)
+            self._thread.start()
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _prepare(self, overwrite: bool) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"{self.path}: exists and is not a directory; choose another --out")
+        if self.rank == 0:
+            if self.path.is_dir() and any(self.path.iterdir()):
+                if not overwrite:
+                    raise UsageError(
+                        f"{self.path}: directory exists and is not empty; choose another output "
+                        "or pass overwrite (--force) to replace it"
+                    )
+                if not (self.path / layout.MANIFEST).exists():
+                    raise UsageError(
+                        f"{self.path}: not empty and not a tracekit trace; refusing to delete it"
+                    )
+                shutil.rmtree(self.path)
+            self.path.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(self.path / layout.MANIFEST, self.manifest.to_dict())
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+        self._started_at = time.time()
+        self._write_status(complete=False)
+
+    def _write_status(self, *, complete: bool, error: str | None = None) -> None:
+        status: dict[str, Any] = {
+            "rank": self.rank,
+            "trace_id": self.manifest.trace_id,
+            "complete": complete,
+            "rows": dict(self._rows),
+            "parts": dict(self._parts),
+            "started_at": self._started_at,
+            "closed_at": time.time() if complete or error else None,
+        }
+        if error:
+            status["error"] = error
+        _write_json_atomic(layout.shard_status_path(self.path, self.rank), status)
+
+    def _schema(self, table: str) -> tuple[TableSpec, pa.Schema]:
+        if table not in self._schemas:
+            spec = table_spec(table)
+            top_k = self.manifest.model.top_k if spec.needs_top_k else None
+            self._schemas[table] = (spec, spec.arrow_schema(top_k))
+        return self._schemas[table]
+
+    # -- writing --------------------------------------------------------------------------------
+    def append(self, table: str, data: Any) -> None:
+        """Buffer rows for ``table``; flushes a part file when enough rows are buffered."""
+        if self._closed:
+            raise UsageError(f"{self.path}: trace writer is closed; open a new one to write more")
+        self._raise_background_error()
+        spec, schema = self._schema(table)
+        defaults = {"rank": self.rank} if "rank" in schema.names else {}
+        chunk = to_arrow(spec, data, schema, defaults=defaults)
+        if chunk.num_rows == 0:
+            return
+        self._buffers.setdefault(table, []).append(chunk)
+        self._buffered_rows[table] = self._buffered_rows.get(table, 0) + chunk.num_rows
+        if self._buffered_rows[table] >= self._rows_per_part.get(table, FALLBACK_ROWS_PER_PART):
+            self.flush(table)
+
+    def flush(self, table: str | None = None) -> None:
+        """Write the buffered rows of one table (or all tables) as part files."""
+        for name in [table] if table else list(self._buffers):
+            chunks = self._buffers.pop(name, [])
+            self._buffered_rows.pop(name, None)
+            if not chunks:
+                continue
+            data = pa.concat_tables(chunks)
+            index = self._parts.get(name, 0)
+            self._parts[name] = index + 1
+            self._rows[name] = self._rows.get(name, 0) + data.num_rows
+            final = layout.part_path(self.path, name, self.rank, index)
+            if self._queue is not None:
+                self._raise_background_error()
+                self._queue.put((final, data))
+            else:
+                self._write_part(final, data)
+
+    def _write_part(self, final: Path, data: pa.Table) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = layout.tmp_path(final)
+        pq.write_table(data, tmp, compression=self._compression, row_group_size=max(1, data.num_rows))
+        os.replace(tmp, final)
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._write_part(*item)
+                except BaseException as exc:  # surfaced on the caller's thread
+                    self._error = exc
+
+    def _raise_background_error(self) -> None:
+        if self._error is not None:
+            raise CollectorError(f"{self.path}: writing a part file failed: {self._error}")
+
+    # -- closing --------------------------------------------------------------------------------
+    def close(self, error: str | None = None) -> None:
+        """Flush everything and mark the shard complete (or failed, with ``error``)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.flush()
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+        self._raise_background_error()
+        self._write_status(complete=error is None, error=error)
+
+    def update_manifest(self, manifest: Manifest) -> None:
+        """Rewrite the manifest (rank 0 only), for facts known only at the end of a run."""
+        if self.rank != 0:
+            raise UsageError("only rank 0 writes the manifest")
+        if manifest.model.top_k != self.manifest.model.top_k:
+            raise SchemaError("the manifest's top_k cannot change after rows are written")
+        self.manifest = manifest
+        _write_json_atomic(self.path / layout.MANIFEST, manifest.to_dict())
+
+    @property
+    def rows_written(self) -> dict[str, int]:
+        return dict(self._rows)
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.close(error=f"{exc_type.__name__ if exc_type else 'error'}: {exc}")
