@@ -10,7 +10,9 @@ from tracekit.schema import AttentionSpec, Manifest, ModelArch, ParallelLayout
 from tracekit.trace import TraceWriter
 
 
-def tiny_arch(*, num_experts: int = 8, top_k: int = 2, num_layers: int = 3, dense_first: int = 1) -> ModelArch:
+def tiny_arch(
+    *, num_experts: int = 8, top_k: int = 2, num_layers: int = 3, dense_first: int = 1
+) -> ModelArch:
     """A small MoE architecture: ``dense_first`` dense layers, then MoE layers."""
     return ModelArch(
         name="tiny-test",
@@ -28,7 +30,9 @@ def tiny_arch(*, num_experts: int = 8, top_k: int = 2, num_layers: int = 3, dens
     )
 
 
-def tiny_manifest(arch: ModelArch | None = None, *, world_size: int = 1, source: str = "recorded") -> Manifest:
+def tiny_manifest(
+    arch: ModelArch | None = None, *, world_size: int = 1, source: str = "recorded"
+) -> Manifest:
     return Manifest(
         model=arch or tiny_arch(),
         source=source,
@@ -49,8 +53,8 @@ def write_routing_trace(
     """Write a trace whose routing is ``expert_ids[step, moe_layer, token, k]``, with steps, tokens and
     expert_load tables consistent with it. Each step is one request per token (decode)."""
     num_steps, num_moe, num_tokens, k = expert_ids.shape
-    arch = tiny_arch(num_experts=int(expert_ids.max()) + 1 if expert_ids.size else 8, top_k=k,
-                     num_layers=num_moe + 1)
+    num_experts = max(int(expert_ids.max()) + 1 if expert_ids.size else 8, k)
+    arch = tiny_arch(num_experts=num_experts, top_k=k, num_layers=num_moe + 1)
     manifest = manifest or tiny_manifest(arch)
     arch = manifest.model
     if gate_weights is None:
@@ -58,7 +62,10 @@ def write_routing_trace(
     with TraceWriter(path, manifest, rank=rank, rows_per_part=rows_per_part) as w:
         for s in range(num_steps):
             phase = phases[s] if phases else "decode"
-            w.append("steps", {"step": [s], "phase": [phase], "num_tokens": [num_tokens], "num_requests": [num_tokens]})
+            w.append(
+                "steps",
+                {"step": [s], "phase": [phase], "num_tokens": [num_tokens], "num_requests": [num_tokens]},
+            )
             w.append(
                 "tokens",
                 {

@@ -24,7 +24,9 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table", title: str | None = None) -> str:
+def render_rows(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "table", title: str | None = None
+) -> str:
     """Rows as text in one of ``FORMATS``."""
     if fmt == "json":
         return json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=_json_default, indent=2)
@@ -70,7 +72,12 @@ def echo_json(obj: Any) -> None:
 
 def format_option() -> Any:
     return click.option(
-        "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
+        help="Output format.",
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 from typing import Any
 
 import click
@@ -78,7 +77,9 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-@click.group(cls=TracekitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=TracekitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, prog_name="tracekit")
 def cli() -> None:
     """tracekit: record, replay and analyse Mixture-of-Experts inference traces.
@@ -93,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -64,10 +64,17 @@ def schema(table: str | None) -> None:
     """List the trace tables, or the columns of TABLE with types, units and meaning."""
     specs = table_specs()
     if table is None:
-        click.echo(render_rows(["table", "columns", "description"], [(n, len(t.columns), t.description) for n, t in specs.items()]))
+        click.echo(
+            render_rows(
+                ["table", "columns", "description"],
+                [(n, len(t.columns), t.description) for n, t in specs.items()],
+            )
+        )
         return
     from tracekit.schema.tables import table_spec
 
     spec = table_spec(table)
-    rows = [(c.name, c.type, "yes" if c.nullable else "no", c.unit or "", c.description) for c in spec.columns]
+    rows = [
+        (c.name, c.type, "yes" if c.nullable else "no", c.unit or "", c.description) for c in spec.columns
+    ]
     click.echo(render_rows(["column", "type", "nullable", "unit", "description"], rows, title=spec.name))

@@ -41,7 +41,9 @@ class AttentionSpec:
     q_lora_rank: int | None = _f("MLA query low-rank dimension (null: full-rank queries).", default=None)
     kv_lora_rank: int | None = _f("MLA compressed KV dimension (cached per token).", default=None)
     qk_nope_head_dim: int | None = _f("MLA per-head non-rotary q/k dimension.", default=None)
-    qk_rope_head_dim: int | None = _f("MLA rotary q/k dimension (its key is cached, shared by heads).", default=None)
+    qk_rope_head_dim: int | None = _f(
+        "MLA rotary q/k dimension (its key is cached, shared by heads).", default=None
+    )
     v_head_dim: int | None = _f("MLA per-head value dimension.", default=None)
     sliding_window: int | None = _f("Window of sliding-window layers.", default=None, unit="tokens")
     sliding_window_layers: tuple[int, ...] = _f(
@@ -58,7 +60,9 @@ class ModelArch:
     num_layers: int = _f("Decoder layers, dense and MoE.")
     moe_layers: tuple[int, ...] = _f("Indices of the MoE layers (0-based).")
     hidden_size: int = _f("Model (residual) dimension.")
-    intermediate_size: int | None = _f("FFN width of dense layers (null when every layer is MoE).", default=None)
+    intermediate_size: int | None = _f(
+        "FFN width of dense layers (null when every layer is MoE).", default=None
+    )
     moe_intermediate_size: int = _f("FFN width of one routed expert.")
     num_experts: int = _f("Routed experts per MoE layer.")
     num_shared_experts: int = _f("Shared (always-active) experts per MoE layer.", default=0)
@@ -121,7 +125,9 @@ class Manifest:
     )
     parallel: ParallelLayout = _f("Parallel layout at record time.", factory=ParallelLayout)
     hardware: dict[str, Any] = _f("Hardware at record time (device name, count, host).", factory=dict)
-    software: dict[str, Any] = _f("Software versions at record time (tracekit, torch, transformers).", factory=dict)
+    software: dict[str, Any] = _f(
+        "Software versions at record time (tracekit, torch, transformers).", factory=dict
+    )
     clock: str = _f(
         "Origin of the *_ns time columns (for example 'host monotonic at record start').",
         default="unspecified",
@@ -185,7 +191,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise SchemaError(f"{path} must be an object")
-        return _from_jsonable(tp, value, path.split(":")[0])
+        return _from_jsonable(typing.cast(type, tp), value, path.split(":")[0])
     if origin is tuple:
         if not isinstance(value, list):
             raise SchemaError(f"{path} must be a list")
@@ -233,7 +239,7 @@ def manifest_fields_doc() -> list[dict[str, Any]]:
                 }
             )
             if dataclasses.is_dataclass(tp):
-                walk(tp, name + ".")
+                walk(typing.cast(type, tp), name + ".")
 
     walk(Manifest, "")
     return rows
@@ -244,7 +250,7 @@ def _type_name(tp: Any) -> str:
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return _type_name(inner[0]) + " | null"
+        return _type_name(inner[0]) + " or null"
     if origin is tuple:
         return f"list<{_type_name(args[0])}>"
     if origin is dict:

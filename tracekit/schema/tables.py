@@ -104,6 +104,32 @@ class TableSpec:
         return any(_FIXED.match(c.type) for c in self.columns)
 
 
+def type_name(t: pa.DataType) -> str:
+    """A type in the schema files' notation (``int16``, ``list<int64>``, ``fixed_size_list<int16>[8]``)."""
+    if pa.types.is_fixed_size_list(t):
+        return f"fixed_size_list<{type_name(t.value_type)}>[{t.list_size}]"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{type_name(t.value_type)}>"
+    for name, scalar in _SCALARS.items():
+        if t == scalar:
+            return name
+    return str(t)
+
+
+def same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Type equality that ignores the names of list item fields (writers differ: item, element)."""
+    if pa.types.is_fixed_size_list(a) or pa.types.is_fixed_size_list(b):
+        return (
+            pa.types.is_fixed_size_list(a)
+            and pa.types.is_fixed_size_list(b)
+            and a.list_size == b.list_size
+            and same_type(a.value_type, b.value_type)
+        )
+    if pa.types.is_list(a) or pa.types.is_list(b):
+        return pa.types.is_list(a) and pa.types.is_list(b) and same_type(a.value_type, b.value_type)
+    return a == b
+
+
 def stamp(table: str) -> dict[bytes, bytes]:
     """Parquet key-value metadata every tracekit file carries."""
     return {META_VERSION_KEY: SCHEMA_VERSION.encode(), META_TABLE_KEY: table.encode()}

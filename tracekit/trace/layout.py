@@ -1,10 +1,10 @@
 """Where things live inside a trace directory.
 
-    TRACE/
-      manifest.json                   the Manifest (written by rank 0)
-      _shards/rank-00000.json         one status file per writer: complete or not, rows per table
-      <table>/r00000-p000000.parquet  part files, one per flush, written to a hidden temp name
-                                      and renamed, so a killed writer leaves only whole files
+TRACE/
+  manifest.json                   the Manifest (written by rank 0)
+  _shards/rank-00000.json         one status file per writer: complete or not, rows per table
+  <table>/r00000-p000000.parquet  part files, one per flush, written to a hidden temp name
+                                  and renamed, so a killed writer leaves only whole files
 """
 
 from __future__ import annotations

@@ -111,9 +111,7 @@ class Trace:
             schema = self.arrow_schema(table)
             t = schema.empty_table()
             return t.select(columns) if columns else t
-        return pa.concat_tables(
-            [pq.read_table(f, columns=columns) for f in files], promote_options="default"
-        )
+        return pa.concat_tables([pq.read_table(f, columns=columns) for f in files], promote_options="default")
 
     def view_sql(self, table: str) -> str:
         """A SELECT over the table's Parquet files, for a DuckDB view (typed even when empty)."""
@@ -126,7 +124,9 @@ class Trace:
         glob = str((self.path / table).resolve() / layout.PART_GLOB).replace("'", "''")
         return f"SELECT * FROM read_parquet('{glob}', union_by_name = true)"
 
-    def register(self, con: duckdb.DuckDBPyConnection, prefix: str = "", *, all_tables: bool = True) -> list[str]:
+    def register(
+        self, con: duckdb.DuckDBPyConnection, prefix: str = "", *, all_tables: bool = True
+    ) -> list[str]:
         """Create one view per table on ``con`` (``prefix + table``); returns the view names."""
         names = []
         for table in TABLE_NAMES:

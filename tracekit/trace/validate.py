@@ -15,7 +15,9 @@ from tracekit.schema.tables import (
     META_VERSION_KEY,
     TABLE_NAMES,
     check_version,
+    same_type,
     table_spec,
+    type_name,
 )
 from tracekit.trace import layout
 from tracekit.trace.reader import Trace
@@ -68,7 +70,9 @@ def _check_shards(trace: Trace) -> list[Problem]:
     out = []
     where = str(trace.path / layout.SHARDS)
     if not trace.shards:
-        out.append(Problem(path=where, message="no shard status files: the writer never started", kind="incomplete"))
+        out.append(
+            Problem(path=where, message="no shard status files: the writer never started", kind="incomplete")
+        )
     for rank, s in sorted(trace.shards.items()):
         if s.complete:
             continue
@@ -144,14 +148,16 @@ def _check_table(trace: Trace, table: str) -> list[Problem]:
             if idx < 0:
                 if spec.column(fld.name).nullable:
                     continue
-                out.append(Problem(path=str(f), message=f"missing required column {fld.name!r} of table {table}"))
+                out.append(
+                    Problem(path=str(f), message=f"missing required column {fld.name!r} of table {table}")
+                )
                 continue
             got = actual.field(idx).type
-            if got != fld.type:
+            if not same_type(got, fld.type):
                 out.append(
                     Problem(
                         path=str(f),
-                        message=f"column {fld.name!r} has type {got}, expected {fld.type} (schema v1)",
+                        message=f"column {fld.name!r} has type {type_name(got)}, expected {type_name(fld.type)} (schema v1)",
                     )
                 )
                 continue
@@ -187,4 +193,3 @@ def _null_count(pf: pq.ParquetFile, arrow_index: int) -> int:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
