@@ -84,3 +84,33 @@ def test_schema_lists_tables_and_columns() -> None:
     assert code == 0 and "send_bytes_per_peer" in out and "list<int64>" in out
     code, _, err = run("schema", "nope")
     assert code == 2 and "unknown trace table 'nope'; valid names:" in err
+
+
+def test_info_shows_the_placement(tmp_path: Path) -> None:
+    from tests.factories import tiny_manifest
+    from tracekit.trace import TraceWriter
+
+    with TraceWriter(tmp_path / "p", tiny_manifest(world_size=1)) as w:
+        # 8 experts on 2 ranks, contiguous, for MoE layers 1 and 2
+        for layer in (1, 2):
+            w.append(
+                "placement",
+                {
+                    "from_step": np.zeros(8, np.int32),
+                    "layer": np.full(8, layer),
+                    "slot": np.arange(8),
+                    "rank": np.arange(8) // 4,
+                    "expert": np.array([0, 1, 2, 3, 4, 5, 6, 7]),
+                },
+            )
+    code, out, _ = run("info", "--json", str(tmp_path / "p"))
+    assert code == 0
+    pt = json.loads(out)["placement_table"]
+    assert pt == {
+        "epochs": 1,
+        "layers": 2,
+        "slots_per_rank": 4,
+        "experts_by_rank": {"0": [0, 1, 2, 3], "1": [4, 5, 6, 7]},
+    }
+    code, out, _ = run("info", str(tmp_path / "p"))
+    assert "rank 0: 0-3; rank 1: 4-7" in out

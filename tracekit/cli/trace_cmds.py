@@ -53,6 +53,12 @@ def info(trace: str, as_json: bool) -> None:
         f"{s['steps']['mixed']} mixed), {s['tokens']} tokens",
         f"size       {human_bytes(s['size_bytes'])}",
     ]
+    if s["placement_table"]:
+        pt = s["placement_table"]
+        lines.append(
+            f"placement  {pt['epochs']} epoch(s), {pt['layers']} layer(s), {pt['slots_per_rank']} slots per rank; "
+            "first layer: " + "; ".join(f"rank {r}: {_ranges(e)}" for r, e in pt["experts_by_rank"].items())
+        )
     click.echo("\n".join(lines))
     rows = [(t, v["rows"], v["files"], human_bytes(v["bytes"])) for t, v in s["tables"].items()]
     click.echo(render_rows(["table", "rows", "files", "size"], rows))
@@ -78,3 +84,17 @@ def schema(table: str | None) -> None:
         (c.name, c.type, "yes" if c.nullable else "no", c.unit or "", c.description) for c in spec.columns
     ]
     click.echo(render_rows(["column", "type", "nullable", "unit", "description"], rows, title=spec.name))
+
+
+def _ranges(experts: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    out: list[str] = []
+    start = prev = None
+    for e in [*experts, None]:
+        if start is not None and e is not None and prev is not None and e == prev + 1:
+            prev = e
+            continue
+        if start is not None:
+            out.append(f"{start}-{prev}" if prev != start else f"{start}")
+        start = prev = e
+    return ",".join(out)

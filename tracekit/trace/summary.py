@@ -39,6 +39,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
         con.close()
     ranks = trace.ranks
     return {
+        "placement_table": _placement(trace),
         "path": str(trace.path),
         "trace_id": m.trace_id,
         "schema_version": m.schema_version,
@@ -68,4 +69,30 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "tokens": tokens,
         "tables": tables,
         "size_bytes": trace.size_bytes(),
+    }
+
+
+def _placement(trace: Trace) -> dict[str, Any] | None:
+    """The expert -> rank map of the first placement epoch (first MoE layer), when the trace has one."""
+    if not trace.has("placement"):
+        return None
+    con = trace.duckdb()
+    epochs = con.execute("SELECT count(DISTINCT from_step), count(DISTINCT layer) FROM placement").fetchone()
+    rows = con.execute(
+        """
+        WITH first AS (SELECT min(from_step) AS s FROM placement),
+             layer0 AS (SELECT min(layer) AS l FROM placement, first WHERE from_step = first.s)
+        SELECT rank, list(expert ORDER BY slot), count(*)
+        FROM placement, first, layer0
+        WHERE from_step = first.s AND layer = layer0.l
+        GROUP BY rank ORDER BY rank
+        """
+    ).fetchall()
+    con.close()
+    assert epochs is not None
+    return {
+        "epochs": int(epochs[0]),
+        "layers": int(epochs[1]),
+        "slots_per_rank": int(rows[0][2]) if rows else 0,
+        "experts_by_rank": {int(r): [int(e) for e in experts] for r, experts, _ in rows},
     }
