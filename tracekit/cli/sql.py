@@ -1,0 +1,242 @@
+"""``tracekit sql``, ``tracekit db`` and ``tracekit report``: SQL over traces and replay results."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tracekit.cli._render import FORMATS, render_rows
+from tracekit.errors import UsageError
+
+_MEMORY_HELP = "DuckDB memory limit (e.g. 2GB); larger work spills to a temporary folder."
+
+
+def _catalog(inputs: tuple[str, ...]) -> Any:
+    from tracekit.reports import Catalog
+
+    return Catalog.from_paths(list(inputs))
+
+
+def _echo(text: str, out: str | None) -> None:
+    if out:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text)
+
+
+def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param {item!r}: write it as NAME=VALUE, e.g. --param ep=8")
+        params[key.strip()] = value
+    return params
+
+
+@click.command()
+@click.argument("args", nargs=-1, metavar="QUERY [INPUT ...]")
+@click.option("--schema", is_flag=True, help="List the views and their columns instead of running a query.")
+@click.option(
+    "-f", "--file", "query_file", type=click.Path(dir_okay=False), help="Read QUERY from this file."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
+)
+@click.option(
+    "--max-rows", type=int, default=1000, show_default=True, help="Rows shown in table format (0: all)."
+)
+@click.option("--memory-limit", default=None, help=_MEMORY_HELP)
+def sql(
+    args: tuple[str, ...],
+    schema: bool,
+    query_file: str | None,
+    fmt: str,
+    max_rows: int,
+    memory_limit: str | None,
+) -> None:
+    """Run QUERY over the tables of the given traces and replay results.
+
+    Each INPUT is a trace directory or a result directory (``tracekit replay --out``), optionally
+    named as NAME=PATH. Every table is a view: routing, expert_load, comm, steps, kernels, ...,
+    replay_steps, ...; with several inputs a view holds all of them and its ``input`` column tells
+    them apart, and NAME_table views hold one input each. ``inputs`` lists the inputs.
+
+    \b
+    tracekit sql "SELECT layer, sum(num_tokens) FROM expert_load GROUP BY 1 ORDER BY 1" my-trace
+    tracekit sql --schema my-trace h200=replay-h200
+    """
+    from tracekit.reports import run as runner
+
+    if schema or query_file:
+        query_text, inputs = None, args
+        if query_file:
+            try:
+                query_text = Path(query_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"--file {query_file}: cannot read it ({exc.strerror})") from None
+    elif not args:
+        raise UsageError('give a QUERY and the inputs, e.g. tracekit sql "SELECT * FROM steps" TRACE')
+    else:
+        query_text, inputs = args[0], args[1:]
+        if Path(query_text).exists() and inputs and not Path(inputs[0]).exists():
+            raise UsageError(f"{query_text!r} is a path, not a query; the QUERY comes first, then the inputs")
+
+    if schema:
+        if not inputs:
+            raise UsageError("--schema needs at least one trace or result directory")
+        cat = _catalog(inputs)
+        con = cat.connect(memory_limit=memory_limit)
+        rows = [
+            (v.name, ", ".join(v.inputs), ", ".join(f"{c} {t}" for c, t in v.columns)) for v in cat.views(con)
+        ]
+        con.close()
+        click.echo(render_rows(["view", "inputs", "columns"], rows, fmt))
+        return
+
+    import duckdb
+
+    assert query_text is not None
+    if inputs:
+        con = _catalog(inputs).connect(memory_limit=memory_limit)
+    else:
+        con = duckdb.connect(config={"memory_limit": memory_limit} if memory_limit else {})
+    try:
+        if fmt == "csv":
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            header = False
+            for batch in runner.iter_batches(con, query_text):
+                if not header:
+                    writer.writerow(batch.columns)
+                    header = True
+                writer.writerows([["" if v is None else v for v in r] for r in batch.rows])
+            if not header:  # no rows: still print the header
+                result = runner.query(con, query_text, max_rows=0)
+                writer.writerow(result.columns)
+            return
+        limit = max_rows if fmt == "table" and max_rows > 0 else None
+        result = runner.query(con, query_text, max_rows=limit)
+        rows = result.rows
+        more = limit is not None and len(rows) > limit
+        click.echo(render_rows(list(result.columns), rows[:limit] if more else rows, fmt))
+        if more:
+            click.echo(f"(first {limit} rows shown; use --max-rows 0 or --format csv for all)", err=True)
+    finally:
+        con.close()
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="DuckDB database file to write.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def db(inputs: tuple[str, ...], out: str, force: bool) -> None:
+    """Write a DuckDB database file with a view per table of INPUTS (traces, replay results).
+
+    The views read the Parquet files in place by absolute path; open the file with the duckdb CLI or
+    any DuckDB client (``duckdb FILE.duckdb``) while the inputs stay where they are.
+    """
+    path = Path(out)
+    if path.exists():
+        if not force:
+            raise UsageError(f"--out {out}: file exists; choose another name or pass --force to replace it")
+        path.unlink()
+        wal = Path(out + ".wal")
+        if wal.exists():
+            wal.unlink()
+    cat = _catalog(inputs)
+    con = cat.connect(path)
+    views = cat.views(con)
+    con.close()
+    click.echo(f"wrote {out}: {len(views)} views over {len(cat.inputs)} input(s); open it with: duckdb {out}")
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.argument("inputs", nargs=-1)
+@click.option("--list", "list_reports", is_flag=True, help="List the reports and what each answers.")
+@click.option("--describe", is_flag=True, help="Show NAME's parameters and columns instead of running it.")
+@click.option(
+    "-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="A report parameter (repeatable)."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
+)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the output here (required for html).")
+@click.option("--memory-limit", default=None, help=_MEMORY_HELP)
+def report(
+    name: str | None,
+    inputs: tuple[str, ...],
+    list_reports: bool,
+    describe: bool,
+    params: tuple[str, ...],
+    fmt: str,
+    out: str | None,
+    memory_limit: str | None,
+) -> None:
+    """Run the canned report NAME over INPUTS (traces and replay results), or write an HTML report.
+
+    \b
+    tracekit report --list
+    tracekit report imbalance my-trace --param ep=8
+    tracekit report replay-compare h200=replay-h200 nvl72=replay-nvl72
+    tracekit report html my-trace replay-h200 --out report.html
+    """
+    from tracekit.reports import get_report, reports
+
+    if list_reports:
+        rows = [(r.name, r.title, ", ".join(f"{p.name}={p.default}" for p in r.params)) for r in reports()]
+        rows.append(("html", "One self-contained HTML file with the key tables and plots (needs --out)", ""))
+        click.echo(render_rows(["report", "what it answers", "parameters (defaults)"], rows, fmt))
+        return
+    if not name:
+        raise UsageError("give a report NAME (see tracekit report --list) and the inputs")
+    if describe:
+        if name == "html":
+            click.echo(
+                "html: one self-contained HTML file (tables, heatmap, per-rank load, replay breakdown, Pareto curve); needs --out"
+            )
+            return
+        spec = get_report(name)
+        click.echo(f"{spec.name}: {spec.title}\n\n{spec.answers}\n\nreads: {', '.join(spec.needs)}")
+        if spec.params:
+            click.echo(
+                render_rows(
+                    ["parameter", "type", "default", "meaning"],
+                    [(p.name, p.type, p.default, p.description) for p in spec.params],
+                    fmt,
+                )
+            )
+        click.echo(render_rows(["column", "meaning"], list(spec.columns), fmt))
+        return
+    if not inputs:
+        raise UsageError(f"report {name}: give at least one trace or result directory")
+    values = _parse_params(params)
+    if name == "html":
+        if not out:
+            raise UsageError("report html: give the file to write with --out report.html")
+        from tracekit.reports.html import write_html
+
+        write_html(list(inputs), Path(out), params=values, memory_limit=memory_limit)
+        click.echo(f"wrote {out} ({os.path.getsize(out)} bytes)")
+        return
+    get_report(name)  # unknown names fail before the inputs are opened
+    from tracekit.reports import run_report
+
+    cat = _catalog(inputs)
+    con = cat.connect(memory_limit=memory_limit)
+    try:
+        result = run_report(con, cat, name, values)
+    finally:
+        con.close()
+    _echo(render_rows(list(result.columns), result.rows, fmt, title=name if fmt == "table" else None), out)
+    if not result.rows:
+        click.echo(
+            f"report {name}: no rows (the inputs have no rows in {', '.join(get_report(name).needs)})",
+            err=True,
+        )
