@@ -1,0 +1,169 @@
+"""Placement plans over a trace's steps: in-sample, a training window, or periodic recomputation.
+
+- no window: the placement is computed from every step and scored on the same steps (in-sample,
+  an upper bound on what a policy gains);
+- ``window=W``: computed from the first ``W`` steps, in force (``from_step``) from the next step,
+  and scored only on the steps after the window (out-of-sample);
+- ``recompute_every=W``: epoch 0 is the contiguous layout for the first ``W`` steps (nothing has
+  been observed yet); epoch ``k`` is computed from the steps of epoch ``k - 1`` and is in force for
+  the next ``W`` steps. Every change of placement moves expert weights: for each layer and rank,
+  every replica the rank gains (an expert it did not hold as often before) is one expert's weights
+  copied in, ``3 x hidden x moe_intermediate x bytes per parameter`` bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tracekit.errors import UsageError
+from tracekit.placement.core import Placement
+from tracekit.placement.loads import StepLoads
+from tracekit.placement.metrics import LoadScore, rank_token_loads, score_rank_loads
+from tracekit.placement.policies import PlacementProblem, compute_placement
+
+#: Bytes per parameter of a weight dtype name (manifest ``model.dtype`` or a precision name).
+DTYPE_BYTES: dict[str, float] = {
+    "float32": 4.0,
+    "fp32": 4.0,
+    "bfloat16": 2.0,
+    "bf16": 2.0,
+    "float16": 2.0,
+    "fp16": 2.0,
+    "float8": 1.0,
+    "fp8": 1.0,
+    "float8_e4m3fn": 1.0,
+    "fp4": 0.5,
+    "nvfp4": 0.5,
+    "mxfp4": 0.5,
+}
+
+
+def expert_weight_bytes(hidden_size: int, moe_intermediate_size: int, bytes_per_param: float) -> int:
+    """Bytes of one routed expert's weights (gate, up and down projections)."""
+    return round(3 * hidden_size * moe_intermediate_size * bytes_per_param)
+
+
+def bytes_per_param(dtype: str) -> float:
+    key = dtype.lower().removeprefix("torch.")
+    if key not in DTYPE_BYTES:
+        raise UsageError(
+            f"unknown weight dtype {dtype!r} for migration bytes; give --bytes-per-param "
+            f"(known: {', '.join(sorted(DTYPE_BYTES))})"
+        )
+    return DTYPE_BYTES[key]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class PlanResult:
+    """Placement epochs of one policy and how they score."""
+
+    policy: str
+    #: Placement epochs, ascending ``from_step`` (one unless ``recompute_every``).
+    epochs: tuple[Placement, ...]
+    #: Steps whose loads the (first computed) placement was made from.
+    train_steps: int
+    #: Score on the evaluation steps (all steps without a window).
+    score: LoadScore
+    #: Score on the training steps (in-sample).
+    train_score: LoadScore
+    #: Replicas copied between ranks over all epoch changes (layer x rank gains).
+    moved_experts: int
+    #: ``moved_experts`` x one expert's weight bytes (0 when that size is unknown).
+    migration_bytes: int
+    #: int64 [steps]: evaluation step ids.
+    eval_steps: np.ndarray
+
+    @property
+    def placement(self) -> Placement:
+        """The single placement (the last epoch under ``recompute_every``)."""
+        return self.epochs[-1]
+
+
+def moved_replicas(old: Placement, new: Placement) -> int:
+    """Replicas ``new`` places on a (layer, rank) beyond what ``old`` had there."""
+    if old.layers != new.layers or old.num_ranks != new.num_ranks:
+        raise UsageError("placements to compare must have the same layers and ranks")
+    gain = new.expert_ranks() - old.expert_ranks()
+    return int(np.clip(gain, 0, None).sum())
+
+
+def plan(
+    loads: StepLoads,
+    *,
+    policy: str,
+    num_ranks: int,
+    num_redundant: int = 0,
+    num_nodes: int = 1,
+    num_groups: int = 1,
+    window: int | None = None,
+    recompute_every: int | None = None,
+    expert_bytes: int = 0,
+    file: Path | None = None,
+) -> PlanResult:
+    """Compute and score the placement(s) of ``policy`` over ``loads``."""
+    if window is not None and recompute_every is not None:
+        raise UsageError("give --window or --recompute-every, not both")
+    T = loads.steps.size
+    for name, w in (("--window", window), ("--recompute-every", recompute_every)):
+        if w is not None and not 1 <= w < T:
+            raise UsageError(
+                f"{name} {w}: the trace has {T} steps with loads; give 1..{T - 1} so that steps remain to evaluate"
+            )
+
+    def make(step_loads: np.ndarray, from_step: int) -> Placement:
+        problem = PlacementProblem(
+            layers=loads.layers,
+            loads=step_loads.sum(axis=0),
+            num_ranks=num_ranks,
+            num_redundant=num_redundant,
+            num_nodes=num_nodes,
+            num_groups=num_groups,
+            file=file,
+        )
+        return compute_placement(policy, problem).with_(from_step=from_step)
+
+    if recompute_every is None:
+        n_train = window if window is not None else T
+        p = make(loads.loads[:n_train], int(loads.steps[n_train]) if window is not None else 0)
+        eval_sel = slice(n_train, T) if window is not None else slice(0, T)
+        train = score_rank_loads(policy, rank_token_loads(p, loads.loads[:n_train]))
+        score = score_rank_loads(policy, rank_token_loads(p, loads.loads[eval_sel]))
+        return PlanResult(
+            policy=policy,
+            epochs=(p,),
+            train_steps=n_train,
+            score=score,
+            train_score=train,
+            moved_experts=0,
+            migration_bytes=0,
+            eval_steps=loads.steps[eval_sel],
+        )
+
+    W = recompute_every
+    first = Placement.contiguous(loads.layers, loads.num_experts, num_ranks, num_redundant=num_redundant)
+    epochs = [first.with_(from_step=int(loads.steps[0]))]
+    for start in range(W, T, W):
+        epochs.append(make(loads.loads[start - W : start], int(loads.steps[start])))
+    ranks = np.concatenate(
+        [
+            rank_token_loads(ep, loads.loads[i * W : min((i + 1) * W, T)])
+            for i, ep in enumerate(epochs)
+            if i >= 1
+        ]
+    )
+    moved = sum(moved_replicas(a, b) for a, b in itertools.pairwise(epochs))
+    train = score_rank_loads(policy, rank_token_loads(epochs[1], loads.loads[:W]))
+    return PlanResult(
+        policy=policy,
+        epochs=tuple(epochs),
+        train_steps=W,
+        score=score_rank_loads(policy, ranks),
+        train_score=train,
+        moved_experts=moved,
+        migration_bytes=moved * expert_bytes,
+        eval_steps=loads.steps[W:],
+    )
