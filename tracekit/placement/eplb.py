@@ -191,7 +191,8 @@ def greedy(weight: np.ndarray, num_physical: int, num_gpus: int) -> np.ndarray:
         expert = phy2log[rows, item]
         room = items < per_gpu
         fresh: np.ndarray = room & ~holds[rows, :, expert]
-        allowed = np.where(fresh.any(axis=1)[:, None], fresh, room)
+        any_fresh = np.any(fresh, axis=1, keepdims=True)
+        allowed = np.where(any_fresh, fresh, room)
         gpu = np.argmin(np.where(allowed, load, np.inf), axis=1)
         out[rows, gpu * per_gpu + items[rows, gpu]] = expert
         load[rows, gpu] += phy_load[rows, item]

@@ -1,0 +1,390 @@
+"""``tracekit place``: compute expert placements from a trace's loads (or a loads file) and compare
+policies side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from tracekit.cli._render import echo_json, format_option, human_bytes, render_rows
+from tracekit.errors import UsageError
+
+#: Policies compared by --evaluate when no --policy is given (``eplb`` repeats one of the two eplb-*).
+EVALUATE_DEFAULT = ("contiguous", "round-robin", "greedy", "eplb-hierarchical", "eplb-global")
+
+
+@click.command("place")
+@click.argument("trace", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--loads",
+    "loads_file",
+    type=click.Path(path_type=Path),
+    help="CSV or Parquet loads file "
+    "(one row per layer, one column per logical expert, optional 'layer' column) instead of a trace.",
+)
+@click.option("--ep", "--gpus", "num_ranks", type=int, help="Expert-parallel ranks (GPUs).")
+@click.option("--redundant", type=int, help="Redundant slots beyond one per expert (default 0).")
+@click.option("--slots", type=int, help="Physical slots in all (experts + redundant), EPLB's num_replicas.")
+@click.option(
+    "--nodes", type=int, default=1, show_default=True, help="Nodes (scale-up domains); divides --ep."
+)
+@click.option(
+    "--groups", type=int, help="Expert groups (default: the trace model's num_expert_groups, or 1)."
+)
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    help="Placement policy (repeatable with --evaluate). "
+    "Default: eplb (EPLB's choice); with --evaluate, every policy.",
+)
+@click.option("--placement-file", type=click.Path(path_type=Path), help="Placement for --policy file.")
+@click.option("--window", type=int, help="Compute from the first STEPS steps, evaluate on the rest.")
+@click.option(
+    "--recompute-every",
+    type=int,
+    help="Recompute every STEPS steps (placement epochs), counting weight-migration bytes.",
+)
+@click.option(
+    "--bytes-per-param",
+    type=float,
+    help="Expert weight bytes per parameter for migration bytes (default: from the model's dtype).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Write the placement (Parquet, the trace's placement table schema). One policy only.",
+)
+@click.option("--evaluate", is_flag=True, help="Compare policies side by side (replayed when --hw is given).")
+@click.option("--hw", help="Hardware preset for --evaluate replays (tracekit hw list).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the plan (phy2log, logcnt, log2phy, scores) as JSON."
+)
+@format_option()
+def place(
+    trace: Path | None,
+    loads_file: Path | None,
+    num_ranks: int | None,
+    redundant: int | None,
+    slots: int | None,
+    nodes: int,
+    groups: int | None,
+    policies: tuple[str, ...],
+    placement_file: Path | None,
+    window: int | None,
+    recompute_every: int | None,
+    bytes_per_param: float | None,
+    out: Path | None,
+    evaluate: bool,
+    hw: str | None,
+    as_json: bool,
+    fmt: str,
+) -> None:
+    """Compute an expert placement (physical slots per rank, per layer) from expert loads.
+
+    \b
+    tracekit place TRACE --ep 32 --redundant 32 --nodes 4 --policy eplb-global --out placement.parquet
+    tracekit place TRACE --ep 32 --redundant 32 --nodes 4 --window 8 --evaluate
+    tracekit place --loads loads.csv --groups 4 --nodes 2 --gpus 8 --slots 16 --json
+    """
+    from tracekit.placement import (
+        StepLoads,
+        compute_placement,
+        expert_weight_bytes,
+        get_policy,
+        plan,
+        read_loads_file,
+        trace_loads,
+        write_placements,
+    )
+    from tracekit.placement.eplb import log2phy_of
+    from tracekit.placement.plan import bytes_per_param as dtype_bytes
+
+    if (trace is None) == (loads_file is None):
+        raise UsageError("give a TRACE directory or --loads FILE (one of them)")
+    if num_ranks is None:
+        raise UsageError("give the expert-parallel size: --ep N (or --gpus N)")
+    for name in policies:
+        get_policy(name)
+    if not policies:
+        policies = EVALUATE_DEFAULT if evaluate else ("eplb",)
+    if len(policies) > 1 and not evaluate:
+        raise UsageError(
+            "several --policy values need --evaluate (to compare them); give one to compute a plan"
+        )
+    if out is not None and len(policies) > 1:
+        raise UsageError("--out writes one placement; give a single --policy with --out")
+    if hw is not None and not evaluate:
+        raise UsageError("--hw is for --evaluate; add --evaluate or drop --hw")
+
+    expert_bytes = 0
+    if loads_file is not None:
+        if window is not None or recompute_every is not None:
+            raise UsageError("--window and --recompute-every need per-step loads: give a TRACE, not --loads")
+        if hw is not None:
+            raise UsageError("--hw replays a trace; give a TRACE, not --loads")
+        layers, totals = read_loads_file(loads_file)
+        loads = StepLoads(steps=np.zeros(1, dtype=np.int64), layers=layers, loads=totals[None])
+        num_groups = groups or 1
+    else:
+        assert trace is not None
+        from tracekit.trace import open_trace
+
+        arch = open_trace(trace).manifest.model
+        loads = trace_loads(trace)
+        num_groups = groups or arch.num_expert_groups
+        bpp = bytes_per_param if bytes_per_param is not None else dtype_bytes(arch.dtype)
+        expert_bytes = expert_weight_bytes(arch.hidden_size, arch.moe_intermediate_size, bpp)
+
+    num_redundant = _redundant(loads.num_experts, redundant, slots)
+    results = []
+    skipped: list[tuple[str, str]] = []
+    for name in policies:
+        try:
+            results.append(
+                plan(
+                    loads,
+                    policy=name,
+                    num_ranks=num_ranks,
+                    num_redundant=num_redundant,
+                    num_nodes=nodes,
+                    num_groups=num_groups,
+                    window=window,
+                    recompute_every=recompute_every,
+                    expert_bytes=expert_bytes,
+                    file=placement_file,
+                )
+            )
+        except UsageError as exc:
+            if not evaluate or len(policies) == 1:
+                raise
+            skipped.append((name, str(exc)))
+
+    if out is not None:
+        write_placements(out, list(results[0].epochs))
+
+    if evaluate:
+        replayed = _replay_each(trace, results, hw, num_ranks, nodes) if hw is not None else None
+        _print_comparison(results, skipped, replayed, loads, as_json, fmt)
+        return
+
+    res = results[0]
+    p = res.placement
+    if as_json:
+        obj: dict[str, Any] = {
+            "policy": res.policy,
+            "layers": list(p.layers),
+            "num_experts": p.num_experts,
+            "num_ranks": p.num_ranks,
+            "num_nodes": nodes,
+            "num_groups": num_groups,
+            "slots_per_rank": p.slots_per_rank,
+            "num_slots": p.num_slots,
+            "from_step": p.from_step,
+            "phy2log": p.phy2log.tolist(),
+            "logcnt": p.logcnt.tolist(),
+            "log2phy": log2phy_of(p.phy2log, p.num_experts).tolist(),
+            "score": _score_dict(res),
+        }
+        if len(res.epochs) > 1:
+            obj["epochs"] = [{"from_step": e.from_step, "phy2log": e.phy2log.tolist()} for e in res.epochs]
+        if out is not None:
+            obj["out"] = str(out)
+        click.echo(_compact_json(obj))
+        return
+    base = compute_placement(
+        "contiguous",
+        _problem(loads, num_ranks, 0, nodes, num_groups),
+    )
+    from tracekit.placement import score_loads
+
+    base_score = score_loads(
+        base, loads.window(int(res.eval_steps[0])).loads if res.eval_steps.size else loads.loads
+    )
+    rows = [
+        _row("contiguous (no redundancy)", base_score, 0, 0),
+        _row(res.policy, res.score, res.moved_experts, res.migration_bytes),
+    ]
+    click.echo(render_rows(_COLUMNS, rows, fmt, title=_title(res, loads, num_ranks, num_redundant, nodes)))
+    if out is not None:
+        click.echo(f"wrote {out} ({len(res.epochs)} epoch(s), from_step {[e.from_step for e in res.epochs]})")
+
+
+def _compact_json(obj: Any, indent: int = 0) -> str:
+    """JSON with two-space indentation, but each list of numbers (a layer's row) on one line."""
+    pad = "  " * (indent + 1)
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [f"{pad}{json.dumps(str(k))}: {_compact_json(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
+    if isinstance(obj, list | tuple):
+        if all(not isinstance(v, dict | list | tuple) for v in obj):
+            return json.dumps(list(obj), default=_json_scalar)
+        return (
+            "[\n" + ",\n".join(pad + _compact_json(v, indent + 1) for v in obj) + "\n" + "  " * indent + "]"
+        )
+    return json.dumps(obj, default=_json_scalar)
+
+
+def _json_scalar(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
+
+
+_COLUMNS = [
+    "policy",
+    "imbalance",
+    "imbalance_total",
+    "max_over_mean",
+    "tokens_max",
+    "moved_experts",
+    "migration",
+]
+
+
+def _row(name: str, score: Any, moved: int, migration_bytes: int) -> list[Any]:
+    return [
+        name,
+        round(score.imbalance_step_mean, 4),
+        round(score.imbalance_total, 4),
+        round(score.max_over_mean, 4),
+        round(score.tokens_max_mean, 1),
+        moved,
+        human_bytes(migration_bytes),
+    ]
+
+
+def _title(res: Any, loads: Any, num_ranks: int, num_redundant: int, nodes: int) -> str:
+    mode = "in-sample" if res.eval_steps.size == loads.steps.size else f"trained on {res.train_steps} steps"
+    return (
+        f"{loads.num_experts} experts, {len(loads.layers)} layers, EP {num_ranks}, {nodes} node(s), "
+        f"{num_redundant} redundant; scored on {res.eval_steps.size} step(s), {mode}"
+    )
+
+
+def _score_dict(res: Any) -> dict[str, Any]:
+    s = res.score
+    return {
+        "imbalance": s.imbalance_step_mean,
+        "imbalance_total": s.imbalance_total,
+        "imbalance_max": s.imbalance_step_max,
+        "max_over_mean": s.max_over_mean,
+        "tokens_max": s.tokens_max_mean,
+        "eval_steps": s.num_steps,
+        "train_steps": res.train_steps,
+        "train_imbalance": res.train_score.imbalance_step_mean,
+        "moved_experts": res.moved_experts,
+        "migration_bytes": res.migration_bytes,
+    }
+
+
+def _problem(loads: Any, num_ranks: int, num_redundant: int, nodes: int, groups: int) -> Any:
+    from tracekit.placement import PlacementProblem
+
+    return PlacementProblem(
+        layers=loads.layers,
+        loads=loads.total(),
+        num_ranks=num_ranks,
+        num_redundant=num_redundant,
+        num_nodes=nodes,
+        num_groups=groups,
+    )
+
+
+def _redundant(num_experts: int, redundant: int | None, slots: int | None) -> int:
+    if redundant is not None and slots is not None:
+        if slots != num_experts + redundant:
+            raise UsageError(
+                f"--slots {slots} and --redundant {redundant} disagree ({num_experts} experts); give one of them"
+            )
+        return redundant
+    if slots is not None:
+        if slots < num_experts:
+            raise UsageError(
+                f"--slots {slots} is fewer than the {num_experts} logical experts; give >= {num_experts}"
+            )
+        return slots - num_experts
+    if redundant is not None and redundant < 0:
+        raise UsageError(f"--redundant must be >= 0, got {redundant}")
+    return redundant or 0
+
+
+def _replay_each(
+    trace: Path | None, results: list[Any], hw: str, num_ranks: int, nodes: int
+) -> dict[str, Any]:
+    """Replay the trace under each policy's placement; per policy: straggler, step time, throughput."""
+    import importlib.util
+
+    if importlib.util.find_spec("tracekit.replay") is None or not hasattr(
+        importlib.import_module("tracekit.replay"), "replay"
+    ):
+        raise UsageError("--hw needs the replay engine (tracekit.replay), which this build lacks; drop --hw")
+    raise UsageError("--evaluate --hw is not wired yet; drop --hw to compare on loads")
+
+
+def _print_comparison(
+    results: list[Any],
+    skipped: list[tuple[str, str]],
+    replayed: dict[str, Any] | None,
+    loads: Any,
+    as_json: bool,
+    fmt: str,
+) -> None:
+    columns = [
+        "policy",
+        "imbalance",
+        "imbalance_max",
+        "max_over_mean",
+        "train_imbalance",
+        "moved_experts",
+        "migration",
+    ]
+    if replayed is not None:
+        columns += ["straggler_s", "step_time_s", "tokens_per_s_per_gpu", "max_batch_per_gpu"]
+    rows = []
+    objs = []
+    for res in results:
+        s = res.score
+        row = [
+            res.policy,
+            round(s.imbalance_step_mean, 4),
+            round(s.imbalance_step_max, 4),
+            round(s.max_over_mean, 4),
+            round(res.train_score.imbalance_step_mean, 4),
+            res.moved_experts,
+            human_bytes(res.migration_bytes),
+        ]
+        obj = {"policy": res.policy, **_score_dict(res)}
+        if replayed is not None:
+            rep = replayed[res.policy]
+            row += [
+                rep["straggler_s"],
+                rep["step_time_s"],
+                rep["tokens_per_s_per_gpu"],
+                rep["max_batch_per_gpu"],
+            ]
+            obj.update(rep)
+        rows.append(row)
+        objs.append(obj)
+    if as_json:
+        echo_json({"policies": objs, "skipped": [{"policy": n, "reason": r} for n, r in skipped]})
+        return
+    first = results[0]
+    mode = (
+        "in-sample"
+        if first.eval_steps.size == loads.steps.size
+        else f"out-of-sample after {first.train_steps} steps"
+    )
+    title = (
+        f"placement what-if: {loads.num_experts} experts, {len(loads.layers)} MoE layers, "
+        f"scored on {first.eval_steps.size} step(s), {mode}"
+    )
+    click.echo(render_rows(columns, rows, fmt, title=title))
+    for name, reason in skipped:
+        click.echo(f"skipped {name}: {reason}")
