@@ -1,0 +1,161 @@
+"""``tracekit import kineto|sglang`` and ``tracekit export perfetto``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tracekit.importers.kineto import (
+    DEFAULT_LAYER_PATTERN,
+    DEFAULT_STEP_PATTERN,
+    EVENT_KINDS,
+    RANK_SOURCES,
+    FileReport,
+    KinetoOptions,
+    import_kineto,
+)
+from tracekit.schema import ModelArch
+
+
+def _model(name: str | None) -> ModelArch | None:
+    if name is None:
+        return None
+    from tracekit.models import get_model
+
+    return get_model(name)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {what}" for what, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+@click.group("import")
+def import_() -> None:
+    """Import traces from profilers and serving engines (Kineto JSON, SGLang dumps)."""
+
+
+@import_.command("kineto")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace directory to write.")
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Model that ran (catalog name or config.json path); "
+    "without it the manifest records the placeholder architecture 'unknown'.",
+)
+@click.option(
+    "--rank-from",
+    type=click.Choice(RANK_SOURCES),
+    default="filename",
+    show_default=True,
+    help="Rank of each file: from 'rank<N>' in its name, or the order given.",
+)
+@click.option(
+    "--step-pattern",
+    default=DEFAULT_STEP_PATTERN,
+    show_default=True,
+    help="Regex over annotation names; group 1 is the step number.",
+)
+@click.option(
+    "--layer-pattern",
+    default=DEFAULT_LAYER_PATTERN,
+    show_default=True,
+    help="Regex over annotation names; group 1 is the decoder layer number.",
+)
+@click.option(
+    "--events",
+    type=click.Choice(EVENT_KINDS),
+    default="gpu",
+    show_default=True,
+    help="Rows from GPU kernels and copies, CPU operators, or both.",
+)
+@click.option("--force", is_flag=True, help="Replace OUT if it is an existing trace.")
+def kineto(
+    files: tuple[Path, ...],
+    out: Path,
+    model_name: str | None,
+    rank_from: str,
+    step_pattern: str,
+    layer_pattern: str,
+    events: str,
+    force: bool,
+) -> None:
+    """Import PyTorch profiler (Kineto) Chrome-trace JSON, plain or gzip, one FILE per rank."""
+    model = _model(model_name)
+
+    def show(r: FileReport) -> None:
+        line = (
+            f"rank {r.rank}: {r.path}: {r.rows} rows, {r.step_markers} step and {r.layer_markers} "
+            "layer markers"
+        )
+        if r.skipped:
+            line += f"; skipped {sum(r.skipped.values())} events ({_counts(r.skipped)})"
+        if r.escaped_names:
+            line += f"; {r.escaped_names} names had non-UTF-8 bytes (kept as \\xNN)"
+        click.echo(line)
+        if r.ignored:
+            click.echo(f"  not kernel rows: {_counts(r.ignored)}")
+        if r.truncated:
+            click.echo(
+                f"  warning: {r.path} is truncated ({r.truncated}); imported the complete events before it",
+                err=True,
+            )
+
+    options = KinetoOptions(
+        step_pattern=step_pattern, layer_pattern=layer_pattern, events=events, rank_from=rank_from
+    )
+    report = import_kineto(list(files), out, model=model, options=options, overwrite=force, on_file=show)
+    click.echo(
+        f"wrote {report.out}: {report.rows} kernel rows from {len(report.files)} file(s)"
+        + ("" if model else "; model unknown (pass --model NAME to make it re-timeable)")
+    )
+
+
+@import_.command("sglang")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace directory to write.")
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Model that ran (catalog name or config.json path); "
+    "without it the manifest records the placeholder architecture 'unknown'.",
+)
+@click.option(
+    "--world-size",
+    type=int,
+    default=None,
+    help="Ranks of the run (default: the ranks found in the files); sets the placement's slots per rank.",
+)
+@click.option("--force", is_flag=True, help="Replace OUT if it is an existing trace.")
+def sglang(
+    files: tuple[Path, ...], out: Path, model_name: str | None, world_size: int | None, force: bool
+) -> None:
+    """Import SGLang expert-distribution recorder dumps (.pt; stat, per_pass or per_token mode)."""
+    from tracekit.importers.sglang import import_sglang
+
+    report = import_sglang(list(files), out, model=_model(model_name), world_size=world_size, overwrite=force)
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    rows = ", ".join(f"{n} {t}" for t, n in report.rows.items() if n)
+    click.echo(f"wrote {report.out}: {report.mode} mode, {len(report.files)} file(s): {rows or 'no rows'}")
+
+
+@click.group("export")
+def export() -> None:
+    """Export timelines to viewers' formats (Perfetto / chrome://tracing JSON)."""
+
+
+@export.command("perfetto")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="JSON file to write.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def perfetto(source: Path, out: Path, force: bool) -> None:
+    """Write a Chrome-trace JSON of SOURCE: a replay result directory (per-rank replayed timeline) or an
+    imported trace (its kernels, one track per rank and stream). Open it in ui.perfetto.dev."""
+    from tracekit.exporters.perfetto import export_perfetto
+
+    report = export_perfetto(source, out, overwrite=force)
+    click.echo(f"wrote {report.out}: {report.events} events on {report.tracks} tracks ({report.kind})")

@@ -1,0 +1,333 @@
+"""Chrome-trace JSON (Perfetto UI, chrome://tracing) of a replayed timeline or of imported kernels.
+
+A replay result (``replay_ranks`` / ``replay_layers`` / ``replay_steps``, docs/replay.md) becomes one
+process per pool and one thread (track) per rank. Steps follow each other; a step is its embedding,
+its layers in order, its LM head; a layer lasts its slowest rank's time, and on each rank it is, in
+order: attention, dispatch, expert GEMM, dense (dense FFN or shared experts), combine, tensor-parallel
+collective, then ``idle`` (waiting for the slowest rank). Communication hidden by two-batch overlap
+is not drawn: each communication event lasts its exposed share (``exposed_comm_s / comm_s`` of it)
+and its args carry the full time. Events are ``ph: X`` with ``ts``/``dur`` in microseconds.
+
+A trace with a ``kernels`` table becomes one process per rank and one thread per stream (CPU
+operators on thread ``cpu``), each kernel with its category, step and layer in its args.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import polars as pl
+
+from tracekit.errors import InputFormatError, UsageError
+
+#: Events of one rank within a layer, in drawing order: (event name, replay_ranks column, is comm).
+SEGMENTS: tuple[tuple[str, str, bool], ...] = (
+    ("attention", "attention_s", False),
+    ("dispatch", "dispatch_s", True),
+    ("expert_gemm", "expert_gemm_s", False),
+    ("dense", "dense_s", False),
+    ("combine", "combine_s", True),
+    ("tp_comm", "tp_comm_s", True),
+)
+_RANK_COLUMNS = ("step", "layer", "rank", *(c for _, c, _ in SEGMENTS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportReport:
+    """What an export wrote."""
+
+    out: Path
+    #: "replay" or "kernels".
+    kind: str
+    events: int
+    tracks: int
+
+
+def export_perfetto(source: str | Path, out: str | Path, *, overwrite: bool = False) -> ExportReport:
+    """Write ``source`` (a replay result directory or a trace directory) as Chrome-trace JSON."""
+    src, dst = Path(source), Path(out)
+    if dst.exists() and not overwrite:
+        raise UsageError(f"{dst}: exists; choose another --out or pass --force to replace it")
+    if (src / "result.json").is_file():
+        return _export_replay(src, dst)
+    if (src / "manifest.json").is_file():
+        return _export_kernels(src, dst)
+    raise UsageError(
+        f"{src}: neither a replay result directory (no result.json) nor a trace (no manifest.json); "
+        "give the --out directory of 'tracekit replay' or of 'tracekit import'"
+    )
+
+
+def _read_parquet(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
+    if not path.is_file():
+        raise InputFormatError(
+            f"{path}: missing; the replay result is incomplete, run 'tracekit replay' again"
+        )
+    df = pl.read_parquet(path)
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise InputFormatError(
+            f"{path.name}: missing columns {missing} (has {df.columns}); it was written by another "
+            "tracekit version, replay again"
+        )
+    return df
+
+
+def _export_replay(src: Path, dst: Path) -> ExportReport:
+    try:
+        result = json.loads((src / "result.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputFormatError(
+            f"{src / 'result.json'}: unreadable ({exc}); run 'tracekit replay' again"
+        ) from None
+    if not isinstance(result, dict) or result.get("kind") != "replay":
+        kind = result.get("kind") if isinstance(result, dict) else None
+        raise UsageError(
+            f"{src}: a {kind!r} result, not a replay; export one replay directory (a sweep has many)"
+        )
+    ranks = _read_parquet(src / "replay_ranks.parquet", _RANK_COLUMNS)
+    if "pool" not in ranks.columns:
+        ranks = ranks.with_columns(pool=pl.lit("all"))
+    comm_cols = [c for _, c, is_comm in SEGMENTS if is_comm]
+    comm = pl.sum_horizontal(*[pl.col(c) for c in comm_cols])
+    if "exposed_comm_s" in ranks.columns:
+        frac = pl.when(comm > 0).then(pl.col("exposed_comm_s") / comm).otherwise(0.0).clip(0.0, 1.0)
+    else:
+        frac = pl.lit(1.0)
+    ranks = ranks.with_columns(exposed_frac=frac).with_columns(
+        [
+            (pl.col(c) * pl.col("exposed_frac")).alias(c + "_drawn")
+            if is_comm
+            else pl.col(c).alias(c + "_drawn")
+            for _, c, is_comm in SEGMENTS
+        ]
+    )
+    drawn = [c + "_drawn" for _, c, _ in SEGMENTS]
+    ranks = ranks.with_columns(busy_s=pl.sum_horizontal(*[pl.col(c) for c in drawn]))
+
+    # Layer length: the slowest rank's (replay_layers.time_s), never shorter than any rank's work.
+    layer_len = ranks.group_by("pool", "step", "layer").agg(busy_max=pl.col("busy_s").max())
+    lpath = src / "replay_layers.parquet"
+    if lpath.is_file():
+        layers = _read_parquet(lpath, ("step", "layer", "time_s"))
+        if "pool" not in layers.columns:
+            layers = layers.with_columns(pool=pl.lit("all"))
+        layer_len = layer_len.join(
+            layers.select("pool", "step", "layer", "time_s"), on=["pool", "step", "layer"], how="left"
+        )
+        layer_len = layer_len.with_columns(
+            layer_s=pl.max_horizontal(pl.col("time_s").fill_null(0.0), pl.col("busy_max"))
+        ).drop("time_s")
+    else:
+        layer_len = layer_len.with_columns(layer_s=pl.col("busy_max"))
+
+    step_extra = pl.DataFrame(
+        schema={"pool": pl.String, "step": pl.Int64, "embedding_s": pl.Float64, "lm_head_s": pl.Float64}
+    )
+    spath = src / "replay_steps.parquet"
+    if spath.is_file():
+        steps = pl.read_parquet(spath)
+        if "pool" not in steps.columns:
+            steps = steps.with_columns(pool=pl.lit("all"))
+        for c in ("embedding_s", "lm_head_s"):
+            if c not in steps.columns:
+                steps = steps.with_columns(pl.lit(0.0).alias(c))
+        step_extra = steps.select(
+            pl.col("pool").cast(pl.String),
+            pl.col("step").cast(pl.Int64),
+            pl.col("embedding_s").cast(pl.Float64),
+            pl.col("lm_head_s").cast(pl.Float64),
+        )
+
+    layer_len = layer_len.with_columns(pl.col("step").cast(pl.Int64), pl.col("layer").cast(pl.Int64))
+    step_len = (
+        layer_len.group_by("pool", "step")
+        .agg(layers_s=pl.col("layer_s").sum())
+        .join(step_extra, on=["pool", "step"], how="left")
+        .with_columns(pl.col("embedding_s").fill_null(0.0), pl.col("lm_head_s").fill_null(0.0))
+        .with_columns(step_s=pl.col("embedding_s") + pl.col("layers_s") + pl.col("lm_head_s"))
+        .sort("pool", "step")
+        .with_columns(step_start_s=pl.col("step_s").cum_sum().over("pool") - pl.col("step_s"))
+    )
+    layer_len = (
+        layer_len.sort("pool", "step", "layer")
+        .with_columns(offset_s=pl.col("layer_s").cum_sum().over("pool", "step") - pl.col("layer_s"))
+        .join(step_len.select("pool", "step", "step_start_s", "embedding_s"), on=["pool", "step"])
+        .with_columns(layer_start_s=pl.col("step_start_s") + pl.col("embedding_s") + pl.col("offset_s"))
+    )
+    ranks = ranks.with_columns(pl.col("step").cast(pl.Int64), pl.col("layer").cast(pl.Int64)).join(
+        layer_len.select("pool", "step", "layer", "layer_start_s", "layer_s"), on=["pool", "step", "layer"]
+    )
+
+    pools = sorted(ranks["pool"].unique().to_list())
+    pid_of = {p: i + 1 for i, p in enumerate(pools)}
+    parts = []
+    offset = pl.lit(0.0)
+    for name, col, is_comm in SEGMENTS:
+        parts.append(
+            ranks.select(
+                "pool",
+                "step",
+                "layer",
+                "rank",
+                pl.lit(name).alias("name"),
+                pl.lit("communication" if is_comm else "compute").alias("cat"),
+                (pl.col("layer_start_s") + offset).alias("ts_s"),
+                pl.col(col + "_drawn").alias("dur_s"),
+                pl.col(col).alias("full_s"),
+            )
+        )
+        offset = offset + pl.col(col + "_drawn")
+    parts.append(
+        ranks.select(
+            "pool",
+            "step",
+            "layer",
+            "rank",
+            pl.lit("idle").alias("name"),
+            pl.lit("idle").alias("cat"),
+            (pl.col("layer_start_s") + offset).alias("ts_s"),
+            (pl.col("layer_s") - offset).clip(0.0, None).alias("dur_s"),
+            (pl.col("layer_s") - offset).clip(0.0, None).alias("full_s"),
+        )
+    )
+    # embedding and LM head on every rank of the pool
+    rank_ids = ranks.select("pool", "rank").unique()
+    edges = step_len.join(rank_ids, on="pool")
+    parts.append(
+        edges.select(
+            "pool",
+            "step",
+            pl.lit(None, pl.Int64).alias("layer"),
+            "rank",
+            pl.lit("embedding").alias("name"),
+            pl.lit("compute").alias("cat"),
+            pl.col("step_start_s").alias("ts_s"),
+            pl.col("embedding_s").alias("dur_s"),
+            pl.col("embedding_s").alias("full_s"),
+        )
+    )
+    parts.append(
+        edges.select(
+            "pool",
+            "step",
+            pl.lit(None, pl.Int64).alias("layer"),
+            "rank",
+            pl.lit("lm_head").alias("name"),
+            pl.lit("compute").alias("cat"),
+            (pl.col("step_start_s") + pl.col("embedding_s") + pl.col("layers_s")).alias("ts_s"),
+            pl.col("lm_head_s").alias("dur_s"),
+            pl.col("lm_head_s").alias("full_s"),
+        )
+    )
+    events = (
+        pl.concat(
+            [p.with_columns(pl.col("rank").cast(pl.Int64), pl.col("layer").cast(pl.Int64)) for p in parts]
+        )
+        .filter(pl.col("dur_s") > 0)
+        .sort("pool", "rank", "ts_s")
+    )
+    tmp = dst.with_name("." + dst.name + ".tmp")
+    with tmp.open("w") as fh:
+        fh.write('{"displayTimeUnit": "ms", "otherData": {"source": "tracekit replay", "result": ')
+        fh.write(json.dumps(str(src)))
+        fh.write('}, "traceEvents": [\n')
+        first = _write_meta(fh, [(pid_of[p], f"replay pool {p}", None) for p in pools], first=True)
+        tracks = rank_ids.sort("pool", "rank").iter_rows()
+        first = _write_meta(fh, [(pid_of[p], None, int(r)) for p, r in tracks], first=first)
+        n = 0
+        for row in events.iter_rows(named=True):
+            args: dict[str, Any] = {"step": row["step"]}
+            if row["layer"] is not None:
+                args["layer"] = row["layer"]
+            if row["cat"] == "communication":
+                args["total_s"] = row["full_s"]
+                args["exposed_s"] = row["dur_s"]
+            ev = {
+                "name": row["name"],
+                "cat": row["cat"],
+                "ph": "X",
+                "pid": pid_of[row["pool"]],
+                "tid": row["rank"],
+                "ts": row["ts_s"] * 1e6,
+                "dur": row["dur_s"] * 1e6,
+                "args": args,
+            }
+            fh.write(("" if first else ",\n") + json.dumps(ev))
+            first = False
+            n += 1
+        fh.write("\n]}\n")
+    os.replace(tmp, dst)
+    return ExportReport(out=dst, kind="replay", events=n, tracks=rank_ids.height)
+
+
+def _write_meta(fh: IO[str], items: Sequence[tuple[int, str | None, int | None]], *, first: bool) -> bool:
+    for pid, pname, tid in items:
+        if tid is None:
+            evs = [
+                {"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": pname}},
+                {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0, "args": {"sort_index": pid}},
+            ]
+        else:
+            label = "cpu" if tid < 0 else f"rank {tid}" if pname is None else pname
+            evs = [
+                {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": label}},
+                {"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid, "args": {"sort_index": tid}},
+            ]
+        for ev in evs:
+            fh.write(("" if first else ",\n") + json.dumps(ev))
+            first = False
+    return first
+
+
+def _export_kernels(src: Path, dst: Path) -> ExportReport:
+    from tracekit.trace import open_trace
+
+    trace = open_trace(src)
+    if not trace.has("kernels"):
+        raise UsageError(
+            f"{src}: the trace has no kernels table; import a Kineto trace (tracekit import kineto)"
+        )
+    df = (
+        trace.scan("kernels")
+        .select("rank", "stream", "name", "category", "start_ns", "duration_ns", "step", "layer", "device")
+        .with_columns(pl.col("stream").fill_null(-1))
+        .sort("rank", "stream", "start_ns")
+        .collect()
+    )
+    tracks = df.select("rank", "stream").unique().sort("rank", "stream")
+    tmp = dst.with_name("." + dst.name + ".tmp")
+    with tmp.open("w") as fh:
+        fh.write('{"displayTimeUnit": "ms", "otherData": {"source": "tracekit trace", "trace": ')
+        fh.write(json.dumps(str(src)))
+        fh.write('}, "traceEvents": [\n')
+        ranks = sorted(set(tracks["rank"].to_list()))
+        first = _write_meta(fh, [(int(r), f"rank {r}", None) for r in ranks], first=True)
+        thread_items = [(int(r), "cpu" if s < 0 else f"stream {s}", int(s)) for r, s in tracks.iter_rows()]
+        first = _write_meta(fh, thread_items, first=first)
+        ts_us = (df["start_ns"].to_numpy() / 1000.0).tolist()
+        dur_us = (df["duration_ns"].to_numpy() / 1000.0).tolist()
+        n = 0
+        for i, row in enumerate(df.iter_rows(named=True)):
+            args = {k: row[k] for k in ("category", "step", "layer", "device") if row[k] is not None}
+            ev = {
+                "name": row["name"],
+                "cat": row["category"],
+                "ph": "X",
+                "pid": row["rank"],
+                "tid": row["stream"],
+                "ts": ts_us[i],
+                "dur": dur_us[i],
+                "args": args,
+            }
+            fh.write(("" if first else ",\n") + json.dumps(ev))
+            first = False
+            n += 1
+        fh.write("\n]}\n")
+    os.replace(tmp, dst)
+    return ExportReport(out=dst, kind="kernels", events=n, tracks=tracks.height)
