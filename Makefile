@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+LINT_PATHS := $(wildcard tracekit tests benchmarks scripts)
 # pytest workers: the suite is CPU-bound; override with `make test JOBS=1`.
 JOBS ?= 2
 
@@ -21,8 +22,8 @@ demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
 lint: setup
-	$(VENV)/bin/ruff format --check tracekit tests benchmarks scripts
-	$(VENV)/bin/ruff check tracekit tests benchmarks scripts
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 
 unit: setup
