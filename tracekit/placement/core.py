@@ -59,6 +59,8 @@ class Placement:
     policy: str = "contiguous"
     #: Logical experts per layer; -1 (default): one more than the largest id in ``phy2log``.
     num_experts: int = field(default=-1)
+    #: Routing tables built by ``route_to_slots``, per (layer, ranks_per_node).
+    _route_cache: dict[tuple[int, int], Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         arr = np.array(self.phy2log, dtype=np.int64, copy=True)
@@ -413,7 +415,7 @@ def route_to_slots(
     Rule (module docstring): own rank's replica, else own node's, else any, round-robin by token
     among equal candidates. Vectorised: no Python loop over tokens.
     """
-    row = placement.row(layer)
+    placement.row(layer)  # raises for a layer it does not place
     ids = np.asarray(expert_ids)
     if ids.ndim == 1:
         ids = ids[:, None]
@@ -433,8 +435,53 @@ def route_to_slots(
     if ranks_per_node < 1:
         raise UsageError(f"ranks_per_node must be >= 1, got {ranks_per_node}")
 
+    table = _route_table(placement, layer, ranks_per_node)
+    # One gather per (token, choice) from the small (expert, source rank) tables.
+    cell = (ids.reshape(-1).astype(np.int64) * R + np.repeat(src, K)).astype(np.intp)
+    start = table.start[cell]
+    count = table.count[cell]
+    pick = np.zeros(cell.size, dtype=np.int64)
+    multi = np.flatnonzero(count > 1)
+    if multi.size:
+        # j-th occurrence (in token order) within the candidate group (expert, case, scope).
+        gid = table.group[cell[multi]]
+        order = np.argsort(gid, kind="stable")  # radix sort when groups fit in 16 bits
+        sk = gid[order]
+        first = np.empty(sk.size, dtype=bool)
+        first[0] = True
+        np.not_equal(sk[1:], sk[:-1], out=first[1:])
+        idx = np.arange(sk.size, dtype=np.int64)
+        group_start = np.maximum.accumulate(np.where(first, idx, 0))
+        occ = np.empty(sk.size, dtype=np.int64)
+        occ[order] = idx - group_start
+        pick[multi] = occ % count[multi]
+    return table.rep_slots[start + pick].reshape(N, K)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _RouteTable:
+    """Per (expert, source rank) cell ``e * R + r``: where its candidate replicas start in
+    ``rep_slots``, how many there are, and a dense id of the candidate group."""
+
+    rep_slots: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+    group: np.ndarray
+
+
+def _route_table(placement: Placement, layer: int, ranks_per_node: int) -> _RouteTable:
+    cached = placement._route_cache.get((int(layer), ranks_per_node))
+    if cached is None:
+        cached = _build_route_table(placement, layer, ranks_per_node)
+        placement._route_cache[(int(layer), ranks_per_node)] = cached
+    return cached
+
+
+def _build_route_table(placement: Placement, layer: int, ranks_per_node: int) -> _RouteTable:
+    row = placement.row(layer)
+    E, R = placement.num_experts, placement.num_ranks
     # Replicas of each expert in slot order (CSR): rep_slots[off[e] : off[e + 1]].
-    rep_slots = np.argsort(row, kind="stable")
+    rep_slots = np.argsort(row, kind="stable").astype(np.int64)
     logcnt = np.bincount(row, minlength=E)
     off = np.concatenate([[0], np.cumsum(logcnt)])
     # cum[e, r]: replicas of e on ranks < r (slots are numbered rank by rank, so each rank's and
@@ -444,28 +491,23 @@ def route_to_slots(
     cum = np.zeros((E, R + 1), dtype=np.int64)
     np.cumsum(per_rank, axis=1, out=cum[:, 1:])
 
-    e = ids.reshape(-1).astype(np.int64)
-    r = np.repeat(src, K)
-    node = r // ranks_per_node
-    lo_n = np.minimum(node * ranks_per_node, R)
+    r = np.arange(R)
+    lo_n = np.minimum((r // ranks_per_node) * ranks_per_node, R)
     hi_n = np.minimum(lo_n + ranks_per_node, R)
-    c_rank = cum[e, r + 1] - cum[e, r]
-    c_node = cum[e, hi_n] - cum[e, lo_n]
-    tier = np.where(c_rank > 0, 0, np.where(c_node > 0, 1, 2))
-    count = np.choose(tier, [c_rank, c_node, logcnt[e]])
-    start = off[e] + np.choose(tier, [cum[e, r], cum[e, lo_n], np.zeros_like(e)])
-    scope = np.choose(tier, [r, node, np.zeros_like(e)])
-
-    pick = np.zeros_like(e)
-    multi = np.nonzero(count > 1)[0]
-    if multi.size:
-        # j-th occurrence (in token order) within the group (expert, tier, scope).
-        key = (e[multi] * 3 + tier[multi]) * (R + 1) + scope[multi]
-        order = np.argsort(key, kind="stable")
-        sk = key[order]
-        first = np.r_[True, sk[1:] != sk[:-1]]
-        group_start = np.maximum.accumulate(np.where(first, np.arange(sk.size), 0))
-        occ = np.empty_like(order)
-        occ[order] = np.arange(sk.size) - group_start
-        pick[multi] = occ % count[multi]
-    return rep_slots[start + pick].reshape(N, K).astype(np.int64)
+    c_rank = cum[:, r + 1] - cum[:, r]
+    c_node = cum[:, hi_n] - cum[:, lo_n]
+    local, on_node = c_rank > 0, c_node > 0
+    count = np.where(local, c_rank, np.where(on_node, c_node, logcnt[:, None]))
+    start = off[:-1, None] + np.where(local, cum[:, :-1], np.where(on_node, cum[:, lo_n], 0))
+    # Round-robin counters are kept per (expert, case, scope): the candidate run and the case's scope.
+    case = np.where(local, 0, np.where(on_node, 1, 2))
+    scope = np.where(local, r[None, :], np.where(on_node, (r // ranks_per_node)[None, :], 0))
+    key = ((start * (row.size + 1) + count) * 3 + case) * (R + 1) + scope
+    _, group = np.unique(key, return_inverse=True)
+    gdtype = np.uint16 if group.max(initial=0) < 2**16 else np.int64
+    return _RouteTable(
+        rep_slots=rep_slots,
+        start=start.reshape(-1),
+        count=count.reshape(-1),
+        group=group.reshape(-1).astype(gdtype),
+    )
