@@ -7,9 +7,10 @@ e.g. ``replay_steps``).
 
 Every input ``NAME`` gets its own prefixed views (``NAME_routing``, ``NAME_replay_steps``). The
 unprefixed view (``routing``) is the ``UNION ALL BY NAME`` of that table over every input that has it,
-with a first column ``input`` holding the input's name. A view ``inputs`` lists the inputs (name, kind,
-path, model, experts, top-k, EP size). Nothing is copied: views read the Parquet files where they are,
-by absolute path, so a database file written with ``database=`` opens in any DuckDB client.
+with a first column ``input`` holding the input's name. A view ``inputs`` lists the inputs (name,
+position on the command line, kind, path, model, experts, top-k, EP size, result.json). Nothing is
+copied: views read the Parquet files where they are, by absolute path, so a database file written
+with ``database=`` opens in any DuckDB client.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ RESULT_JSON = "result.json"
 INPUTS_VIEW = "inputs"
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ARRAY = re.compile(r"^(.*)\[(\d+)\]$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,7 +227,7 @@ class Catalog:
         shared = [INPUTS_VIEW]
         con.execute(f'CREATE OR REPLACE VIEW "{INPUTS_VIEW}" AS {self._inputs_sql()}')
         for table in self.tables:
-            con.execute(f'CREATE OR REPLACE VIEW "{table}" AS {self._union_sql(con, table)}')
+            con.execute(f'CREATE OR REPLACE VIEW "{table}" AS {self._union_sql(table)}')
             shared.append(table)
         return shared + own
 
@@ -243,31 +243,12 @@ class Catalog:
             names.append(inp.view(table))
         return names
 
-    def _union_sql(self, con: duckdb.DuckDBPyConnection, table: str) -> str:
-        members = self.inputs_with(table)
-        columns: dict[str, set[str]] = {}
-        for inp in members:
-            for col, typ in _columns(con, inp.view(table)):
-                columns.setdefault(col, set()).add(typ)
-        # Fixed-size lists of different sizes (traces with different top-k) do not unify: use lists.
-        to_list = {
-            col: _ARRAY.sub(r"\1[]", next(iter(types)))
-            for col, types in columns.items()
-            if len(types) > 1
-            and all(_ARRAY.match(t) for t in types)
-            and len({_ARRAY.sub(r"\1", t) for t in types}) == 1
-        }
-        parts = []
-        for inp in members:
-            if to_list:
-                star = (
-                    "* REPLACE ("
-                    + ", ".join(f'CAST("{c}" AS {t}) AS "{c}"' for c, t in to_list.items())
-                    + ")"
-                )
-            else:
-                star = "*"
-            parts.append(f'SELECT {_sql_str(inp.name)} AS input, {star} FROM "{inp.view(table)}"')
+    def _union_sql(self, table: str) -> str:
+        # DuckDB reads Parquet fixed-size lists as lists, so traces with different top-k unify.
+        parts = [
+            f'SELECT {_sql_str(inp.name)} AS input, * FROM "{inp.view(table)}"'
+            for inp in self.inputs_with(table)
+        ]
         return " UNION ALL BY NAME ".join(parts)
 
     def _inputs_sql(self) -> str:
@@ -290,15 +271,15 @@ class Catalog:
             "world_size": "INTEGER",
         }
         rows = []
-        for inp in self.inputs:
+        for position, inp in enumerate(self.inputs, start=1):
             facts = dict(inp.facts)
-            vals = [_sql_str(inp.name), _sql_str(inp.kind), _sql_str(str(inp.path))]
+            vals = [_sql_str(inp.name), str(position), _sql_str(inp.kind), _sql_str(str(inp.path))]
             for k in keys:
                 v = facts.get(k)
                 typ = types.get(k, "VARCHAR")
                 vals.append(f"CAST({'NULL' if v is None else _sql_str(str(v))} AS {typ})")
             rows.append("(" + ", ".join(vals) + ")")
-        cols = ", ".join(["input", "kind", "path", *keys])
+        cols = ", ".join(["input", "position", "kind", "path", *keys])
         return f"SELECT * FROM (VALUES {', '.join(rows)}) AS t({cols})"
 
     # -- connections ----------------------------------------------------------------------------

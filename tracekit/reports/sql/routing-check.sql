@@ -2,7 +2,8 @@
 -- title: Does expert_load agree with per-token routing?
 -- answers: Counts tokens per (rank, step, layer, expert) from the routing table and compares them with
 --   the expert_load table, per layer. A recorded trace has both and they must agree; a mismatch
---   means a truncated shard or a collector bug. Reads every routing row, streaming.
+--   means a truncated shard or a collector bug. Reads every routing row, streaming. Inputs without
+--   routing rows (traces that record aggregates only) are left out.
 -- needs: routing, expert_load
 -- column: input: the input (trace) the row comes from
 -- column: layer: decoder layer index
@@ -18,6 +19,7 @@ WITH from_routing AS (
 from_load AS (
     SELECT input, rank, step, layer, expert, sum(num_tokens) AS num_tokens
     FROM expert_load
+    WHERE input IN (SELECT DISTINCT input FROM routing)
     GROUP BY input, rank, step, layer, expert
     HAVING sum(num_tokens) > 0
 )
