@@ -23,44 +23,58 @@ EVALUATE_DEFAULT = ("contiguous", "round-robin", "greedy", "eplb-hierarchical", 
     "--loads",
     "loads_file",
     type=click.Path(path_type=Path),
-    help="CSV or Parquet loads file "
-    "(one row per layer, one column per logical expert, optional 'layer' column) instead of a trace.",
+    metavar="FILE",
+    help="CSV or Parquet loads (one row per layer, one column per logical expert, optional 'layer' "
+    "column) instead of a trace.",
 )
-@click.option("--ep", "--gpus", "num_ranks", type=int, help="Expert-parallel ranks (GPUs).")
-@click.option("--redundant", type=int, help="Redundant slots beyond one per expert (default 0).")
-@click.option("--slots", type=int, help="Physical slots in all (experts + redundant), EPLB's num_replicas.")
+@click.option("--ep", "--gpus", "num_ranks", type=int, metavar="N", help="Expert-parallel ranks (GPUs).")
 @click.option(
-    "--nodes", type=int, default=1, show_default=True, help="Nodes (scale-up domains); divides --ep."
+    "--redundant", type=int, metavar="R", help="Redundant slots beyond one per expert [default: 0]."
 )
+@click.option("--slots", type=int, metavar="S", help="Physical slots in all (experts + redundant).")
 @click.option(
-    "--groups", type=int, help="Expert groups (default: the trace model's num_expert_groups, or 1)."
+    "--nodes", type=int, default=1, metavar="M", help="Nodes (scale-up domains), dividing --ep [default: 1]."
 )
+@click.option("--groups", type=int, metavar="G", help="Expert groups [default: the model's, or 1].")
 @click.option(
     "--policy",
     "policies",
     multiple=True,
-    help="Placement policy (repeatable with --evaluate). "
-    "Default: eplb (EPLB's choice); with --evaluate, every policy.",
+    metavar="POLICY",
+    help="contiguous, round-robin, greedy, eplb-hierarchical, eplb-global, eplb (EPLB's own choice) or "
+    "file. Repeatable with --evaluate. Default: eplb; with --evaluate, all but eplb and file.",
 )
-@click.option("--placement-file", type=click.Path(path_type=Path), help="Placement for --policy file.")
-@click.option("--window", type=int, help="Compute from the first STEPS steps, evaluate on the rest.")
+@click.option(
+    "--placement-file", type=click.Path(path_type=Path), metavar="FILE", help="Placement for --policy file."
+)
+@click.option(
+    "--window",
+    type=int,
+    metavar="STEPS",
+    help="Compute from the first STEPS steps; the placement is in force (from_step) from the next step "
+    "and scored only on the steps after the window.",
+)
 @click.option(
     "--recompute-every",
     type=int,
-    help="Recompute every STEPS steps (placement epochs), counting weight-migration bytes.",
+    metavar="STEPS",
+    help="Recompute every STEPS steps from the previous STEPS (placement epochs), counting "
+    "weight-migration bytes.",
 )
 @click.option(
     "--bytes-per-param",
     type=float,
-    help="Expert weight bytes per parameter for migration bytes (default: from the model's dtype).",
+    metavar="B",
+    help="Expert weight bytes per parameter for migration bytes [default: from the model's dtype].",
 )
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    help="Write the placement (Parquet, the trace's placement table schema). One policy only.",
+    metavar="FILE",
+    help="Write the placement as Parquet (the trace's placement table schema). One policy only.",
 )
 @click.option("--evaluate", is_flag=True, help="Compare policies side by side (replayed when --hw is given).")
-@click.option("--hw", help="Hardware preset for --evaluate replays (tracekit hw list).")
+@click.option("--hw", metavar="NAME", help="Hardware preset for --evaluate replays (tracekit hw list).")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the plan (phy2log, logcnt, log2phy, scores) as JSON."
 )
@@ -112,6 +126,8 @@ def place(
         get_policy(name)
     if not policies:
         policies = EVALUATE_DEFAULT if evaluate else ("eplb",)
+        if evaluate and placement_file is not None:
+            policies = (*policies, "file")
     if len(policies) > 1 and not evaluate:
         raise UsageError(
             "several --policy values need --evaluate (to compare them); give one to compute a plan"
