@@ -1,0 +1,244 @@
+"""Communication primitives: expert-parallel dispatch and combine, all-to-all, all-reduce,
+all-gather, reduce-scatter.
+
+Links: ranks in one scale-up domain talk over NVLink (``scaleup_bw`` per GPU per direction), ranks
+in different domains over their NICs (``scaleout_bw``). A rank's time is
+
+    max(floor, latency + max(bytes_sent, bytes_recv) / (link_bw * eff / penalty))
+
+taken over the links it uses, with the implementation's parameters (:class:`CommParams`: fitted
+by ``tracekit calibrate`` where measurements exist). Implementations:
+
+- ``deepep-normal``: per-rank dedup inside a domain; across domains a token crosses the network
+  once per destination domain, to the rank with the same local index there, which forwards it over
+  NVLink to its target ranks (so NVLink carries every (token, rank) pair whose local indices differ).
+- ``deepep-ll``: one copy per (token, expert); NVLink inside the domain, the NIC across.
+- ``deepep-ll-rdma``: as deepep-ll but every peer over the NIC (DeepEP's first low-latency release).
+- ``nvl-a2a``: one-sided NVLink all-to-all (TensorRT-LLM / FlashInfer MoE all-to-all), per-rank
+  dedup, inside one scale-up domain only.
+- ``nccl``: NCCL all-to-all of the per-rank matrix; NVLink inside, the NIC across.
+
+Combine moves the same tokens back (each rank's sent and received bytes swap), with
+``combine_latency_s`` and ``combine_floor_s``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from tracekit.cost.result import F64, CommCost, Cost, pick_bound
+from tracekit.cost.traffic import EPTraffic, num_domains
+from tracekit.errors import DeploymentError, UsageError
+from tracekit.hardware import COMM_IMPLS, CommParams, HardwareSpec
+
+
+def _as_traffic(traffic: EPTraffic | ArrayLike, hw: HardwareSpec) -> EPTraffic:
+    if isinstance(traffic, EPTraffic):
+        return traffic
+    return EPTraffic.from_rank_matrix(traffic, hw.scaleup_size)
+
+
+def link_loads(traffic: EPTraffic, impl: str, bytes_per_token: float = 1.0) -> dict[str, F64]:
+    """Bytes each rank sends and receives on NVLink and on the NIC for one dispatch ([..., R] each).
+
+    Keys: nvlink_sent, nvlink_recv, network_sent, network_recv. Same-rank traffic is free.
+    """
+    if impl not in COMM_IMPLS:
+        raise UsageError(f"unknown communication implementation {impl!r}; valid: {', '.join(COMM_IMPLS)}")
+    r = traffic.num_ranks
+    s = traffic.domain_size
+    eye = np.eye(r, dtype=bool)
+    dom = np.arange(r) // s
+    same = dom[:, None] == dom[None, :]
+    if impl == "deepep-normal" and r > s:
+        return _deepep_normal_loads(traffic, bytes_per_token)
+    m = (
+        traffic.expert_tokens if impl in ("deepep-ll", "deepep-ll-rdma") else traffic.rank_tokens
+    ) * bytes_per_token
+    if impl == "deepep-ll-rdma":
+        up_mask = np.zeros((r, r), dtype=bool)
+        out_mask = ~eye
+    else:
+        up_mask = same & ~eye
+        out_mask = ~same
+    if impl == "nvl-a2a" and out_mask.any() and np.any(m[..., out_mask] > 0):
+        raise DeploymentError(
+            f"nvl-a2a runs inside one scale-up domain only; {r} ranks span {num_domains(r, s)} domains of {s}: "
+            "use deepep-normal, deepep-ll or nccl, or fewer ranks"
+        )
+    up = m * up_mask
+    out = m * out_mask
+    return {
+        "nvlink_sent": up.sum(axis=-1),
+        "nvlink_recv": up.sum(axis=-2),
+        "network_sent": out.sum(axis=-1),
+        "network_recv": out.sum(axis=-2),
+    }
+
+
+def _deepep_normal_loads(traffic: EPTraffic, bpt: float) -> dict[str, F64]:
+    r = traffic.num_ranks
+    s = traffic.domain_size
+    if r % s:
+        raise DeploymentError(
+            f"deepep-normal across domains needs whole domains: {r} ranks is not a multiple of {s} per domain"
+        )
+    n = r // s
+    lead = traffic.rank_tokens.shape[:-2]
+    m = (traffic.rank_tokens * bpt).reshape(*lead, n, s, n, s)  # [a, i, b, j]
+    diff_local = ~np.eye(s, dtype=bool)  # NVLink carries pairs whose local indices differ
+    nvl = m * diff_local[:, None, :]  # broadcast over [i, b, j] (a leading)
+    # sender on NVLink of (a, i) -> (b, j) is (b, i): sent by rank (b, i)
+    nvl_sent = np.swapaxes(nvl.sum(axis=(-4, -1)), -1, -2).reshape(*lead, r)  # sum a, j -> [i, b] -> [b, i]
+    nvl_recv = nvl.sum(axis=(-4, -3)).reshape(*lead, r)  # sum a, i -> [b, j]
+    d = (traffic.domain_tokens * bpt).reshape(*lead, n, s, n)  # [a, i, b]
+    remote = ~np.eye(n, dtype=bool)
+    net = d * remote[:, None, :]
+    net_sent = net.sum(axis=-1).reshape(*lead, r)
+    net_recv = np.swapaxes(net.sum(axis=-3), -1, -2).reshape(*lead, r)  # sum a -> [i, b] -> [b, i]
+    return {
+        "nvlink_sent": nvl_sent,
+        "nvlink_recv": nvl_recv,
+        "network_sent": net_sent,
+        "network_recv": net_recv,
+    }
+
+
+def _group_factor(ranks: int) -> float:
+    return float(np.log2(max(ranks, 8) / 8.0))
+
+
+def _time(
+    hw: HardwareSpec, p: CommParams, loads: dict[str, F64], ranks: int, *, latency_s: float, floor_s: float
+) -> tuple[F64, Any, Any]:
+    g = _group_factor(ranks)
+    penalty = 1.0 + p.eff_log2_penalty * g
+    lat = latency_s + p.latency_log2_s * g
+    up_bytes = np.maximum(loads["nvlink_sent"], loads["nvlink_recv"])
+    out_bytes = np.maximum(loads["network_sent"], loads["network_recv"])
+    up_xfer = up_bytes / (hw.scaleup_bw * p.eff_up) * penalty
+    out_xfer = out_bytes / (hw.scaleout_bw * p.eff_out) * penalty
+    t_up = np.where(up_bytes > 0, lat + up_xfer, 0.0)
+    t_out = np.where(out_bytes > 0, lat + out_xfer, 0.0)
+    floor = np.full(up_bytes.shape, floor_s)
+    t, which = pick_bound({"floor": floor, "nvlink": t_up, "nic": t_out})
+    xfer = np.where(which == "nic", out_xfer, np.where(which == "nvlink", up_xfer, 0.0))
+    bound = np.where((which == "floor") | (xfer < lat), "latency", "network").astype("<U8")
+    link = np.where(which == "floor", "none", which).astype("<U8")
+    return t, bound, link
+
+
+def dispatch(
+    hw: HardwareSpec,
+    traffic: EPTraffic | ArrayLike,
+    *,
+    impl: str = "deepep-normal",
+    bytes_per_token: float = 1.0,
+) -> CommCost:
+    """Dispatch time of every rank ([..., R]).
+
+    ``traffic``: an :class:`EPTraffic` (token counts; multiply by ``bytes_per_token``) or a per-peer
+    matrix ``[..., R, R]`` (bytes when ``bytes_per_token`` is 1), see ``EPTraffic.from_rank_matrix``.
+    """
+    t = _as_traffic(traffic, hw)
+    p = hw.comm_params(impl)
+    loads = link_loads(t, impl, bytes_per_token)
+    time, bound, link = _time(
+        hw, p, loads, t.num_ranks, latency_s=p.dispatch_latency_s, floor_s=p.dispatch_floor_s
+    )
+    return CommCost(
+        time_s=time,
+        bound=bound,
+        link=link,
+        nvlink_bytes_sent=loads["nvlink_sent"],
+        nvlink_bytes_recv=loads["nvlink_recv"],
+        network_bytes_sent=loads["network_sent"],
+        network_bytes_recv=loads["network_recv"],
+    )
+
+
+def combine(
+    hw: HardwareSpec,
+    traffic: EPTraffic | ArrayLike,
+    *,
+    impl: str = "deepep-normal",
+    bytes_per_token: float = 1.0,
+) -> CommCost:
+    """Combine time of every rank ([..., R]): the dispatch's tokens sent back (``traffic`` is the
+    dispatch's traffic; ``bytes_per_token`` the combine's, usually bf16 ``2 * hidden``)."""
+    t = _as_traffic(traffic, hw)
+    p = hw.comm_params(impl)
+    d = link_loads(t, impl, bytes_per_token)
+    loads = {
+        "nvlink_sent": d["nvlink_recv"],
+        "nvlink_recv": d["nvlink_sent"],
+        "network_sent": d["network_recv"],
+        "network_recv": d["network_sent"],
+    }
+    time, bound, link = _time(
+        hw, p, loads, t.num_ranks, latency_s=p.combine_latency_s, floor_s=p.combine_floor_s
+    )
+    return CommCost(
+        time_s=time,
+        bound=bound,
+        link=link,
+        nvlink_bytes_sent=loads["nvlink_sent"],
+        nvlink_bytes_recv=loads["nvlink_recv"],
+        network_bytes_sent=loads["network_sent"],
+        network_bytes_recv=loads["network_recv"],
+    )
+
+
+def alltoall(hw: HardwareSpec, *, nbytes: ArrayLike, ranks: int, impl: str = "nccl") -> CommCost:
+    """A uniform all-to-all: every rank sends ``nbytes`` in all, split evenly over the ``ranks``
+    ranks (itself included). Result per rank: ``[..., R]`` for ``nbytes`` of shape ``[...]``."""
+    if ranks < 1:
+        raise UsageError(f"ranks must be >= 1, got {ranks}")
+    b = np.asarray(nbytes, dtype=np.float64)
+    if np.any(b < 0):
+        raise UsageError("nbytes must be >= 0")
+    m = np.broadcast_to(b[..., None, None] / ranks, (*b.shape, ranks, ranks))
+    return dispatch(hw, EPTraffic.from_rank_matrix(m, hw.scaleup_size), impl=impl)
+
+
+def _collective(hw: HardwareSpec, nbytes: ArrayLike, ranks: int, impl: str, kind: str) -> Cost:
+    if ranks < 1:
+        raise UsageError(f"ranks must be >= 1, got {ranks}")
+    b = np.asarray(nbytes, dtype=np.float64)
+    if np.any(b < 0):
+        raise UsageError("nbytes must be >= 0")
+    p = hw.comm_params(impl)
+    s = min(ranks, hw.scaleup_size)
+    n = num_domains(ranks, hw.scaleup_size)
+    passes = 2.0 if kind == "allreduce" else 1.0
+    g = _group_factor(ranks)
+    penalty = 1.0 + p.eff_log2_penalty * g
+    up = passes * (s - 1) / s * b / (hw.scaleup_bw * p.eff_up) * penalty
+    out = passes * (n - 1) / n * b / s / (hw.scaleout_bw * p.eff_out) * penalty if n > 1 else np.zeros_like(b)
+    lat = np.full(b.shape, p.dispatch_latency_s + p.latency_log2_s * g)
+    if ranks == 1:
+        t = np.zeros(b.shape)
+        return Cost(time_s=t, bound=np.full(b.shape, "latency", dtype="<U8"))
+    xfer = up + out
+    t = np.maximum(lat + xfer, p.dispatch_floor_s)
+    bound = np.where(xfer > lat, "network", "latency").astype("<U8")
+    return Cost(time_s=t, bound=bound)
+
+
+def allreduce(hw: HardwareSpec, *, nbytes: ArrayLike, ranks: int, impl: str = "nccl") -> Cost:
+    """All-reduce of ``nbytes`` per rank: hierarchical (reduce-scatter and all-gather over NVLink
+    inside each domain, ring all-reduce of the 1/S shard over the NIC across domains)."""
+    return _collective(hw, nbytes, ranks, impl, "allreduce")
+
+
+def allgather(hw: HardwareSpec, *, nbytes: ArrayLike, ranks: int, impl: str = "nccl") -> Cost:
+    """All-gather whose output is ``nbytes`` per rank (each rank contributes ``nbytes / ranks``)."""
+    return _collective(hw, nbytes, ranks, impl, "allgather")
+
+
+def reduce_scatter(hw: HardwareSpec, *, nbytes: ArrayLike, ranks: int, impl: str = "nccl") -> Cost:
+    """Reduce-scatter whose input is ``nbytes`` per rank (each rank keeps ``nbytes / ranks``)."""
+    return _collective(hw, nbytes, ranks, impl, "reduce_scatter")

@@ -1,0 +1,360 @@
+"""Hardware presets: one TOML data file per system under ``tracekit/data/hardware/``.
+
+A preset file has a ``[spec]`` table whose entries are ``field = { value = ..., source = "..." }``
+(``note = "..."`` marks an assumption), and one ``[comm.<impl>]`` table per communication
+implementation with the same form. The part of the file below the calibration marker is written by
+``tracekit calibrate --write``. All values are SI: FLOP/s, bytes, bytes/s, seconds.
+
+A user preset is any such file; ``base = "<preset>"`` at its top inherits every field of that preset
+and the file overrides what it lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from tracekit.errors import UnknownNameError, UsageError
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "hardware"
+
+#: Marker line in a preset file: everything below it is written by ``tracekit calibrate --write``.
+CALIBRATION_MARKER = "# ==== fitted by `tracekit calibrate --write`: do not edit below this line ===="
+
+#: Communication implementations a preset can parameterise.
+COMM_IMPLS = ("deepep-normal", "deepep-ll", "deepep-ll-rdma", "nvl-a2a", "nccl")
+
+
+def _f(doc: str, unit: str, default: Any = dataclasses.MISSING) -> Any:
+    if default is dataclasses.MISSING:
+        return field(metadata={"doc": doc, "unit": unit})
+    return field(default=default, metadata={"doc": doc, "unit": unit})
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommParams:
+    """Achievable-efficiency and latency parameters of one communication implementation.
+
+    A rank's time is ``max(floor, latency + bytes / (link_bw * eff / penalty))`` over the links it
+    uses (NVLink inside the scale-up domain, the NIC outside), with ``penalty = 1 + eff_log2_penalty
+    * log2(max(ranks, 8) / 8)``; dispatch and combine have their own latency and floor.
+    """
+
+    impl: str = _f("Implementation name.", "")
+    eff_up: float = _f("Fraction of scale-up (NVLink) bandwidth per direction achieved.", "fraction")
+    eff_out: float = _f("Fraction of scale-out (NIC) bandwidth per direction achieved.", "fraction")
+    dispatch_latency_s: float = _f("Fixed time added to a dispatch's transfer time.", "s")
+    combine_latency_s: float = _f("Fixed time added to a combine's transfer time.", "s")
+    dispatch_floor_s: float = _f("Least time of a dispatch (launch and barrier).", "s", 0.0)
+    combine_floor_s: float = _f("Least time of a combine (launch and barrier).", "s", 0.0)
+    latency_log2_s: float = _f("Latency added per doubling of the group beyond 8 ranks.", "s", 0.0)
+    eff_log2_penalty: float = _f(
+        "Relative bandwidth loss per doubling of the group beyond 8 ranks (synchronisation).", "fraction", 0.0
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class HardwareSpec:
+    """One GPU system: per-GPU compute and memory, the scale-up domain and the network between domains."""
+
+    name: str = _f("Preset name.", "")
+    description: str = _f("What system this is.", "", "")
+    gpu: str = _f("GPU model.", "", "")
+    bf16_flops: float = _f("Dense BF16 tensor-core peak per GPU.", "FLOP/s")
+    fp8_flops: float = _f("Dense FP8 tensor-core peak per GPU.", "FLOP/s")
+    fp4_flops: float = _f(
+        "Dense FP4 tensor-core peak per GPU (0: no FP4 tensor cores; FP8 is used).", "FLOP/s"
+    )
+    hbm_bytes: float = _f("HBM capacity per GPU.", "B")
+    hbm_bw: float = _f("HBM bandwidth per GPU.", "B/s")
+    scaleup_size: int = _f("GPUs in one scale-up (NVLink) domain.", "GPUs")
+    gpus_per_node: int = _f("GPUs per host or compute tray.", "GPUs")
+    scaleup_bw: float = _f("Scale-up (NVLink) bandwidth per GPU, per direction.", "B/s")
+    scaleout_bw: float = _f("Scale-out (NIC) bandwidth per GPU, per direction.", "B/s")
+    mem_latency_s: float = _f("Fixed latency of a memory-bound kernel.", "s")
+    scaleup_latency_s: float = _f("GPU-to-GPU latency inside the scale-up domain.", "s")
+    scaleout_latency_s: float = _f("GPU-to-GPU latency across the network.", "s")
+    kernel_launch_s: float = _f("Least time of one kernel (launch and tail).", "s")
+    gemm_eff: float = _f("Fraction of peak FLOP/s a large GEMM reaches.", "fraction")
+    gemm_half_tokens: float = _f(
+        "Rows (tokens) of a GEMM at which its efficiency is half of gemm_eff (small-batch falloff).", "tokens"
+    )
+    attn_eff: float = _f("Fraction of peak FLOP/s attention reaches.", "fraction")
+    hbm_eff: float = _f("Fraction of HBM bandwidth reached.", "fraction")
+    comm: Mapping[str, CommParams] = field(
+        default_factory=dict, metadata={"doc": "Parameters per communication implementation.", "unit": ""}
+    )
+    sources: Mapping[str, str] = field(
+        default_factory=dict, metadata={"doc": "Source (and assumption notes) of every value.", "unit": ""}
+    )
+    calibration: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata={"doc": "Fit summary and residuals written by tracekit calibrate.", "unit": ""},
+    )
+
+    def comm_params(self, impl: str) -> CommParams:
+        """The parameters of communication implementation ``impl``."""
+        if impl not in self.comm:
+            raise UnknownNameError(
+                "communication implementation", impl, self.comm, hint=f"of hardware preset {self.name}"
+            )
+        return self.comm[impl]
+
+    def peak_flops(self, precision: str) -> float:
+        """Dense peak FLOP/s for GEMMs in ``precision`` (fp4 falls back to fp8 without FP4 tensor cores)."""
+        p = precision.lower()
+        if p in ("fp4", "nvfp4", "mxfp4", "int4"):
+            return self.fp4_flops if self.fp4_flops > 0 else self.fp8_flops
+        if p in ("fp8", "fp8_e4m3", "e4m3"):
+            return self.fp8_flops
+        if p in ("fp32", "float32"):
+            return self.bf16_flops / 2.0  # TF32 tensor cores run at half the BF16 rate
+        return self.bf16_flops
+
+    def domain_of(self, rank: Any) -> Any:
+        """Scale-up domain of a rank (ranks are numbered domain by domain)."""
+        return rank // self.scaleup_size
+
+
+SCALAR_FIELDS = tuple(
+    f.name for f in dataclasses.fields(HardwareSpec) if f.name not in ("comm", "sources", "calibration")
+)
+COMM_FIELDS = tuple(f.name for f in dataclasses.fields(CommParams) if f.name != "impl")
+
+
+def field_units() -> dict[str, str]:
+    """Unit of every spec field and every comm field (``comm.<impl>.<field>`` uses the comm field's)."""
+    out = {f.name: f.metadata.get("unit", "") for f in dataclasses.fields(HardwareSpec)}
+    out.update({f"comm.{f.name}": f.metadata.get("unit", "") for f in dataclasses.fields(CommParams)})
+    return out
+
+
+def field_docs() -> dict[str, str]:
+    out = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(HardwareSpec)}
+    out.update({f"comm.{f.name}": f.metadata.get("doc", "") for f in dataclasses.fields(CommParams)})
+    return out
+
+
+# ---- loading -------------------------------------------------------------------------------------------
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(
+            f"hardware preset file {path} cannot be read ({exc}); pass a preset name or a readable file"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"hardware preset file {path} is not valid TOML ({exc}); fix the file") from None
+
+
+def _value(entry: Any, where: str) -> tuple[Any, str]:
+    """(value, source text) of a ``{ value = ..., source = ..., note = ... }`` entry or a bare value."""
+    if isinstance(entry, Mapping):
+        if "value" not in entry:
+            raise UsageError(f'{where}: expected {{ value = ..., source = "..." }}; add a value')
+        src = str(entry.get("source", ""))
+        if entry.get("note"):
+            src = f"{src} [assumption: {entry['note']}]" if src else f"[assumption: {entry['note']}]"
+        return entry["value"], src
+    return entry, ""
+
+
+def _merge_raw(path: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    raw = _read_toml(path)
+    base = raw.get("base")
+    if base is None:
+        return raw
+    base_path = _preset_path(str(base))
+    if str(base_path) in seen:
+        raise UsageError(f"hardware preset {path}: base chain loops through {base}; remove the cycle")
+    merged = _merge_raw(base_path, (*seen, str(base_path)))
+    merged = {**merged, "spec": {**merged.get("spec", {}), **raw.get("spec", {})}}
+    comm = {k: dict(v) for k, v in merged.get("comm", {}).items()}
+    for impl, entries in raw.get("comm", {}).items():
+        comm.setdefault(impl, {}).update(entries)
+    merged["comm"] = comm
+    for key in ("name", "description", "gpu", "calibration"):
+        if key in raw:
+            merged[key] = raw[key]
+    merged.setdefault("name", path.stem)
+    if "name" not in raw:
+        merged["name"] = path.stem
+    return merged
+
+
+def _build(raw: dict[str, Any], where: str) -> HardwareSpec:
+    kwargs: dict[str, Any] = {
+        "name": str(raw.get("name", "")),
+        "description": str(raw.get("description", "")),
+        "gpu": str(raw.get("gpu", "")),
+    }
+    sources: dict[str, str] = {}
+    spec = raw.get("spec", {})
+    numeric = [f for f in SCALAR_FIELDS if f not in ("name", "description", "gpu")]
+    unknown = sorted(set(spec) - set(numeric))
+    if unknown:
+        raise UsageError(f"{where}: unknown [spec] fields {unknown}; valid: {', '.join(numeric)}")
+    for name in numeric:
+        if name not in spec:
+            raise UsageError(f"{where}: [spec] has no {name!r}; add it with a value and a source")
+        value, src = _value(spec[name], f"{where}: spec.{name}")
+        kwargs[name] = _number(
+            value, f"{where}: spec.{name}", integer=name in ("scaleup_size", "gpus_per_node")
+        )
+        sources[name] = src
+    comm: dict[str, CommParams] = {}
+    for impl, entries in raw.get("comm", {}).items():
+        if impl not in COMM_IMPLS:
+            raise UsageError(
+                f"{where}: unknown [comm.{impl}]; valid implementations: {', '.join(COMM_IMPLS)}"
+            )
+        params: dict[str, Any] = {}
+        for name, entry in entries.items():
+            if name not in COMM_FIELDS:
+                raise UsageError(
+                    f"{where}: unknown field comm.{impl}.{name}; valid: {', '.join(COMM_FIELDS)}"
+                )
+            value, src = _value(entry, f"{where}: comm.{impl}.{name}")
+            params[name] = _number(value, f"{where}: comm.{impl}.{name}")
+            sources[f"comm.{impl}.{name}"] = src
+        try:
+            comm[impl] = CommParams(impl=impl, **params)
+        except TypeError as exc:
+            raise UsageError(
+                f"{where}: [comm.{impl}] is incomplete ({exc}); add the missing fields"
+            ) from None
+    kwargs["comm"] = comm
+    kwargs["sources"] = sources
+    kwargs["calibration"] = dict(raw.get("calibration", {}))
+    hw = HardwareSpec(**kwargs)
+    _check(hw, where)
+    return hw
+
+
+def _number(value: Any, where: str, *, integer: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{where} must be a number, got {value!r}")
+    if not math.isfinite(float(value)) or value < 0:
+        raise UsageError(f"{where} must be a finite number >= 0, got {value!r}")
+    if integer:
+        if int(value) != value or value < 1:
+            raise UsageError(f"{where} must be a whole number >= 1, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+def _check(hw: HardwareSpec, where: str) -> None:
+    for name in ("bf16_flops", "fp8_flops", "hbm_bw", "scaleup_bw", "scaleout_bw"):
+        if getattr(hw, name) <= 0:
+            raise UsageError(f"{where}: {name} must be > 0")
+    for name in ("gemm_eff", "attn_eff", "hbm_eff"):
+        if not 0 < getattr(hw, name) <= 1:
+            raise UsageError(f"{where}: {name} must be in (0, 1], got {getattr(hw, name)}")
+    for p in hw.comm.values():
+        for name in ("eff_up", "eff_out"):
+            if not 0 < getattr(p, name) <= 1:
+                raise UsageError(f"{where}: comm.{p.impl}.{name} must be in (0, 1], got {getattr(p, name)}")
+
+
+def _preset_path(name: str) -> Path:
+    path = DATA_DIR / f"{name}.toml"
+    if path.is_file():
+        return path
+    candidate = Path(name).expanduser()
+    if candidate.is_file():
+        return candidate
+    if name.endswith(".toml") or "/" in name:
+        raise UsageError(
+            f"hardware preset file {name} does not exist; pass a preset name or an existing .toml file"
+        )
+    raise UnknownNameError(
+        "hardware preset", name, hardware_names(), hint="or pass a path to a preset .toml file"
+    )
+
+
+def hardware_names() -> list[str]:
+    """Names of the built-in hardware presets, sorted."""
+    return sorted(p.stem for p in DATA_DIR.glob("*.toml"))
+
+
+@cache
+def _load_cached(path: str) -> HardwareSpec:
+    p = Path(path)
+    return _build(_merge_raw(p), p.name if p.parent == DATA_DIR else str(p))
+
+
+def get_hardware(name: str | Path, overrides: Mapping[str, Any] | None = None) -> HardwareSpec:
+    """A hardware preset by name or preset-file path, with ``overrides`` applied.
+
+    ``overrides`` maps a field (``scaleout_bw``) or a comm field (``comm.deepep-ll.eff_out``) to a
+    value; values may be strings (as given by ``--set field=value`` on the command line).
+    """
+    hw = _load_cached(str(_preset_path(str(name)).resolve()))
+    if overrides:
+        hw = apply_overrides(hw, overrides)
+    return hw
+
+
+def apply_overrides(hw: HardwareSpec, overrides: Mapping[str, Any]) -> HardwareSpec:
+    """``hw`` with fields replaced; each override's source is recorded as 'override'."""
+    changes: dict[str, Any] = {}
+    comm = dict(hw.comm)
+    sources = dict(hw.sources)
+    for key, raw in overrides.items():
+        if key.startswith("comm."):
+            parts = key.split(".")
+            if len(parts) != 3 or parts[1] not in comm or parts[2] not in COMM_FIELDS:
+                raise UsageError(
+                    f"override {key!r}: expected comm.<impl>.<field> with impl in {', '.join(sorted(comm))} "
+                    f"and field in {', '.join(COMM_FIELDS)}"
+                )
+            value = _number(_parse(raw, key), f"override {key}")
+            comm[parts[1]] = dataclasses.replace(comm[parts[1]], **{parts[2]: value})
+        else:
+            numeric = [f for f in SCALAR_FIELDS if f not in ("name", "description", "gpu")]
+            if key not in numeric:
+                raise UsageError(
+                    f"override {key!r} is not a hardware field; valid: {', '.join(numeric)}, comm.<impl>.<field>"
+                )
+            changes[key] = _number(
+                _parse(raw, key), f"override {key}", integer=key in ("scaleup_size", "gpus_per_node")
+            )
+        sources[key] = "override"
+    new = dataclasses.replace(hw, comm=comm, sources=sources, **changes)
+    _check(new, f"hardware {hw.name} with overrides")
+    return new
+
+
+def _parse(raw: Any, key: str) -> Any:
+    if isinstance(raw, str):
+        try:
+            return float(raw) if any(c in raw.lower() for c in ".e") else int(raw)
+        except ValueError:
+            raise UsageError(
+                f"override {key}={raw!r}: the value must be a number in SI units (e.g. 5e10)"
+            ) from None
+    return raw
+
+
+def parse_set_options(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["field=value", ...]`` (the CLI's repeated ``--set``) as a dict."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"--set {item!r}: expected FIELD=VALUE, for example --set scaleout_bw=1e11")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def preset_path(name: str) -> Path:
+    """The file of a built-in preset (or the given file)."""
+    return _preset_path(name)
