@@ -107,7 +107,6 @@ def place(
     """
     from tracekit.placement import (
         StepLoads,
-        compute_placement,
         expert_weight_bytes,
         get_policy,
         plan,
@@ -157,6 +156,10 @@ def place(
         expert_bytes = expert_weight_bytes(arch.hidden_size, arch.moe_intermediate_size, bpp)
 
     num_redundant = _redundant(loads.num_experts, redundant, slots)
+    setup = (
+        f"{loads.num_experts} experts x {len(loads.layers)} MoE layers on EP {num_ranks} "
+        f"({nodes} node{'s' if nodes > 1 else ''}), {num_redundant} redundant slots"
+    )
     results = []
     skipped: list[tuple[str, str]] = []
     for name in policies:
@@ -185,7 +188,7 @@ def place(
 
     if evaluate:
         replayed = _replay_each(trace, results, hw, num_ranks, nodes) if hw is not None else None
-        _print_comparison(results, skipped, replayed, loads, as_json, fmt)
+        _print_comparison(results, skipped, replayed, loads, as_json, fmt, setup)
         return
 
     res = results[0]
@@ -212,20 +215,26 @@ def place(
             obj["out"] = str(out)
         click.echo(_compact_json(obj))
         return
-    base = compute_placement(
-        "contiguous",
-        _problem(loads, num_ranks, 0, nodes, num_groups),
+    baseline = plan(
+        loads,
+        policy="contiguous",
+        num_ranks=num_ranks,
+        num_nodes=nodes,
+        num_groups=num_groups,
+        window=window,
+        recompute_every=recompute_every,
+        expert_bytes=expert_bytes,
     )
-    from tracekit.placement import score_loads
-
-    base_score = score_loads(
-        base, loads.window(int(res.eval_steps[0])).loads if res.eval_steps.size else loads.loads
+    _print_comparison(
+        [baseline, res],
+        [],
+        None,
+        loads,
+        False,
+        fmt,
+        setup,
+        labels=["contiguous, no redundant slots", res.policy],
     )
-    rows = [
-        _row("contiguous (no redundancy)", base_score, 0, 0),
-        _row(res.policy, res.score, res.moved_experts, res.migration_bytes),
-    ]
-    click.echo(render_rows(_COLUMNS, rows, fmt, title=_title(res, loads, num_ranks, num_redundant, nodes)))
     if out is not None:
         click.echo(f"wrote {out} ({len(res.epochs)} epoch(s), from_step {[e.from_step for e in res.epochs]})")
 
@@ -253,37 +262,6 @@ def _json_scalar(v: Any) -> Any:
     return str(v)
 
 
-_COLUMNS = [
-    "policy",
-    "imbalance",
-    "imbalance_total",
-    "max_over_mean",
-    "tokens_max",
-    "moved_experts",
-    "migration",
-]
-
-
-def _row(name: str, score: Any, moved: int, migration_bytes: int) -> list[Any]:
-    return [
-        name,
-        round(score.imbalance_step_mean, 4),
-        round(score.imbalance_total, 4),
-        round(score.max_over_mean, 4),
-        round(score.tokens_max_mean, 1),
-        moved,
-        human_bytes(migration_bytes),
-    ]
-
-
-def _title(res: Any, loads: Any, num_ranks: int, num_redundant: int, nodes: int) -> str:
-    mode = "in-sample" if res.eval_steps.size == loads.steps.size else f"trained on {res.train_steps} steps"
-    return (
-        f"{loads.num_experts} experts, {len(loads.layers)} layers, EP {num_ranks}, {nodes} node(s), "
-        f"{num_redundant} redundant; scored on {res.eval_steps.size} step(s), {mode}"
-    )
-
-
 def _score_dict(res: Any) -> dict[str, Any]:
     s = res.score
     return {
@@ -295,6 +273,7 @@ def _score_dict(res: Any) -> dict[str, Any]:
         "eval_steps": s.num_steps,
         "train_steps": res.train_steps,
         "train_imbalance": res.train_score.imbalance_step_mean,
+        "train_imbalance_total": res.train_score.imbalance_total,
         "moved_experts": res.moved_experts,
         "migration_bytes": res.migration_bytes,
     }
@@ -351,13 +330,15 @@ def _print_comparison(
     loads: Any,
     as_json: bool,
     fmt: str,
+    setup: str,
+    labels: list[str] | None = None,
 ) -> None:
     columns = [
         "policy",
-        "imbalance",
-        "imbalance_max",
-        "max_over_mean",
-        "train_imbalance",
+        "imbalance_total",
+        "imbalance_step",
+        "imbalance_step_max",
+        "train_imbalance_total",
         "moved_experts",
         "migration",
     ]
@@ -365,14 +346,14 @@ def _print_comparison(
         columns += ["straggler_s", "step_time_s", "tokens_per_s_per_gpu", "max_batch_per_gpu"]
     rows = []
     objs = []
-    for res in results:
+    for i, res in enumerate(results):
         s = res.score
         row = [
-            res.policy,
+            labels[i] if labels else res.policy,
+            round(s.imbalance_total, 4),
             round(s.imbalance_step_mean, 4),
             round(s.imbalance_step_max, 4),
-            round(s.max_over_mean, 4),
-            round(res.train_score.imbalance_step_mean, 4),
+            round(res.train_score.imbalance_total, 4),
             res.moved_experts,
             human_bytes(res.migration_bytes),
         ]
@@ -397,10 +378,7 @@ def _print_comparison(
         if first.eval_steps.size == loads.steps.size
         else f"out-of-sample after {first.train_steps} steps"
     )
-    title = (
-        f"placement what-if: {loads.num_experts} experts, {len(loads.layers)} MoE layers, "
-        f"scored on {first.eval_steps.size} step(s), {mode}"
-    )
+    title = f"placement what-if: {setup}; scored on {first.eval_steps.size} step(s), {mode}"
     click.echo(render_rows(columns, rows, fmt, title=title))
     for name, reason in skipped:
         click.echo(f"skipped {name}: {reason}")
