@@ -1,0 +1,610 @@
+"""Workload extraction: what each rank of a deployment does in each replayed step and MoE layer.
+
+From a trace's ``tokens`` and ``routing`` tables and a deployment (EP ranks, batch per GPU,
+placement), this module builds, per phase (prefill, decode):
+
+- the *schedule*: which replayed step and rank each trace token lands on (as recorded, or re-packed
+  into steps of ``batch_per_gpu x ranks`` tokens, reusing the trace's tokens from the start when it
+  runs out);
+- per (step, rank): tokens, their KV lengths and the keys read (attention work), and the tokens
+  that produce an output (LM head);
+- per (step, MoE layer, source rank, physical slot): token-expert pairs routed there under the
+  placement, plus the duplicate pairs that DeepEP's per-rank and per-node deduplication removes, so
+  the per-peer token matrices (dispatch volumes) follow exactly.
+
+Shape legend: ``W`` replayed steps of a window, ``L`` MoE layers of the trace, ``R`` ranks, ``S``
+physical slots, ``Q`` scale-up domains (nodes), ``N`` tokens, ``K`` top-k, ``C`` copies of the
+trace's token stream. Everything is columnar: no Python loop runs per token or per routing choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from tracekit.errors import DeploymentError, TraceError, UsageError
+from tracekit.placement import Placement, route_to_slots
+from tracekit.trace.reader import Trace
+
+PHASES = ("prefill", "decode")
+
+#: Routing rows processed per batch (bounds memory: ~40 bytes per row at top-8, times a few).
+ROWS_PER_BATCH = 2_000_000
+#: Bins of the (step, layer, source rank, slot) counter per window (bounds memory, 8 bytes each).
+MAX_WINDOW_BINS = 6_000_000
+
+
+# ---- tokens --------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class PhaseTokens:
+    """The trace's tokens of one phase, in stream order (trace step, rank, token index)."""
+
+    phase: str
+    #: [N] trace step of each token.
+    trace_step: np.ndarray
+    #: [N] trace rank of each token.
+    trace_rank: np.ndarray
+    #: [N] request id (-1 where unknown).
+    request: np.ndarray
+    #: [N] KV length the token attends over (position + 1, or the deployment's kv_len).
+    kv_len: np.ndarray
+    #: [N] True when the token yields an output token (every decode token; the last prompt token).
+    output: np.ndarray
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.trace_step.size)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class TokenIndex:
+    """Maps a routing row's (rank, step, token_index) to its phase and stream position."""
+
+    step_min: int
+    num_steps: int
+    #: Trace rank ids (sorted); a row's rank position is searchsorted into it.
+    ranks: np.ndarray
+    #: [num_steps * len(ranks) + 1] start of each (step, rank) block in the flat token order.
+    offset: np.ndarray
+    #: [flat] phase code (0 prefill, 1 decode, -1 no token) of each flat token.
+    phase: np.ndarray
+    #: [flat] stream position within its phase.
+    position: np.ndarray
+    #: trace steps with at least one token, per phase.
+    steps_by_phase: dict[str, np.ndarray]
+
+    def lookup(
+        self, rank: np.ndarray, step: np.ndarray, token_index: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(phase code, stream position) of routing rows; phase -1 for rows without a token."""
+        ri = np.searchsorted(self.ranks, rank)
+        ri = np.minimum(ri, self.ranks.size - 1)
+        ok = self.ranks[ri] == rank
+        si = step.astype(np.int64) - self.step_min
+        ok &= (si >= 0) & (si < self.num_steps)
+        block = np.where(ok, si * self.ranks.size + ri, 0)
+        start = self.offset[block]
+        flat = start + token_index.astype(np.int64)
+        ok &= (token_index >= 0) & (flat < self.offset[block + 1])
+        flat = np.where(ok, flat, 0)
+        phase = np.where(ok, self.phase[flat], -1)
+        return phase, self.position[flat]
+
+
+def load_tokens(trace: Trace, *, kv_len: int | None = None) -> tuple[dict[str, PhaseTokens], TokenIndex]:
+    """The trace's tokens split by phase, and the index that maps routing rows onto them."""
+    tok = _token_frame(trace)
+    if tok.height == 0:
+        raise TraceError(
+            f"{trace.path}: the trace has no tokens and no routing rows; record or synthesize a trace "
+            "with routing before replaying it"
+        )
+    steps = trace.scan("steps").select("rank", "step", "phase").collect()
+    if steps.height:
+        tok = tok.join(steps.unique(["rank", "step"]), on=["rank", "step"], how="left")
+    else:
+        tok = tok.with_columns(pl.lit(None, pl.String).alias("phase"))
+    tok = tok.with_columns(
+        pl.when(pl.col("is_prefill").is_not_null())
+        .then(pl.col("is_prefill"))
+        .otherwise(pl.col("phase") == "prefill")
+        .fill_null(False)
+        .alias("is_prefill")
+    )
+    if kv_len is None and tok["position"].null_count():
+        raise TraceError(
+            f"{trace.path}: {tok['position'].null_count()} tokens have no position, so their KV length "
+            "is unknown; pass --kv-len N to give one"
+        )
+    # The last prompt token of a request (in prefill) produces the first output token.
+    tok = tok.with_columns(
+        pl.when(pl.col("request_id").is_null())
+        .then(pl.lit(True))
+        .otherwise(pl.col("position") == pl.col("position").max().over(["request_id", "is_prefill"]))
+        .fill_null(True)
+        .alias("_last"),
+    )
+    tok = tok.sort(["step", "rank", "token_index"])
+    ranks = np.unique(tok["rank"].to_numpy()).astype(np.int64)
+    step_min = int(tok["step"].min())  # type: ignore[arg-type]
+    num_steps = int(tok["step"].max()) - step_min + 1  # type: ignore[arg-type]
+    # Flat order: one block per (step, rank) of size max(token_index) + 1.
+    blocks = tok.group_by(["step", "rank"]).agg(pl.col("token_index").max().alias("n"))
+    bstep = blocks["step"].to_numpy().astype(np.int64) - step_min
+    brank = np.searchsorted(ranks, blocks["rank"].to_numpy())
+    sizes = np.zeros(num_steps * ranks.size, dtype=np.int64)
+    sizes[bstep * ranks.size + brank] = blocks["n"].to_numpy().astype(np.int64) + 1
+    offset = np.zeros(sizes.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offset[1:])
+    t_step = tok["step"].to_numpy().astype(np.int64)
+    t_rank = tok["rank"].to_numpy().astype(np.int64)
+    t_ti = tok["token_index"].to_numpy().astype(np.int64)
+    flat = offset[(t_step - step_min) * ranks.size + np.searchsorted(ranks, t_rank)] + t_ti
+    phase_flat = np.full(int(offset[-1]), -1, dtype=np.int8)
+    pos_flat = np.zeros(int(offset[-1]), dtype=np.int64)
+    is_prefill = tok["is_prefill"].to_numpy()
+    position = tok["position"].to_numpy()
+    request = tok["request_id"].fill_null(-1).to_numpy().astype(np.int64)
+    last = tok["_last"].to_numpy()
+    out: dict[str, PhaseTokens] = {}
+    steps_by_phase: dict[str, np.ndarray] = {}
+    for code, phase in enumerate(PHASES):
+        sel = is_prefill if phase == "prefill" else ~is_prefill
+        idx = np.nonzero(sel)[0]
+        phase_flat[flat[idx]] = code
+        pos_flat[flat[idx]] = np.arange(idx.size)
+        if not idx.size:
+            continue
+        if (kv_len is not None and phase == "decode") or (
+            kv_len is not None and np.isnan(position[idx].astype(np.float64)).any()
+        ):
+            kv = np.full(idx.size, kv_len, dtype=np.int64)
+        else:
+            kv = position[idx].astype(np.int64) + 1
+        out[phase] = PhaseTokens(
+            phase=phase,
+            trace_step=t_step[idx],
+            trace_rank=t_rank[idx],
+            request=request[idx],
+            kv_len=kv,
+            output=np.ones(idx.size, dtype=bool) if phase == "decode" else last[idx].astype(bool),
+        )
+        steps_by_phase[phase] = np.unique(t_step[idx])
+    index = TokenIndex(
+        step_min=step_min,
+        num_steps=num_steps,
+        ranks=ranks,
+        offset=offset,
+        phase=phase_flat,
+        position=pos_flat,
+        steps_by_phase=steps_by_phase,
+    )
+    return out, index
+
+
+def _token_frame(trace: Trace) -> pl.DataFrame:
+    cols = ["rank", "step", "token_index", "request_id", "position", "is_prefill"]
+    tok = trace.scan("tokens").select(cols).collect()
+    if tok.height:
+        return tok.unique(["rank", "step", "token_index"], keep="first")
+    # No tokens table: the distinct tokens of the routing table's first layer.
+    first = trace.scan("routing").select(pl.col("layer").min()).collect().item()
+    if first is None:
+        return tok
+    return (
+        trace.scan("routing")
+        .filter(pl.col("layer") == first)
+        .select("rank", "step", "token_index")
+        .unique()
+        .collect()
+        .with_columns(
+            pl.lit(None, pl.Int64).alias("request_id"),
+            pl.lit(None, pl.Int32).alias("position"),
+            pl.lit(None, pl.Boolean).alias("is_prefill"),
+        )
+        .select(cols)
+    )
+
+
+# ---- schedule ------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Schedule:
+    """Where each token of a phase's stream is replayed: step and rank, per copy of the stream."""
+
+    phase: str
+    num_steps: int
+    num_ranks: int
+    rebatched: bool
+    #: Tokens per rank per step when re-batched (None: as recorded).
+    batch_per_gpu: int | None
+    #: [C, N] replayed step of copy c of stream token p (-1: not replayed).
+    step: np.ndarray
+    #: [C, N] replayed rank.
+    rank: np.ndarray
+    #: Replayed tokens / distinct trace tokens.
+    token_reuse: float
+
+    @cached_property
+    def tokens(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every replayed token: (stream position, step, rank), in replay order."""
+        c, p = np.nonzero(self.step >= 0)
+        return p, self.step[c, p], self.rank[c, p]
+
+
+def make_schedule(
+    tokens: PhaseTokens,
+    *,
+    num_ranks: int,
+    batch_per_gpu: int | None,
+    num_steps: int | None = None,
+    trace_ranks: np.ndarray | None = None,
+) -> Schedule:
+    """Place a phase's tokens on replayed steps and ranks.
+
+    ``batch_per_gpu=None`` keeps the recorded steps and ranks (the trace's ranks must then be
+    ``num_ranks`` ranks). Otherwise token ``g`` of the (cyclically repeated) stream goes to step
+    ``g // (batch_per_gpu * num_ranks)`` and rank ``(g mod (batch_per_gpu * num_ranks)) // batch_per_gpu``.
+    """
+    n = tokens.num_tokens
+    if batch_per_gpu is None:
+        rank_ids = np.unique(tokens.trace_rank) if trace_ranks is None else trace_ranks
+        if rank_ids.size > num_ranks or (rank_ids.size and rank_ids.max() >= num_ranks):
+            raise DeploymentError(
+                f"the trace's {tokens.phase} tokens were recorded on ranks {rank_ids.tolist()[:8]}..., "
+                f"which a {num_ranks}-rank deployment cannot keep as recorded; pass --batch-per-gpu to "
+                "re-batch them"
+            )
+        uniq, step = np.unique(tokens.trace_step, return_inverse=True)
+        steps = int(uniq.size)
+        if num_steps is not None:
+            keep = step < num_steps
+            step = np.where(keep, step, -1)
+            steps = min(steps, num_steps)
+        return Schedule(
+            phase=tokens.phase,
+            num_steps=steps,
+            num_ranks=num_ranks,
+            rebatched=False,
+            batch_per_gpu=None,
+            step=step.astype(np.int64)[None, :],
+            rank=tokens.trace_rank.astype(np.int64)[None, :],
+            token_reuse=float((step >= 0).sum()) / max(n, 1),
+        )
+    if batch_per_gpu < 1:
+        raise UsageError(f"--batch-per-gpu must be >= 1, got {batch_per_gpu}")
+    per_step = batch_per_gpu * num_ranks
+    steps = num_steps if num_steps is not None else max(1, -(-n // per_step))
+    total = steps * per_step
+    copies = -(-total // n)
+    g = np.arange(n, dtype=np.int64)[None, :] + n * np.arange(copies, dtype=np.int64)[:, None]
+    live = g < total
+    step = np.where(live, g // per_step, -1)
+    rank = np.where(live, (g % per_step) // batch_per_gpu, -1)
+    return Schedule(
+        phase=tokens.phase,
+        num_steps=steps,
+        num_ranks=num_ranks,
+        rebatched=True,
+        batch_per_gpu=batch_per_gpu,
+        step=step,
+        rank=rank,
+        token_reuse=total / n,
+    )
+
+
+# ---- attention load ------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class AttentionLoad:
+    """Per (step, rank) attention work of one phase; arrays [T, R]."""
+
+    tokens: np.ndarray
+    #: Query-key pairs (sum of KV lengths), per attention window (None: full attention).
+    pairs: dict[int | None, np.ndarray]
+    #: Keys read from the KV cache (per request and step: its longest KV length), per window.
+    keys: dict[int | None, np.ndarray]
+    #: Tokens that produce an output token (LM head rows).
+    outputs: np.ndarray
+    #: [T] distinct requests per step.
+    requests: np.ndarray
+    #: [T] first and last trace step feeding each replayed step.
+    trace_step_first: np.ndarray
+    trace_step_last: np.ndarray
+
+
+def attention_load(tokens: PhaseTokens, schedule: Schedule, windows: tuple[int | None, ...]) -> AttentionLoad:
+    """Aggregate a phase's tokens into per (step, rank) attention work."""
+    p, step, rank = schedule.tokens
+    T, R = schedule.num_steps, schedule.num_ranks
+    cell = step * R + rank
+    nbins = T * R
+    kv = tokens.kv_len[p].astype(np.float64)
+    out_tokens = np.bincount(cell, minlength=nbins).reshape(T, R)
+    outputs = np.bincount(cell, weights=tokens.output[p].astype(np.float64), minlength=nbins).reshape(T, R)
+    # Copies of a request in different replayed positions are distinct sequences.
+    copy = np.nonzero(schedule.step >= 0)[0]
+    copies = schedule.step.shape[0]
+    req = tokens.request[p]
+    seq = np.where(req >= 0, req * copies + copy, -1 - (copy * tokens.num_tokens + p))
+    frame = pl.DataFrame({"cell": cell, "seq": seq, "kv": kv, "step": step})
+    per_seq = frame.group_by(["cell", "seq"]).agg(pl.col("kv").max().alias("kmax"))
+    cells = per_seq["cell"].to_numpy()
+    kmax = per_seq["kmax"].to_numpy()
+    pairs: dict[int | None, np.ndarray] = {}
+    keys: dict[int | None, np.ndarray] = {}
+    for w in windows:
+        kvw = kv if w is None else np.minimum(kv, float(w))
+        km = kmax if w is None else np.minimum(kmax, float(w))
+        pairs[w] = np.bincount(cell, weights=kvw, minlength=nbins).reshape(T, R)
+        keys[w] = np.bincount(cells, weights=km, minlength=nbins).reshape(T, R)
+    reqs = frame.group_by("step").agg(pl.col("seq").n_unique().alias("n")).sort("step")
+    requests = np.zeros(T, dtype=np.int64)
+    requests[reqs["step"].to_numpy()] = reqs["n"].to_numpy()
+    tstep = tokens.trace_step[p]
+    first = np.full(T, np.iinfo(np.int64).max, dtype=np.int64)
+    last = np.full(T, -1, dtype=np.int64)
+    np.minimum.at(first, step, tstep)
+    np.maximum.at(last, step, tstep)
+    return AttentionLoad(
+        tokens=out_tokens,
+        pairs=pairs,
+        keys=keys,
+        outputs=outputs,
+        requests=requests,
+        trace_step_first=first,
+        trace_step_last=last,
+    )
+
+
+# ---- routing -------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ExpertWindow:
+    """Routing of a window of replayed steps ``steps[0] .. steps[-1]`` (consecutive) of one phase.
+
+    ``pairs[W, L, R, S]`` counts token-expert pairs a source rank sends to each physical slot;
+    ``dup_rank[W, L, R, R]`` the pairs beyond the first to the same destination rank (per token);
+    ``dup_node[W, L, R, Q]`` the same per destination scale-up domain.
+    """
+
+    steps: np.ndarray
+    pairs: np.ndarray
+    dup_rank: np.ndarray
+    dup_node: np.ndarray
+    slots_per_rank: int
+    ranks_per_node: int
+
+    @property
+    def recv(self) -> np.ndarray:
+        """[W, L, S] token-expert pairs per physical slot."""
+        return self.pairs.sum(axis=2)
+
+    @property
+    def rank_pairs(self) -> np.ndarray:
+        """[W, L, R, R] token-expert pairs from source rank to destination rank."""
+        W, L, R, _ = self.pairs.shape
+        return self.pairs.reshape(W, L, R, R, self.slots_per_rank).sum(axis=-1)
+
+    @property
+    def peer_tokens(self) -> np.ndarray:
+        """[W, L, R, R] tokens sent from source to destination rank (once per destination rank)."""
+        return self.rank_pairs - self.dup_rank
+
+    @property
+    def node_tokens(self) -> np.ndarray:
+        """[W, L, R, Q] tokens sent from a source rank to a scale-up domain (once per domain)."""
+        W, L, R, _ = self.dup_rank.shape
+        q = self.dup_node.shape[-1]
+        rp = self.rank_pairs
+        pad = q * self.ranks_per_node - R
+        if pad:
+            rp = np.concatenate([rp, np.zeros((W, L, R, pad), dtype=rp.dtype)], axis=-1)
+        return rp.reshape(W, L, R, q, self.ranks_per_node).sum(axis=-1) - self.dup_node
+
+
+def _sorting_network(n: int) -> list[tuple[int, int]]:
+    """Comparators of Batcher's odd-even merge sort for ``n`` inputs (pruned to indices < n)."""
+    out: list[tuple[int, int]] = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        out.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return out
+
+
+def _sort_columns(cols: list[np.ndarray]) -> list[np.ndarray]:
+    """Sort K equal-length columns element-wise across the columns (row-wise sort, column layout)."""
+    cols = list(cols)
+    for i, j in _sorting_network(len(cols)):
+        a, b = cols[i], cols[j]
+        cols[i] = np.minimum(a, b)
+        cols[j] = np.maximum(a, b)
+    return cols
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RoutingSource:
+    """The routing rows of a trace, read in bounded batches for one window of replayed steps."""
+
+    trace: Trace
+    #: Trace MoE layers whose routing is used (decoder layer ids), in order.
+    layers: tuple[int, ...]
+    top_k: int
+
+    @cached_property
+    def dataset(self) -> pads.Dataset:
+        files = [str(f) for f in self.trace.files("routing")]
+        if not files:
+            raise TraceError(
+                f"{self.trace.path}: the trace has no routing rows; the replay needs per-token routing "
+                "(record with tracekit record, or synthesize with tracekit synth)"
+            )
+        return pads.dataset(files, format="parquet")
+
+    def batches(self, step_ranges: list[tuple[int, int]]) -> Iterator[pa.RecordBatch]:
+        """Routing rows whose trace step falls in one of the inclusive ``step_ranges``."""
+        cond: pc.Expression | None = None
+        for lo, hi in step_ranges:
+            c = (pc.field("step") >= lo) & (pc.field("step") <= hi)
+            cond = c if cond is None else (cond | c)
+        yield from self.dataset.to_batches(
+            columns=["rank", "step", "layer", "token_index", "expert_ids"],
+            filter=cond,
+            batch_size=ROWS_PER_BATCH,
+        )
+
+
+def expert_window(
+    source: RoutingSource,
+    index: TokenIndex,
+    tokens: PhaseTokens,
+    schedule: Schedule,
+    placement: Placement,
+    *,
+    step_lo: int,
+    step_hi: int,
+    ranks_per_node: int,
+) -> ExpertWindow:
+    """Count the routing of replayed steps ``step_lo .. step_hi - 1`` of one phase."""
+    W = step_hi - step_lo
+    L = len(source.layers)
+    R = schedule.num_ranks
+    spr = placement.slots_per_rank
+    S = R * spr
+    Q = -(-R // ranks_per_node)
+    phase_code = PHASES.index(schedule.phase)
+    pairs = np.zeros(W * L * R * S, dtype=np.int64)
+    dup_rank = np.zeros(W * L * R * R, dtype=np.int64)
+    dup_node = np.zeros(W * L * R * Q, dtype=np.int64)
+    layer_pos = np.full(max(source.layers) + 1, -1, dtype=np.int64)
+    layer_pos[list(source.layers)] = np.arange(L)
+    # Slot lookup per layer for placements without replicas: slot_of[l * E + expert].
+    E = placement.num_experts
+    logcnt = placement.logcnt
+    sources = [placement.layers.index(layer) for layer in source.layers]
+    single = bool((logcnt[sources] == 1).all())
+    slot_of = np.zeros(L * E, dtype=np.int64)
+    if single:
+        for li, pi in enumerate(sources):
+            slot_of[li * E + placement.phy2log[pi]] = np.arange(S)
+    ranges = _trace_step_ranges(tokens, schedule, step_lo, step_hi)
+    if not ranges:
+        return ExpertWindow(
+            steps=np.arange(step_lo, step_hi),
+            pairs=pairs.reshape(W, L, R, S),
+            dup_rank=dup_rank.reshape(W, L, R, R),
+            dup_node=dup_node.reshape(W, L, R, Q),
+            slots_per_rank=spr,
+            ranks_per_node=ranks_per_node,
+        )
+    K = source.top_k
+    for batch in source.batches(ranges):
+        if batch.num_rows == 0:
+            continue
+        layer = batch.column("layer").to_numpy().astype(np.int64)
+        in_range = layer < layer_pos.size
+        li = np.where(in_range, layer_pos[np.minimum(layer, layer_pos.size - 1)], -1)
+        code, pos = index.lookup(
+            batch.column("rank").to_numpy(),
+            batch.column("step").to_numpy(),
+            batch.column("token_index").to_numpy(),
+        )
+        keep = (code == phase_code) & (li >= 0)
+        ids = batch.column("expert_ids").values.to_numpy().reshape(-1, K)
+        # A row is replayed once per copy of the stream that lands in this window.
+        rows, steps, ranks = [], [], []
+        for c in range(schedule.step.shape[0]):
+            st = np.where(keep, schedule.step[c, pos], -1)
+            sel = np.nonzero((st >= step_lo) & (st < step_hi))[0]
+            if sel.size:
+                rows.append(sel)
+                steps.append(st[sel] - step_lo)
+                ranks.append(schedule.rank[c, pos[sel]])
+        if not rows:
+            continue
+        row = np.concatenate(rows)
+        w = np.concatenate(steps)
+        src = np.concatenate(ranks)
+        lrow = li[row]
+        chosen = ids[row]
+        if chosen.size and (chosen.min() < 0 or chosen.max() >= E):
+            raise TraceError(
+                f"{source.trace.path}: routing holds expert ids {int(chosen.min())}..{int(chosen.max())} "
+                f"outside 0..{E - 1}; the trace does not match its model's expert count"
+            )
+        if single:
+            base = lrow * E
+            slot_cols = [slot_of[base + chosen[:, k]] for k in range(K)]
+        else:
+            slots = np.empty(chosen.shape, dtype=np.int64)
+            for l_i, layer_id in enumerate(source.layers):
+                m = np.nonzero(lrow == l_i)[0]
+                if m.size:
+                    slots[m] = route_to_slots(placement, layer_id, chosen[m], src[m], ranks_per_node)
+            slot_cols = [slots[:, k] for k in range(K)]
+        cell = (w * L + lrow) * R + src  # (step, layer, source rank)
+        base_s = cell * S
+        keys = np.empty((K, row.size), dtype=np.int64)
+        for k in range(K):
+            np.add(base_s, slot_cols[k], out=keys[k])
+        pairs += np.bincount(keys.reshape(-1), minlength=pairs.size)
+        dst = _sort_columns([s // spr for s in slot_cols])
+        base_r = cell * R
+        base_q = cell * Q
+        dr, dq = [], []
+        for k in range(1, K):
+            same = dst[k] == dst[k - 1]
+            if same.any():
+                dr.append(base_r[same] + dst[k][same])
+            node_k = dst[k] // ranks_per_node
+            same_q = node_k == dst[k - 1] // ranks_per_node
+            if same_q.any():
+                dq.append(base_q[same_q] + node_k[same_q])
+        if dr:
+            dup_rank += np.bincount(np.concatenate(dr), minlength=dup_rank.size)
+        if dq:
+            dup_node += np.bincount(np.concatenate(dq), minlength=dup_node.size)
+    return ExpertWindow(
+        steps=np.arange(step_lo, step_hi),
+        pairs=pairs.reshape(W, L, R, S),
+        dup_rank=dup_rank.reshape(W, L, R, R),
+        dup_node=dup_node.reshape(W, L, R, Q),
+        slots_per_rank=spr,
+        ranks_per_node=ranks_per_node,
+    )
+
+
+def _trace_step_ranges(
+    tokens: PhaseTokens, schedule: Schedule, step_lo: int, step_hi: int
+) -> list[tuple[int, int]]:
+    """Inclusive trace-step ranges holding the stream tokens of replayed steps [step_lo, step_hi)."""
+    out: list[tuple[int, int]] = []
+    for c in range(schedule.step.shape[0]):
+        sel = np.nonzero((schedule.step[c] >= step_lo) & (schedule.step[c] < step_hi))[0]
+        if sel.size:
+            ts = tokens.trace_step[sel]
+            out.append((int(ts.min()), int(ts.max())))
+    out.sort()
+    merged: list[tuple[int, int]] = []
+    for lo, hi in out:
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def window_size(num_layers: int, num_ranks: int, num_slots: int) -> int:
+    """Replayed steps per window so the counters stay within ``MAX_WINDOW_BINS`` bins."""
+    return max(1, MAX_WINDOW_BINS // max(1, num_layers * num_ranks * num_slots))
