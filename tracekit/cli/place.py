@@ -379,6 +379,8 @@ def _print_comparison(
         else f"out-of-sample after {first.train_steps} steps"
     )
     title = f"placement what-if: {setup}; scored on {first.eval_steps.size} step(s), {mode}"
-    click.echo(render_rows(columns, rows, fmt, title=title))
+    if fmt == "table":
+        click.echo(title)
+    click.echo(render_rows(columns, rows, fmt, title=title if fmt == "markdown" else None))
     for name, reason in skipped:
         click.echo(f"skipped {name}: {reason}")
