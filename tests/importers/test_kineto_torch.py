@@ -28,8 +28,14 @@ def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]
     from torch.profiler import ProfilerActivity, profile, record_function
 
     cfg = transformers.MixtralConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
         max_position_embeddings=64,
     )
     torch.manual_seed(0)
@@ -37,14 +43,16 @@ def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]
     scopes: dict[int, record_function] = {}
 
     def pre(i: int):
-        def hook(module, args):  # noqa: ARG001
+        def hook(module, args):
             scopes[i] = record_function(f"model.layers.{i}")
             scopes[i].__enter__()
+
         return hook
 
     def post(i: int):
-        def hook(module, args, output):  # noqa: ARG001
+        def hook(module, args, output):
             scopes.pop(i).__exit__(None, None, None)
+
         return hook
 
     for i, layer in enumerate(model.model.layers):
@@ -58,7 +66,12 @@ def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]
     out = tmp_path_factory.mktemp("kineto") / "trace_rank0.json"
     prof.export_chrome_trace(str(out))
     events = [
-        {"name": e.name(), "start_ns": e.start_ns(), "end_ns": e.end_ns(), "annotation": e.is_user_annotation()}
+        {
+            "name": e.name(),
+            "start_ns": e.start_ns(),
+            "end_ns": e.end_ns(),
+            "annotation": e.is_user_annotation(),
+        }
         for e in prof.profiler.kineto_results.events()
     ]
     return out, events
@@ -74,9 +87,9 @@ def _containing(ev: dict, marks: list[dict], prefix: str) -> int | None:
     """Innermost annotation with ``prefix`` holding the op (brute force, independent of the importer)."""
     best = None
     for m in marks:
-        if m["name"].startswith(prefix) and m["start_ns"] <= ev["start_ns"] < m["end_ns"]:
-            if best is None or m["start_ns"] >= best["start_ns"]:
-                best = m
+        inside = m["name"].startswith(prefix) and m["start_ns"] <= ev["start_ns"] < m["end_ns"]
+        if inside and (best is None or m["start_ns"] >= best["start_ns"]):
+            best = m
     return int(best["name"].rsplit(".", 1)[-1].replace("ProfilerStep#", "")) if best else None
 
 
@@ -105,7 +118,9 @@ def test_cpu_ops_match_the_profiler_event_list(profiled: tuple[Path, list[dict]]
     for ev in ops:
         key = (ev["name"], ev["end_ns"] - ev["start_ns"])
         expected = (_containing(ev, marks, "ProfilerStep#"), _containing(ev, marks, "model.layers."))
-        candidates = [v for k, vs in imported.items() if k[0] == key[0] and abs(k[1] - key[1]) <= 2 for v in vs]
+        candidates = [
+            v for k, vs in imported.items() if k[0] == key[0] and abs(k[1] - key[1]) <= 2 for v in vs
+        ]
         assert expected in candidates, (ev, expected)
     per_layer = df.filter(df["layer"].is_not_null())["layer"].unique().sort().to_list()
     assert per_layer == list(range(NUM_LAYERS))
@@ -128,7 +143,9 @@ def test_gzip_gives_the_same_rows(profiled: tuple[Path, list[dict]], tmp_path: P
     assert a.equals(b)
 
 
-def test_cpu_only_profile_without_events_cpu_is_refused(profiled: tuple[Path, list[dict]], tmp_path: Path) -> None:
+def test_cpu_only_profile_without_events_cpu_is_refused(
+    profiled: tuple[Path, list[dict]], tmp_path: Path
+) -> None:
     path, _ = profiled
     res = CliRunner().invoke(cli, ["import", "kineto", str(path), "--out", str(tmp_path / "t")])
     assert res.exit_code == 2
@@ -148,6 +165,14 @@ def test_two_ranks_by_file_name(profiled: tuple[Path, list[dict]], tmp_path: Pat
     n = sum(1 for e in events if not e["annotation"])
     assert counts == [n, n]
     assert np.array_equal(
-        t.scan("kernels").collect().filter(t.scan("kernels").collect()["rank"] == 1)["duration_ns"].sort().to_numpy(),
-        t.scan("kernels").collect().filter(t.scan("kernels").collect()["rank"] == 0)["duration_ns"].sort().to_numpy(),
+        t.scan("kernels")
+        .collect()
+        .filter(t.scan("kernels").collect()["rank"] == 1)["duration_ns"]
+        .sort()
+        .to_numpy(),
+        t.scan("kernels")
+        .collect()
+        .filter(t.scan("kernels").collect()["rank"] == 0)["duration_ns"]
+        .sort()
+        .to_numpy(),
     )

@@ -14,14 +14,14 @@ the import; :func:`clean_text` turns them into visible ``\\xNN`` escapes. A file
 
 from __future__ import annotations
 
-import gzip
-import io
+import codecs
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from tracekit.errors import InputFormatError
 
@@ -42,19 +42,65 @@ def clean_text(text: str) -> tuple[str, bool]:
         text.encode("utf-8")
         return text, False
     except UnicodeEncodeError:
+        pass
+    try:  # bytes of the file that were not UTF-8 (decoded with surrogateescape)
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # lone surrogates written as JSON escapes (\ud800)
         raw = text.encode("utf-8", "surrogatepass")
-        fixed = raw.decode("utf-8", "surrogateescape").encode("utf-8", "surrogateescape")
-        return fixed.decode("utf-8", "backslashreplace"), True
+    return raw.decode("utf-8", "backslashreplace"), True
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    try:
-        with path.open("rb") as probe:
-            magic = probe.read(2)
-    except OSError as exc:
-        raise InputFormatError(f"{path}: cannot read ({exc.strerror}); check the path") from None
-    raw: Any = gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")  # noqa: SIM115 (closed by caller)
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+class _TextSource:
+    """Text of a plain or gzip file, chunk by chunk; a gzip stream cut short gives every byte
+    decoded before the cut (``damage`` then says what happened)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.file: BinaryIO = path.open("rb")
+        except OSError as exc:
+            raise InputFormatError(f"{path}: cannot read ({exc.strerror}); check the path") from None
+        magic = self.file.read(2)
+        self.file.seek(0)
+        self.inflate: Any = zlib.decompressobj(31) if magic == b"\x1f\x8b" else None
+        self.text = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self.done = False
+        self.damage: str | None = None
+
+    def _bytes(self, want: int) -> bytes:
+        if self.inflate is None:
+            return self.file.read(want)
+        while True:
+            data = self.inflate.unconsumed_tail or self.file.read(want)
+            if not data:
+                if not self.inflate.eof:
+                    self.damage = "the gzip stream ends early"
+                return b""
+            try:
+                out: bytes = self.inflate.decompress(data, 4 * want)
+            except zlib.error as exc:
+                self.damage = f"the gzip stream is corrupt ({exc})"
+                return b""
+            if self.inflate.eof and self.inflate.unused_data:  # another gzip member follows
+                rest = self.inflate.unused_data
+                self.inflate = zlib.decompressobj(31)
+                out += self.inflate.decompress(rest, 4 * want)
+            if out:
+                return out
+
+    def read(self, want: int) -> str:
+        """Up to about ``want`` characters; '' at the end."""
+        while not self.done:
+            raw = self._bytes(want)
+            if not raw:
+                self.done = True
+                return str(self.text.decode(b"", final=True))
+            text = str(self.text.decode(raw))
+            if text:
+                return text
+        return ""
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @dataclass
@@ -72,14 +118,13 @@ class StreamState:
 
 
 class _Buffer:
-    def __init__(self, stream: io.TextIOBase, path: Path) -> None:
+    def __init__(self, stream: _TextSource, path: Path) -> None:
         self.stream = stream
         self.path = path
         self.text = ""
         self.pos = 0
         self.eof = False
         self.consumed = 0  # characters dropped from the front, for error offsets
-        self.gzip_error: str | None = None
 
     def fill(self, want: int = CHUNK_CHARS) -> bool:
         """Read more text; False at end of file."""
@@ -87,11 +132,8 @@ class _Buffer:
             return False
         try:
             chunk = self.stream.read(want)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            # A gzip stream cut short: keep what was decoded and treat the rest as missing.
-            self.eof = True
-            self.gzip_error = str(exc)
-            return False
+        except OSError as exc:
+            raise InputFormatError(f"{self.path}: cannot read ({exc}); check the file") from None
         if not chunk:
             self.eof = True
             return False
@@ -171,7 +213,7 @@ def iter_trace_events(path: Path, state: StreamState) -> Iterator[dict[str, Any]
     Accepts the JSON Object Format (``{"traceEvents": [...], ...}``) and the JSON Array Format (a
     bare array of events, which may lack its closing bracket).
     """
-    stream = _open_text(path)
+    stream = _TextSource(path)
     try:
         buf = _Buffer(stream, path)
         if not buf.skip_ws():
@@ -180,6 +222,7 @@ def iter_trace_events(path: Path, state: StreamState) -> Iterator[dict[str, Any]
         if first == "[":
             state.found_events = True
             yield from _iter_array(buf, state)
+            _note_damage(stream, state)
             return
         if first != "{":
             raise InputFormatError(
@@ -188,8 +231,14 @@ def iter_trace_events(path: Path, state: StreamState) -> Iterator[dict[str, Any]
             )
         buf.pos += 1
         yield from _iter_object(buf, state)
+        _note_damage(stream, state)
     finally:
         stream.close()
+
+
+def _note_damage(stream: _TextSource, state: StreamState) -> None:
+    if stream.damage:
+        state.truncated = f"{stream.damage}; {state.truncated}" if state.truncated else stream.damage
 
 
 def _iter_object(buf: _Buffer, state: StreamState) -> Iterator[dict[str, Any]]:

@@ -49,6 +49,7 @@ _ANNOTATION_CATS = {"user_annotation": False, "gpu_user_annotation": True}  # ->
 _LAUNCH_CATS = frozenset({"cuda_runtime", "cuda_driver"})
 _RANK_IN_NAME = re.compile(r"rank[-_.]?(\d+)", re.IGNORECASE)
 _CHUNK = 1 << 16
+_MAX_NS = 2.0**62
 
 #: c10 ScalarType names (as the profiler writes them) -> (torch dtype name, bytes per element).
 _DTYPES: dict[str, tuple[str, int]] = {
@@ -415,10 +416,20 @@ def _assign(times: np.ndarray, starts: np.ndarray, ends: np.ndarray, values: np.
 def _collect(reader: _FileReader) -> dict[str, Any]:
     """Columns of the kernels table for one file."""
     cols = reader.rows.arrays()
-    n = cols["ts"].size
     t0 = reader.min_ts if math.isfinite(reader.min_ts) else 0.0
-    start_ns = np.rint((cols["ts"] - t0) * 1000.0).astype(np.int64)
-    dur_ns = np.rint(cols["dur"] * 1000.0).astype(np.int64)
+    start_f = (cols["ts"] - t0) * 1000.0
+    dur_f = cols["dur"] * 1000.0
+    fits = (np.abs(start_f) < _MAX_NS) & (dur_f < _MAX_NS) & np.isfinite(start_f) & np.isfinite(dur_f)
+    if not fits.all():
+        reader.skipped["event whose time does not fit int64 nanoseconds"] += int((~fits).sum())
+        cols = {k: v[fits] for k, v in cols.items()}
+        kept = np.flatnonzero(fits)
+        new_index = {int(old): i for i, old in enumerate(kept.tolist())}
+        reader.row_comm = {new_index[i]: info for i, info in reader.row_comm.items() if i in new_index}
+        start_f, dur_f = start_f[fits], dur_f[fits]
+    n = cols["ts"].size
+    start_ns = np.rint(start_f).astype(np.int64)
+    dur_ns = np.rint(dur_f).astype(np.int64)
     names = np.array(reader.name_list, dtype=object)
     cat_of_name = np.array(
         ["memcpy" if i in reader.memcpy_names else category_of(nm) for i, nm in enumerate(reader.name_list)],
