@@ -76,6 +76,11 @@ EVALUATE_DEFAULT = ("contiguous", "round-robin", "greedy", "eplb-hierarchical", 
 @click.option("--evaluate", is_flag=True, help="Compare policies side by side (replayed when --hw is given).")
 @click.option("--hw", metavar="NAME", help="Hardware preset for --evaluate replays (tracekit hw list).")
 @click.option(
+    "--model",
+    metavar="NAME",
+    help="Target model the --evaluate replays re-time (catalog name or config.json) [default: the trace's].",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print the plan (phy2log, logcnt, log2phy, scores) as JSON."
 )
 @format_option()
@@ -85,7 +90,7 @@ def place(
     num_ranks: int | None,
     redundant: int | None,
     slots: int | None,
-    nodes: int,
+    nodes: int | None,
     groups: int | None,
     policies: tuple[str, ...],
     placement_file: Path | None,
@@ -95,6 +100,7 @@ def place(
     out: Path | None,
     evaluate: bool,
     hw: str | None,
+    model: str | None,
     as_json: bool,
     fmt: str,
 ) -> None:
@@ -135,6 +141,12 @@ def place(
         raise UsageError("--out writes one placement; give a single --policy with --out")
     if hw is not None and not evaluate:
         raise UsageError("--hw is for --evaluate; add --evaluate or drop --hw")
+    if model is not None and hw is None:
+        raise UsageError(
+            "--model is the target of --evaluate --hw replays; add --evaluate --hw NAME or drop --model"
+        )
+    if nodes is None:
+        nodes = _default_nodes(num_ranks, hw)
 
     expert_bytes = 0
     if loads_file is not None:
@@ -187,7 +199,7 @@ def place(
         write_placements(out, list(results[0].epochs))
 
     if evaluate:
-        replayed = _replay_each(trace, results, hw, num_ranks, nodes) if hw is not None else None
+        replayed = _replay_each(trace, results, hw, num_ranks, model) if hw is not None else None
         _print_comparison(results, skipped, replayed, loads, as_json, fmt, setup)
         return
 
@@ -292,6 +304,18 @@ def _problem(loads: Any, num_ranks: int, num_redundant: int, nodes: int, groups:
     )
 
 
+def _default_nodes(num_ranks: int, hw: str | None) -> int:
+    """One node, or with --hw as many as the preset's scale-up domains the EP ranks span."""
+    if hw is None:
+        return 1
+    from tracekit.hardware import get_hardware
+
+    size = get_hardware(hw).scaleup_size
+    if num_ranks <= size or num_ranks % size:
+        return 1
+    return num_ranks // size
+
+
 def _redundant(num_experts: int, redundant: int | None, slots: int | None) -> int:
     if redundant is not None and slots is not None:
         if slots != num_experts + redundant:
@@ -311,16 +335,84 @@ def _redundant(num_experts: int, redundant: int | None, slots: int | None) -> in
 
 
 def _replay_each(
-    trace: Path | None, results: list[Any], hw: str, num_ranks: int, nodes: int
-) -> dict[str, Any]:
-    """Replay the trace under each policy's placement; per policy: straggler, step time, throughput."""
-    import importlib.util
+    trace: Path | None, results: list[Any], hw: str, num_ranks: int, model: str | None
+) -> dict[str, dict[str, Any]]:
+    """Replay the trace under each policy's placement epochs and keep the scored steps.
 
-    if importlib.util.find_spec("tracekit.replay") is None or not hasattr(
-        importlib.import_module("tracekit.replay"), "replay"
-    ):
-        raise UsageError("--hw needs the replay engine (tracekit.replay), which this build lacks; drop --hw")
-    raise UsageError("--evaluate --hw is not wired yet; drop --hw to compare on loads")
+    Each epoch is replayed with its own placement and contributes the replayed steps whose trace
+    steps lie in its range (``from_step`` up to the next epoch's) and in the scored steps. Returns,
+    per policy: exact per-rank imbalance (the replay routes every token with ``route_to_slots``),
+    straggler seconds, step time, throughput per GPU and the largest batch that fits (redundant
+    slots' weights reduce the KV cache).
+    """
+    import tempfile
+
+    import polars as pl
+
+    from tracekit.placement import write_placements
+    from tracekit.replay import Deployment, replay
+
+    assert trace is not None
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="tracekit-place-") as tmp:
+        for res in results:
+            first_scored = int(res.eval_steps[0]) if res.eval_steps.size else 0
+            steps_parts, layer_parts, summaries = [], [], []
+            bounds = [e.from_step for e in res.epochs[1:]] + [None]
+            for i, (epoch, end) in enumerate(zip(res.epochs, bounds, strict=True)):
+                lo = max(epoch.from_step, first_scored)
+                if end is not None and end <= lo:
+                    continue
+                path = Path(tmp) / f"{res.policy}-{i}.parquet"
+                write_placements(path, [epoch.with_(from_step=0)])
+                rr = replay(trace, Deployment(hw=hw, ep=num_ranks, placement=str(path), model=model))
+                keep = pl.col("trace_step_first") >= lo
+                if end is not None:
+                    keep = keep & (pl.col("trace_step_last") < end)
+                steps = rr.steps.filter((pl.col("pool") == "all") & keep)
+                steps_parts.append(steps)
+                kept = steps.select("phase", "step")
+                layer_parts.append(rr.layers.filter(pl.col("pool") == "all").join(kept, on=["phase", "step"]))
+                summaries.append(rr.summary)
+            out[res.policy] = _replay_metrics(res.policy, steps_parts, layer_parts, summaries, num_ranks)
+    return out
+
+
+def _replay_metrics(
+    policy: str,
+    steps_parts: list[Any],
+    layer_parts: list[Any],
+    summaries: list[dict[str, Any]],
+    num_gpus: int,
+) -> dict[str, Any]:
+    import polars as pl
+
+    if not steps_parts or sum(p.height for p in steps_parts) == 0:
+        raise UsageError(
+            f"policy {policy}: no replayed step lies entirely in the scored trace steps; use a smaller "
+            "--window (or none)"
+        )
+    steps = pl.concat(steps_parts)
+    layers = pl.concat(layer_parts)
+    phase = "decode" if (steps.get_column("phase") == "decode").any() else "prefill"
+    steps = steps.filter(pl.col("phase") == phase)
+    moe = layers.filter((pl.col("phase") == phase) & (pl.col("kind") == "moe"))
+    time_s = float(steps.get_column("step_time_s").sum())
+    produced = (
+        float(steps.get_column("output_tokens").sum())
+        if phase == "decode"
+        else float(steps.get_column("num_tokens").sum())
+    )
+    batches = [int(s["max_batch_per_gpu"]) for s in summaries if s.get("max_batch_per_gpu") is not None]
+    return {
+        "phase": phase,
+        "replayed_steps": steps.height,
+        "replay_imbalance": float(moe.get_column("imbalance").mean() or 0.0) if moe.height else 0.0,
+        "straggler_s": float(steps.get_column("straggler_s").mean() or 0.0),
+        "step_time_s": time_s / steps.height,
+        "tokens_per_s_per_gpu": produced / time_s / num_gpus if time_s > 0 else 0.0,
+        "max_batch_per_gpu": min(batches) if batches else None,
+    }
 
 
 def _print_comparison(
@@ -343,7 +435,13 @@ def _print_comparison(
         "migration",
     ]
     if replayed is not None:
-        columns += ["straggler_s", "step_time_s", "tokens_per_s_per_gpu", "max_batch_per_gpu"]
+        columns += [
+            "replay_imbalance",
+            "straggler_s",
+            "step_time_s",
+            "tokens_per_s_per_gpu",
+            "max_batch_per_gpu",
+        ]
     rows = []
     objs = []
     for i, res in enumerate(results):
