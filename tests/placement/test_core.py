@@ -223,3 +223,19 @@ def test_route_errors() -> None:
         route_to_slots(p, 1, np.array([[4]]), np.zeros(1), 1)
     with pytest.raises(UsageError, match="source ranks"):
         route_to_slots(p, 1, np.array([[0]]), np.array([5]), 1)
+
+
+def test_read_from_trace_directory(tmp_path: Path) -> None:
+    from tests.factories import tiny_manifest
+    from tracekit.trace import TraceWriter
+
+    p = Placement.round_robin((1, 2), 8, 4, num_redundant=4)
+    manifest = tiny_manifest(world_size=2)
+    for rank in (0, 1):  # both ranks record the same placement
+        with TraceWriter(tmp_path / "t", manifest, rank=rank) as w:
+            w.append("placement", p.to_arrow())
+    assert read_placement(tmp_path / "t") == p
+    with TraceWriter(tmp_path / "none", manifest) as w:
+        w.append("steps", {"step": [0], "phase": ["decode"], "num_tokens": [1], "num_requests": [1]})
+    with pytest.raises(SchemaError, match="no placement table"):
+        read_placement(tmp_path / "none")

@@ -322,7 +322,12 @@ def _read_table(src: Path) -> pa.Table:
         trace = open_trace(src)
         if not trace.has("placement"):
             raise SchemaError(f"{src}: the trace has no placement table; compute one with tracekit place")
-        return trace.read("placement")
+        # Every rank of a multi-rank trace may record the same placement: keep each row once.
+
+        rows = (
+            trace.scan("placement").select("from_step", "layer", "slot", "rank", "expert").unique().collect()
+        )
+        return rows.to_arrow()
     try:
         return pq.read_table(src)
     except (pa.ArrowInvalid, OSError) as exc:
