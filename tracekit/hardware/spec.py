@@ -162,7 +162,7 @@ def _value(entry: Any, where: str) -> tuple[Any, str]:
             raise UsageError(f'{where}: expected {{ value = ..., source = "..." }}; add a value')
         src = str(entry.get("source", ""))
         if entry.get("note"):
-            src = f"{src} [assumption: {entry['note']}]" if src else f"[assumption: {entry['note']}]"
+            src = f"{src} (assumption: {entry['note']})" if src else f"(assumption: {entry['note']})"
         return entry["value"], src
     return entry, ""
 

@@ -1,0 +1,201 @@
+"""``tracekit hw`` (hardware presets) and ``tracekit models`` (the model catalog)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from tracekit.cli._render import echo_json, format_option, render_rows
+from tracekit.errors import UnknownNameError
+from tracekit.hardware import field_units, get_hardware, hardware_names, parse_set_options
+from tracekit.models import (
+    attention_params,
+    catalog_entry,
+    expert_weight_bytes,
+    get_model,
+    kv_cache_bytes_per_token,
+    model_names,
+    moe_flops_per_token,
+    param_counts,
+)
+
+PREFIX = {"FLOP/s": (1e12, "TFLOP/s"), "B/s": (1e9, "GB/s"), "B": (1e9, "GB"), "s": (1e-6, "us")}
+
+
+def _human(value: Any, unit: str) -> str:
+    if unit in PREFIX and isinstance(value, float | int) and not isinstance(value, bool):
+        scale, shown = PREFIX[unit]
+        return f"{value / scale:.4g} {shown}"
+    if unit in ("fraction", "tokens", "GPUs", ""):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value} {unit}"
+
+
+@click.group()
+def hw() -> None:
+    """Hardware presets: list them, show one with units and sources."""
+
+
+@hw.command("list")
+@format_option()
+def hw_list(fmt: str) -> None:
+    """The built-in hardware presets."""
+    rows = []
+    for name in hardware_names():
+        h = get_hardware(name)
+        rows.append(
+            [
+                name,
+                h.gpu,
+                f"{h.bf16_flops / 1e12:.0f}",
+                f"{h.fp8_flops / 1e12:.0f}",
+                f"{h.fp4_flops / 1e12:.0f}" if h.fp4_flops else "-",
+                f"{h.hbm_bytes / 1e9:.0f}",
+                f"{h.hbm_bw / 1e12:.2f}",
+                h.scaleup_size,
+                f"{h.scaleup_bw / 1e9:.0f}",
+                f"{h.scaleout_bw / 1e9:.0f}",
+            ]
+        )
+    cols = [
+        "name",
+        "gpu",
+        "bf16_TFLOPs",
+        "fp8_TFLOPs",
+        "fp4_TFLOPs",
+        "hbm_GB",
+        "hbm_TBps",
+        "nvlink_domain",
+        "nvlink_GBps_per_dir",
+        "nic_GBps",
+    ]
+    click.echo(render_rows(cols, rows, fmt))
+
+
+@hw.command("show")
+@click.argument("name")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE", help="Override a field (repeatable).")
+@format_option()
+def hw_show(name: str, sets: tuple[str, ...], fmt: str) -> None:
+    """Every value of preset NAME (or a preset file) with its unit and source."""
+    h = get_hardware(name, parse_set_options(list(sets)))
+    units = field_units()
+    rows: list[list[Any]] = []
+    for field, unit in units.items():
+        if field in ("name", "description", "gpu", "comm", "sources", "calibration") or field.startswith(
+            "comm."
+        ):
+            continue
+        value = getattr(h, field)
+        rows.append([field, value, unit, _human(value, unit), h.sources.get(field, "")])
+    for impl, p in sorted(h.comm.items()):
+        for field in units:
+            if not field.startswith("comm.") or field == "comm.impl":
+                continue
+            attr = field.split(".", 1)[1]
+            key = f"comm.{impl}.{attr}"
+            unit = units[field]
+            value = getattr(p, attr)
+            rows.append([key, value, unit, _human(value, unit), h.sources.get(key, "")])
+    if fmt == "json":
+        echo_json(
+            {
+                "name": h.name,
+                "description": h.description,
+                "gpu": h.gpu,
+                "fields": [
+                    dict(zip(["field", "value", "unit", "shown", "source"], r, strict=True)) for r in rows
+                ],
+                "calibration": {k: v for k, v in h.calibration.items() if k != "residuals"},
+            }
+        )
+        return
+    title = f"{h.name}: {h.description}"
+    click.echo(render_rows(["field", "value", "unit", "shown", "source"], rows, fmt, title=title))
+
+
+@click.group()
+def models() -> None:
+    """The model catalog: list it, show one model's architecture and per-layer work."""
+
+
+@models.command("list")
+@format_option()
+def models_list(fmt: str) -> None:
+    """Catalog models with their computed and published parameter counts."""
+    rows = []
+    for name in model_names():
+        e = catalog_entry(name)
+        a = e.arch
+        c = param_counts(a)
+        rows.append(
+            [
+                name,
+                a.architecture,
+                f"{a.num_layers} ({len(a.dense_layers)}+{len(a.moe_layers)})",
+                a.hidden_size,
+                a.num_experts,
+                a.num_shared_experts,
+                a.top_k,
+                a.attention.kind,
+                f"{c.total / 1e9:.1f}",
+                f"{c.active / 1e9:.1f}",
+                f"{e.reported_total_params / 1e9:.1f} / {e.reported_active_params / 1e9:.1f}",
+            ]
+        )
+    cols = [
+        "name",
+        "type",
+        "layers (dense+moe)",
+        "hidden",
+        "experts",
+        "shared",
+        "top_k",
+        "attention",
+        "total_B",
+        "active_B",
+        "published_B",
+    ]
+    click.echo(render_rows(cols, rows, fmt))
+
+
+@models.command("show")
+@click.argument("name")
+@format_option()
+def models_show(name: str, fmt: str) -> None:
+    """Architecture and per-layer work of NAME (a catalog name or a config.json / model directory)."""
+    try:
+        entry = catalog_entry(name)
+        arch = entry.arch
+        source, precision = entry.source, entry.native_expert_precision
+    except UnknownNameError:  # not a catalog name: a config.json path (get_model raises the right error)
+        arch = get_model(name)
+        source, precision = "config.json", "bf16"
+    c = param_counts(arch)
+    a = arch.attention
+    rows: list[list[Any]] = [
+        ["architecture", arch.architecture, ""],
+        ["layers", arch.num_layers, f"{len(arch.dense_layers)} dense + {len(arch.moe_layers)} MoE"],
+        ["hidden_size", arch.hidden_size, ""],
+        ["dense ffn", arch.intermediate_size, ""],
+        ["expert ffn", arch.moe_intermediate_size, ""],
+        ["routed experts", arch.num_experts, f"top-{arch.top_k}, {arch.scoring}"],
+        ["shared experts", arch.num_shared_experts, ""],
+        ["expert groups", arch.num_expert_groups, f"top {arch.topk_groups} groups"],
+        ["attention", a.kind, f"{a.num_heads} q / {a.num_kv_heads} kv heads, head dim {a.head_dim}"],
+        ["vocab", arch.vocab_size, ""],
+        ["params total", f"{c.total / 1e9:.2f}", "B"],
+        ["params active", f"{c.active / 1e9:.2f}", "B per token (input embedding excluded)"],
+        [
+            "expert weights",
+            f"{expert_weight_bytes(arch, precision) / 1e6:.2f}",
+            f"MB per expert at {precision}",
+        ],
+        ["expert weights bf16", f"{expert_weight_bytes(arch, 'bf16') / 1e6:.2f}", "MB per expert"],
+        ["attention params", f"{attention_params(arch) / 1e6:.2f}", "M per layer"],
+        ["kv cache", f"{kv_cache_bytes_per_token(arch):.0f}", "B per token per layer (bf16)"],
+        ["moe flops", f"{moe_flops_per_token(arch) / 1e6:.1f}", "MFLOP per token per MoE layer"],
+        ["source", source, ""],
+    ]
+    click.echo(render_rows(["field", "value", "note"], rows, fmt, title=arch.name))
