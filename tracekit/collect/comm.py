@@ -509,14 +509,22 @@ class CommCollector:
     """Records every torch.distributed call of this rank into the ``comm`` table of ``writer``.
 
     ``writer`` is this rank's shard (its ``rank`` must be this process's global rank).
-    ``clock_origin_ns`` is the ``time.monotonic_ns()`` value that ``*_ns`` columns count from (give
-    the same origin to every collector of a trace; default: the time of ``enable()``). Finished calls
-    are handed to the writer every ``flush_rows`` calls and on :meth:`flush` / :meth:`disable`.
-    Only one collector can be enabled per process.
+    ``clock_origin_ns`` is the ``time.perf_counter_ns()`` value that ``*_ns`` columns count from (give
+    the same origin to every collector of a trace; default: the time of ``enable()``). On a GPU,
+    ``cuda_origin`` (a recorded ``torch.cuda.Event`` with timing) is the origin of CUDA-event times
+    instead, so that they line up with step times measured from the same event; without it the
+    first CUDA call anchors the event clock to the host clock. Finished calls are handed to the
+    writer every ``flush_rows`` calls and on :meth:`flush` / :meth:`disable`. Only one collector can
+    be enabled per process.
     """
 
     def __init__(
-        self, writer: TraceWriter, *, clock_origin_ns: int | None = None, flush_rows: int = 4096
+        self,
+        writer: TraceWriter,
+        *,
+        clock_origin_ns: int | None = None,
+        cuda_origin: Any = None,
+        flush_rows: int = 4096,
     ) -> None:
         self.writer = writer
         self.clock_origin_ns = clock_origin_ns
@@ -526,7 +534,7 @@ class CommCollector:
         self._pending: list[_Call] = []
         self._seq = 0
         self._rows = 0
-        self._anchor: tuple[Any, int] | None = None
+        self._anchor: tuple[Any, int] | None = None if cuda_origin is None else (cuda_origin, 0)
         self._enabled = False
 
     # -- switching on and off -------------------------------------------------------------------
@@ -555,7 +563,7 @@ class CommCollector:
                 )
             _ACTIVE = self
         if self.clock_origin_ns is None:
-            self.clock_origin_ns = time.monotonic_ns()
+            self.clock_origin_ns = time.perf_counter_ns()
         for module in (dist, c10d):
             for name in OPS:
                 original = getattr(module, name, None)
@@ -636,7 +644,7 @@ class CommCollector:
             call.start_event = torch.cuda.Event(enable_timing=True)
             call.start_event.record(torch.cuda.current_stream(tensor.device))
         else:
-            call.start_ns = time.monotonic_ns() - self._origin
+            call.start_ns = time.perf_counter_ns() - self._origin
         self._pending.append(call)
         return call
 
@@ -666,7 +674,7 @@ class CommCollector:
 
         def done(_: Any) -> None:
             if call.end_ns is None:
-                call.end_ns = time.monotonic_ns() - self._origin
+                call.end_ns = time.perf_counter_ns() - self._origin
 
         with contextlib.suppress(RuntimeError):
             fut.then(done)
@@ -678,7 +686,7 @@ class CommCollector:
                 ev.record(torch.cuda.current_stream(call.start_event.device))
                 call.end_event = ev
         elif call.end_ns is None:
-            call.end_ns = time.monotonic_ns() - self._origin
+            call.end_ns = time.perf_counter_ns() - self._origin
         if len(self._pending) >= self.flush_rows:
             self.flush()
 
@@ -688,7 +696,7 @@ class CommCollector:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record(torch.cuda.current_stream(device))
             ev.synchronize()
-            self._anchor = (ev, time.monotonic_ns() - self._origin)
+            self._anchor = (ev, time.perf_counter_ns() - self._origin)
 
     def _event_ns(self, ev: Any) -> int:
         assert self._anchor is not None

@@ -20,13 +20,24 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from tracekit.errors import CollectorError, TracekitError
 from tracekit.schema.manifest import Manifest
 from tracekit.trace.writer import TraceWriter
 
-__all__ = ["RankFailure", "RankFailureError", "RankGroup", "free_port", "launch", "open_shard", "run"]
+T = TypeVar("T")
+
+__all__ = [
+    "RankFailure",
+    "RankFailureError",
+    "RankGroup",
+    "free_port",
+    "launch",
+    "open_shard",
+    "rank0_first",
+    "run",
+]
 
 
 def free_port() -> int:
@@ -59,24 +70,29 @@ class RankFailure:
         return f"rank {self.rank} exited with code {self.exitcode}"
 
 
-def open_shard(path: str | os.PathLike[str], manifest: Manifest, *, rank: int, **kwargs: Any) -> TraceWriter:
-    """This rank's writer of a multi-rank trace: rank 0 prepares the directory (refusing or replacing
-    an existing one) and writes the manifest before the other ranks open their shards.
-
-    Collective: every rank of the default process group must call it.
+def rank0_first(rank: int, make: Callable[[], T], where: str | os.PathLike[str]) -> T:
+    """``make()`` on rank 0 first, then on the other ranks: rank 0 prepares a trace directory
+    (refusing or replacing an existing one, writing the manifest) before the others open their
+    shards in it. Collective: every rank of the default process group must call it.
     """
     if rank == 0:
         try:
-            writer = TraceWriter(path, manifest, rank=0, **kwargs)
+            made = make()
         except BaseException:
             _agree(True)
             raise
         _agree(False)
-        return writer
+        return made
     if _agree(False):
-        raise CollectorError(f"{path}: rank 0 could not create the trace (see its error); rank {rank} stops")
-    kwargs.pop("overwrite", None)
-    return TraceWriter(path, manifest, rank=rank, **kwargs)
+        raise CollectorError(f"{where}: rank 0 could not create the trace (see its error); rank {rank} stops")
+    return make()
+
+
+def open_shard(path: str | os.PathLike[str], manifest: Manifest, *, rank: int, **kwargs: Any) -> TraceWriter:
+    """This rank's writer of a multi-rank trace, opened with :func:`rank0_first` (collective)."""
+    if rank != 0:
+        kwargs.pop("overwrite", None)
+    return rank0_first(rank, lambda: TraceWriter(path, manifest, rank=rank, **kwargs), path)
 
 
 def _agree(failed: bool) -> bool:
@@ -192,11 +208,12 @@ class RankGroup:
 class RankFailureError(CollectorError):
     """One or more ranks of a multi-process run did not finish."""
 
-    def __init__(self, failures: Sequence[RankFailure]) -> None:
+    def __init__(self, failures: Sequence[RankFailure], hint: str = "") -> None:
         self.failures = tuple(failures)
         # The root cause first: a rank killed or failing on its own, before peers that lost it.
         ordered = sorted(self.failures, key=lambda f: (f.message is not None, f.rank))
-        super().__init__("; ".join(f.describe() for f in ordered))
+        message = "; ".join(f.describe() for f in ordered)
+        super().__init__(f"{message}; {hint}" if hint else message)
 
     @property
     def ranks(self) -> list[int]:
