@@ -78,6 +78,24 @@ def _read_parquet(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
     return df
 
 
+#: A replayed step is (pool, phase, step): steps are numbered per phase.
+_KEY = ["pool", "phase", "step"]
+#: Events shorter than this (seconds) are not drawn: float noise of subtractions.
+_MIN_EVENT_S = 1e-12
+#: Order of the phases on the timeline.
+_PHASE_ORDER = {"prefill": 0, "mixed": 1, "decode": 2}
+
+
+def _keyed(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with pool and phase (default ``all``) as strings and step as Int64."""
+    for col in ("pool", "phase"):
+        if col not in df.columns:
+            df = df.with_columns(pl.lit("all").alias(col))
+    return df.with_columns(
+        pl.col("pool").cast(pl.String), pl.col("phase").cast(pl.String), pl.col("step").cast(pl.Int64)
+    )
+
+
 def _export_replay(src: Path, dst: Path) -> ExportReport:
     try:
         result = json.loads((src / "result.json").read_text())
@@ -90,159 +108,154 @@ def _export_replay(src: Path, dst: Path) -> ExportReport:
         raise UsageError(
             f"{src}: a {kind!r} result, not a replay; export one replay directory (a sweep has many)"
         )
-    ranks = _read_parquet(src / "replay_ranks.parquet", _RANK_COLUMNS)
-    if "pool" not in ranks.columns:
-        ranks = ranks.with_columns(pool=pl.lit("all"))
-    comm_cols = [c for _, c, is_comm in SEGMENTS if is_comm]
-    comm = pl.sum_horizontal(*[pl.col(c) for c in comm_cols])
+    ranks = _keyed(_read_parquet(src / "replay_ranks.parquet", _RANK_COLUMNS))
+    ranks = ranks.with_columns(pl.col("layer").cast(pl.Int64), pl.col("rank").cast(pl.Int64))
+    comm = pl.sum_horizontal(*[pl.col(c) for _, c, is_comm in SEGMENTS if is_comm])
     if "exposed_comm_s" in ranks.columns:
         frac = pl.when(comm > 0).then(pl.col("exposed_comm_s") / comm).otherwise(0.0).clip(0.0, 1.0)
     else:
         frac = pl.lit(1.0)
-    ranks = ranks.with_columns(exposed_frac=frac).with_columns(
-        [
-            (pl.col(c) * pl.col("exposed_frac")).alias(c + "_drawn")
-            if is_comm
-            else pl.col(c).alias(c + "_drawn")
-            for _, c, is_comm in SEGMENTS
-        ]
+    ranks = ranks.with_columns(
+        [(pl.col(c) * frac if is_comm else pl.col(c)).alias(c + "_drawn") for _, c, is_comm in SEGMENTS]
     )
-    drawn = [c + "_drawn" for _, c, _ in SEGMENTS]
-    ranks = ranks.with_columns(busy_s=pl.sum_horizontal(*[pl.col(c) for c in drawn]))
+    ranks = ranks.with_columns(busy_s=pl.sum_horizontal(*[pl.col(c + "_drawn") for _, c, _ in SEGMENTS]))
 
-    # Layer length: the slowest rank's (replay_layers.time_s), never shorter than any rank's work.
-    layer_len = ranks.group_by("pool", "step", "layer").agg(busy_max=pl.col("busy_s").max())
+    # A layer lasts its slowest rank's time (replay_layers.time_s), never less than any rank's work.
+    layer_len = ranks.group_by(*_KEY, "layer").agg(busy_max=pl.col("busy_s").max())
     lpath = src / "replay_layers.parquet"
     if lpath.is_file():
-        layers = _read_parquet(lpath, ("step", "layer", "time_s"))
-        if "pool" not in layers.columns:
-            layers = layers.with_columns(pool=pl.lit("all"))
-        layer_len = layer_len.join(
-            layers.select("pool", "step", "layer", "time_s"), on=["pool", "step", "layer"], how="left"
+        layers = _keyed(_read_parquet(lpath, ("step", "layer", "time_s"))).with_columns(
+            pl.col("layer").cast(pl.Int64)
         )
+        layer_len = layer_len.join(layers.select(*_KEY, "layer", "time_s"), on=[*_KEY, "layer"], how="left")
         layer_len = layer_len.with_columns(
             layer_s=pl.max_horizontal(pl.col("time_s").fill_null(0.0), pl.col("busy_max"))
         ).drop("time_s")
     else:
         layer_len = layer_len.with_columns(layer_s=pl.col("busy_max"))
 
-    step_extra = pl.DataFrame(
-        schema={"pool": pl.String, "step": pl.Int64, "embedding_s": pl.Float64, "lm_head_s": pl.Float64}
+    extra = pl.DataFrame(
+        schema={
+            "pool": pl.String,
+            "phase": pl.String,
+            "step": pl.Int64,
+            "embedding_s": pl.Float64,
+            "lm_head_s": pl.Float64,
+        }
     )
     spath = src / "replay_steps.parquet"
     if spath.is_file():
-        steps = pl.read_parquet(spath)
-        if "pool" not in steps.columns:
-            steps = steps.with_columns(pool=pl.lit("all"))
+        steps = _keyed(_read_parquet(spath, ("step",)))
         for c in ("embedding_s", "lm_head_s"):
             if c not in steps.columns:
                 steps = steps.with_columns(pl.lit(0.0).alias(c))
-        step_extra = steps.select(
-            pl.col("pool").cast(pl.String),
-            pl.col("step").cast(pl.Int64),
-            pl.col("embedding_s").cast(pl.Float64),
-            pl.col("lm_head_s").cast(pl.Float64),
+        extra = steps.select(
+            *_KEY, pl.col("embedding_s").cast(pl.Float64), pl.col("lm_head_s").cast(pl.Float64)
         )
-
-    layer_len = layer_len.with_columns(pl.col("step").cast(pl.Int64), pl.col("layer").cast(pl.Int64))
     step_len = (
-        layer_len.group_by("pool", "step")
+        layer_len.group_by(*_KEY)
         .agg(layers_s=pl.col("layer_s").sum())
-        .join(step_extra, on=["pool", "step"], how="left")
+        .join(extra, on=_KEY, how="left")
         .with_columns(pl.col("embedding_s").fill_null(0.0), pl.col("lm_head_s").fill_null(0.0))
         .with_columns(step_s=pl.col("embedding_s") + pl.col("layers_s") + pl.col("lm_head_s"))
-        .sort("pool", "step")
+        .with_columns(phase_order=pl.col("phase").replace_strict(_PHASE_ORDER, default=len(_PHASE_ORDER)))
+        .sort("pool", "phase_order", "phase", "step")
         .with_columns(step_start_s=pl.col("step_s").cum_sum().over("pool") - pl.col("step_s"))
+        .with_columns(step_order=pl.int_range(pl.len()).over("pool"))
     )
     layer_len = (
-        layer_len.sort("pool", "step", "layer")
-        .with_columns(offset_s=pl.col("layer_s").cum_sum().over("pool", "step") - pl.col("layer_s"))
-        .join(step_len.select("pool", "step", "step_start_s", "embedding_s"), on=["pool", "step"])
+        layer_len.sort(*_KEY, "layer")
+        .with_columns(offset_s=pl.col("layer_s").cum_sum().over(_KEY) - pl.col("layer_s"))
+        .join(step_len.select(*_KEY, "step_start_s", "embedding_s", "step_order"), on=_KEY)
         .with_columns(layer_start_s=pl.col("step_start_s") + pl.col("embedding_s") + pl.col("offset_s"))
     )
-    ranks = ranks.with_columns(pl.col("step").cast(pl.Int64), pl.col("layer").cast(pl.Int64)).join(
-        layer_len.select("pool", "step", "layer", "layer_start_s", "layer_s"), on=["pool", "step", "layer"]
+    ranks = ranks.join(
+        layer_len.select(*_KEY, "layer", "layer_start_s", "layer_s", "step_order"), on=[*_KEY, "layer"]
     )
 
-    pools = sorted(ranks["pool"].unique().to_list())
-    pid_of = {p: i + 1 for i, p in enumerate(pools)}
+    # drawing order on a track: step, then layer (embedding before, LM head after), then segment
+    cols = [
+        *_KEY,
+        "layer",
+        "rank",
+        "name",
+        "cat",
+        "ts_s",
+        "dur_s",
+        "full_s",
+        "step_order",
+        "layer_order",
+        "seg",
+    ]
     parts = []
-    offset = pl.lit(0.0)
-    for name, col, is_comm in SEGMENTS:
+    offset: pl.Expr = pl.lit(0.0)
+    for seg, (name, col, is_comm) in enumerate(SEGMENTS):
         parts.append(
-            ranks.select(
-                "pool",
-                "step",
-                "layer",
-                "rank",
-                pl.lit(name).alias("name"),
-                pl.lit("communication" if is_comm else "compute").alias("cat"),
-                (pl.col("layer_start_s") + offset).alias("ts_s"),
-                pl.col(col + "_drawn").alias("dur_s"),
-                pl.col(col).alias("full_s"),
-            )
+            ranks.with_columns(
+                layer_order=pl.col("layer"),
+                seg=pl.lit(seg),
+                name=pl.lit(name),
+                cat=pl.lit("communication" if is_comm else "compute"),
+                ts_s=pl.col("layer_start_s") + offset,
+                dur_s=pl.col(col + "_drawn"),
+                full_s=pl.col(col),
+            ).select(cols)
         )
         offset = offset + pl.col(col + "_drawn")
+    idle = (pl.col("layer_s") - offset).clip(0.0, None)
     parts.append(
-        ranks.select(
-            "pool",
-            "step",
-            "layer",
-            "rank",
-            pl.lit("idle").alias("name"),
-            pl.lit("idle").alias("cat"),
-            (pl.col("layer_start_s") + offset).alias("ts_s"),
-            (pl.col("layer_s") - offset).clip(0.0, None).alias("dur_s"),
-            (pl.col("layer_s") - offset).clip(0.0, None).alias("full_s"),
-        )
+        ranks.with_columns(
+            layer_order=pl.col("layer"),
+            seg=pl.lit(len(SEGMENTS)),
+            name=pl.lit("idle"),
+            cat=pl.lit("idle"),
+            ts_s=pl.col("layer_start_s") + offset,
+            dur_s=idle,
+            full_s=idle,
+        ).select(cols)
     )
-    # embedding and LM head on every rank of the pool
     rank_ids = ranks.select("pool", "rank").unique()
     edges = step_len.join(rank_ids, on="pool")
-    parts.append(
-        edges.select(
-            "pool",
-            "step",
-            pl.lit(None, pl.Int64).alias("layer"),
-            "rank",
-            pl.lit("embedding").alias("name"),
-            pl.lit("compute").alias("cat"),
-            pl.col("step_start_s").alias("ts_s"),
-            pl.col("embedding_s").alias("dur_s"),
-            pl.col("embedding_s").alias("full_s"),
+    for name, start, col, order in (
+        ("embedding", pl.col("step_start_s"), "embedding_s", -1),
+        (
+            "lm_head",
+            pl.col("step_start_s") + pl.col("embedding_s") + pl.col("layers_s"),
+            "lm_head_s",
+            1 << 30,
+        ),
+    ):
+        parts.append(
+            edges.with_columns(
+                layer=pl.lit(None, pl.Int64),
+                layer_order=pl.lit(order, pl.Int64),
+                seg=pl.lit(0),
+                name=pl.lit(name),
+                cat=pl.lit("compute"),
+                ts_s=start,
+                dur_s=pl.col(col),
+                full_s=pl.col(col),
+            ).select(cols)
         )
-    )
-    parts.append(
-        edges.select(
-            "pool",
-            "step",
-            pl.lit(None, pl.Int64).alias("layer"),
-            "rank",
-            pl.lit("lm_head").alias("name"),
-            pl.lit("compute").alias("cat"),
-            (pl.col("step_start_s") + pl.col("embedding_s") + pl.col("layers_s")).alias("ts_s"),
-            pl.col("lm_head_s").alias("dur_s"),
-            pl.col("lm_head_s").alias("full_s"),
-        )
-    )
+    # float noise (an idle of 1e-20 s) is not an event
     events = (
-        pl.concat(
-            [p.with_columns(pl.col("rank").cast(pl.Int64), pl.col("layer").cast(pl.Int64)) for p in parts]
-        )
-        .filter(pl.col("dur_s") > 0)
-        .sort("pool", "rank", "ts_s")
+        pl.concat(parts)
+        .filter(pl.col("dur_s") > _MIN_EVENT_S)
+        .sort("pool", "rank", "step_order", "layer_order", "seg")
     )
+    pools = sorted(rank_ids["pool"].unique().to_list())
+    pid_of = {p: i + 1 for i, p in enumerate(pools)}
     tmp = dst.with_name("." + dst.name + ".tmp")
+    n = 0
     with tmp.open("w") as fh:
         fh.write('{"displayTimeUnit": "ms", "otherData": {"source": "tracekit replay", "result": ')
         fh.write(json.dumps(str(src)))
         fh.write('}, "traceEvents": [\n')
         first = _write_meta(fh, [(pid_of[p], f"replay pool {p}", None) for p in pools], first=True)
-        tracks = rank_ids.sort("pool", "rank").iter_rows()
-        first = _write_meta(fh, [(pid_of[p], None, int(r)) for p, r in tracks], first=first)
-        n = 0
+        tracks = [(pid_of[p], None, int(r)) for p, r in rank_ids.sort("pool", "rank").iter_rows()]
+        first = _write_meta(fh, tracks, first=first)
         for row in events.iter_rows(named=True):
-            args: dict[str, Any] = {"step": row["step"]}
+            args: dict[str, Any] = {"phase": row["phase"], "step": row["step"]}
             if row["layer"] is not None:
                 args["layer"] = row["layer"]
             if row["cat"] == "communication":
