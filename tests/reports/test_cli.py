@@ -125,3 +125,9 @@ def test_report_out_file(tmp_path: Path, inputs: Inputs) -> None:
     out = tmp_path / "imb.md"
     code, _, _ = invoke("report", "imbalance", inputs.trace, "--format", "markdown", "--out", out)
     assert code == 0 and out.read_text().startswith("| input | layer |")
+
+
+def test_docs_describe_every_report() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sql.md").read_text()
+    for name in report_names():
+        assert f"| `{name}` |" in doc, f"docs/sql.md does not list report {name}"

@@ -147,11 +147,17 @@ def test_imbalance_gini_and_ratios_on_any_loads(
     assert r["rank_max_over_mean"] == pytest.approx(ranks.max() / ranks.mean())
 
 
-def test_routing_drift_against_python_sets(inputs: Inputs) -> None:
+@pytest.mark.parametrize("window", [1, 4])
+def test_routing_drift_against_python_sets(inputs: Inputs, window: int) -> None:
     top = 3
-    got = run([inputs.trace], "routing-drift", top=top)
-    ids = inputs.expert_ids
-    steps, layers = ids.shape[:2]
+    got = run([inputs.trace], "routing-drift", top=top, window=window)
+    raw = inputs.expert_ids
+    # windows of steps: window w holds steps w*window .. w*window+window-1 (the last may be short)
+    ids = [
+        raw[s : s + window].transpose(1, 0, 2, 3).reshape(raw.shape[1], -1, raw.shape[3])
+        for s in range(0, raw.shape[0], window)
+    ]
+    steps, layers = len(ids), raw.shape[1]
     assert len(got) == steps * layers
 
     def hot(counts: np.ndarray) -> set[int]:
@@ -160,13 +166,13 @@ def test_routing_drift_against_python_sets(inputs: Inputs) -> None:
 
     rows = {(r["layer"], r["step"]): r for r in got}
     for li in range(layers):
-        overall_counts = np.bincount(ids[:, li].ravel(), minlength=8)
+        overall_counts = np.bincount(raw[:, li].ravel(), minlength=8)
         overall = hot(overall_counts)
         prev: set[int] | None = None
         for s in range(steps):
-            counts = np.bincount(ids[s, li].ravel(), minlength=8)
+            counts = np.bincount(ids[s][li].ravel(), minlength=8)
             h = hot(counts)
-            r = rows[(li + 1, s)]
+            r = rows[(li + 1, s * window)]
             assert set(r["hot_experts"]) == h
             assert r["num_tokens"] == counts.sum()
             if prev is None:

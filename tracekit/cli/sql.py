@@ -30,6 +30,10 @@ def _echo(text: str, out: str | None) -> None:
         click.echo(text)
 
 
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
     params: dict[str, str] = {}
     for item in items:
@@ -190,7 +194,9 @@ def report(
     from tracekit.reports import get_report, reports
 
     if list_reports:
-        rows = [(r.name, r.title, ", ".join(f"{p.name}={p.default}" for p in r.params)) for r in reports()]
+        rows = [
+            (r.name, r.title, ", ".join(f"{p.name}={_show(p.default)}" for p in r.params)) for r in reports()
+        ]
         rows.append(("html", "One self-contained HTML file with the key tables and plots (needs --out)", ""))
         click.echo(render_rows(["report", "what it answers", "parameters (defaults)"], rows, fmt))
         return
@@ -208,7 +214,7 @@ def report(
             click.echo(
                 render_rows(
                     ["parameter", "type", "default", "meaning"],
-                    [(p.name, p.type, p.default, p.description) for p in spec.params],
+                    [(p.name, p.type, _show(p.default), p.description) for p in spec.params],
                     fmt,
                 )
             )

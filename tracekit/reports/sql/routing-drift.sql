@@ -4,21 +4,23 @@
 --   set overlaps the previous step's (Jaccard) and the hot set of the whole trace, and what share of
 --   the step's tokens the whole-trace hot set received. Stable routing keeps these near 1; drifting
 --   routing (new topics, prefill vs decode) lowers them, and a static placement tuned on early steps
---   then balances later steps poorly.
+--   then balances later steps poorly. Ties go to the lowest expert id, so when a step has few tokens
+--   (small decode batches) group steps into windows with window=N.
 -- needs: expert_load
 -- param: top (INTEGER, default 8, min 1): size of the hot set
+-- param: window (INTEGER, default 1, min 1): steps per window (window w covers steps w*N .. w*N+N-1)
 -- column: input: the input (trace) the row comes from
 -- column: layer: decoder layer index
--- column: step: forward step
--- column: num_tokens: token-expert assignments in the step and layer, all ranks
+-- column: step: forward step (the first step of the window)
+-- column: num_tokens: token-expert assignments in the step (window) and layer, all ranks
 -- column: hot_experts: the step's hot set (at most top experts with tokens, sorted by id)
 -- column: jaccard_prev: |hot ∩ previous step's hot| / |hot ∪ previous step's hot| (null on the first step)
 -- column: overlap_overall: |hot ∩ whole-trace hot set| / |whole-trace hot set|
 -- column: overall_hot_share: share of the step's assignments that went to the whole-trace hot set
 WITH per_step AS (
-    SELECT input, layer, step, expert, sum(num_tokens) AS num_tokens
+    SELECT input, layer, step // $window * $window AS step, expert, sum(num_tokens) AS num_tokens
     FROM expert_load
-    GROUP BY input, layer, step, expert
+    GROUP BY input, layer, step // $window * $window, expert
 ),
 step_hot AS (
     SELECT input, layer, step, list(expert ORDER BY expert) AS hot_experts
