@@ -65,6 +65,8 @@ class ReplayResult:
     #: The decode summary (prefill's when the trace has no decode steps), as ``replay --json`` prints.
     summary: dict[str, Any]
     tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    #: The prefill pool's deployment of a disaggregated replay (``deployment`` is then the decode pool's).
+    prefill_deployment: Deployment | None = None
 
     def all_tables(self) -> dict[str, pl.DataFrame]:
         return {
@@ -765,6 +767,7 @@ def _phase_summary(
         "phase": phase,
         "num_gpus": R,
         "num_steps": n,
+        "batch_per_gpu": schedule.batch_per_gpu,
         "tokens": all_tokens,
         "output_tokens": out_tokens,
         "step_time_s": mean_step,

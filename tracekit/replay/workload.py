@@ -514,13 +514,14 @@ def expert_window(
             continue
         layer = batch.column("layer").to_numpy().astype(np.int64)
         in_range = layer < layer_pos.size
-        li = np.where(in_range, layer_pos[np.minimum(layer, layer_pos.size - 1)], -1)
+        lpos = np.where(in_range, layer_pos[np.minimum(layer, layer_pos.size - 1)], -1)
         code, pos = index.lookup(
             batch.column("rank").to_numpy(),
             batch.column("step").to_numpy(),
             batch.column("token_index").to_numpy(),
         )
-        keep = (code == phase_code) & (li >= 0)
+        keep = (code == phase_code) & (lpos >= 0)
+        pos = np.where(keep, pos, 0)  # positions of other phases index another stream
         ids = batch.column("expert_ids").values.to_numpy().reshape(-1, K)
         # A row is replayed once per copy of the stream that lands in this window.
         rows, steps, ranks = [], [], []
@@ -536,7 +537,7 @@ def expert_window(
         row = np.concatenate(rows)
         w = np.concatenate(steps)
         src = np.concatenate(ranks)
-        lrow = li[row]
+        lrow = lpos[row]
         chosen = ids[row]
         if chosen.size and (chosen.min() < 0 or chosen.max() >= E):
             raise TraceError(

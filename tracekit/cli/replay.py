@@ -1,0 +1,499 @@
+"""``tracekit replay``, ``tracekit compare`` and ``tracekit sweep``: thin wrappers over tracekit.replay."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tracekit.cli._render import echo_json, render_rows
+from tracekit.errors import UsageError
+
+IMPL_CHOICES = ("deepep-normal", "deepep-ll", "nccl")
+
+
+def _ints(values: tuple[str, ...], name: str) -> list[int]:
+    out: list[int] = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                n = int(part)
+            except ValueError:
+                raise UsageError(
+                    f"{name} {part!r}: expected an integer or a comma-separated list of integers"
+                ) from None
+            if n < 1:
+                raise UsageError(f"{name} {n}: must be >= 1")
+            out.append(n)
+    return out
+
+
+def _deployment_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE", help="Override a hardware preset field."),
+        click.option("--tp", type=click.IntRange(1), default=None, help="Attention tensor-parallel degree [1]."),
+        click.option("--dp", type=click.IntRange(1), default=None, help="Attention data-parallel degree (ep = dp x tp)."),
+        click.option(
+            "--precision",
+            "precisions",
+            multiple=True,
+            metavar="SPEC",
+            help="fp8 (attention, dense, experts, dispatch) or PART=bf16|fp8|fp4 for attention, dense, experts, "
+            "dispatch, combine, kv_cache; comma-separated or repeated.",
+        ),
+        click.option("--impl", type=click.Choice(IMPL_CHOICES), default=None, help="EP communication [deepep-normal for prefill, deepep-ll for decode]."),
+        click.option("--tbo/--no-tbo", default=False, show_default=True, help="Two-batch overlap of communication with compute."),
+        click.option("--placement", type=click.Path(path_type=Path), default=None, help="Placement file from tracekit place [contiguous]."),
+        click.option("--redundant", type=click.IntRange(0), default=0, show_default=True, help="Redundant slots of the contiguous placement."),
+        click.option("--model", default=None, help="Target model: catalog name or config.json [the trace's own]."),
+        click.option("--prefill-tokens-per-gpu", type=click.IntRange(1), default=None, help="Prefill tokens per GPU per step."),
+        click.option("--kv-len", type=click.IntRange(1), default=None, help="KV length of every decode token [from the trace]."),
+        click.option("--steps", type=click.IntRange(1), default=None, help="Replayed steps per phase [as many as the trace fills]."),
+    ]  # fmt: skip
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _base(
+    *,
+    hw: str,
+    sets: tuple[str, ...],
+    ep: int | None,
+    dp: int | None,
+    tp: int | None,
+    precisions: tuple[str, ...],
+    impl: str | None,
+    tbo: bool,
+    placement: Path | None,
+    redundant: int,
+    model: str | None,
+    batch_per_gpu: int | None,
+    prefill_tokens_per_gpu: int | None,
+    kv_len: int | None,
+    steps: int | None,
+    merge_precisions: bool = True,
+) -> Any:
+    from tracekit.hardware import parse_set_options
+    from tracekit.replay import Deployment, Precision
+
+    if dp is not None:
+        t = tp or 1
+        if ep is not None and ep != dp * t:
+            raise UsageError(f"--ep {ep} must equal --dp {dp} x --tp {t}; give two of the three")
+        ep = dp * t
+    return Deployment(
+        hw=hw,
+        hw_overrides=parse_set_options(list(sets)),
+        ep=ep,
+        tp=tp or 1,
+        precision=Precision.parse(list(precisions)) if merge_precisions else Precision(),
+        impl=impl,
+        tbo=tbo,
+        placement=str(placement) if placement else None,
+        redundant=redundant,
+        model=model,
+        batch_per_gpu=batch_per_gpu,
+        prefill_tokens_per_gpu=prefill_tokens_per_gpu,
+        kv_len=kv_len,
+        steps=steps,
+    )
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}{unit}"
+    return f"{v}{unit}"
+
+
+def _summary_rows(s: dict[str, Any]) -> list[list[str]]:
+    rows = [
+        ["output tokens/s per GPU", _fmt(s.get("tokens_per_s_per_gpu"))],
+        ["tokens/s per user", _fmt(s.get("tokens_per_s_per_user"))],
+        ["TPOT", _fmt(_ms(s.get("tpot_s")), " ms")],
+        ["TTFT", _fmt(_ms(s.get("ttft_s")), " ms")],
+        ["step time", _fmt(_ms(s.get("step_time_s")), " ms")],
+        ["dominant bound", _fmt(s.get("bound"))],
+        ["max batch per GPU", _fmt(s.get("max_batch_per_gpu"))],
+        ["weights per GPU", _fmt((s.get("weight_bytes_per_gpu") or 0) / 1e9, " GB")],
+    ]
+    if s.get("measured_time_s") is not None:
+        rows.append(["measured step time", _fmt(_ms(s["measured_time_s"]), " ms")])
+    if s.get("disaggregated"):
+        rows += [
+            ["prefill GPUs", _fmt(s.get("prefill_gpus"))],
+            ["decode GPUs", _fmt(s.get("decode_gpus"))],
+            ["KV transfer", _fmt(_ms(s.get("kv_transfer_s")), " ms")],
+        ]
+    for k, v in (s.get("breakdown") or {}).items():
+        rows.append([f"  {k}", _fmt(_ms(v), " ms")])
+    return rows
+
+
+def _ms(v: Any) -> float | None:
+    return None if v is None else float(v) * 1e3
+
+
+@click.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--hw", required=True, help="Hardware preset name or preset .toml file (tracekit hw list).")
+@click.option(
+    "--ep", type=click.IntRange(1), default=None, help="Expert-parallel degree = GPUs [the trace's]."
+)
+@click.option(
+    "--batch-per-gpu",
+    type=click.IntRange(1),
+    default=None,
+    help="Decode sequences per GPU per step [as recorded].",
+)
+@_deployment_options
+@click.option(
+    "--phase",
+    "phases",
+    multiple=True,
+    type=click.Choice(["prefill", "decode"]),
+    help="Replay only these phases.",
+)
+@click.option(
+    "--disagg",
+    is_flag=True,
+    help="Prefill on a separate pool (--prefill-hw/--prefill-ep), decode on --hw/--ep.",
+)
+@click.option("--prefill-hw", default=None, help="Prefill pool preset [--hw].")
+@click.option("--prefill-ep", type=click.IntRange(1), default=None, help="Prefill pool EP degree [--ep].")
+@click.option(
+    "--prefill-gpus", type=click.IntRange(1), default=None, help="Prefill pool GPUs [sized to feed decode]."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Result directory (Parquet tables + result.json).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing result directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phases: tuple[str, ...], disagg: bool,
+           prefill_hw: str | None, prefill_ep: int | None, prefill_gpus: int | None, out: Path | None, force: bool,
+           as_json: bool, **opts: Any) -> None:  # fmt: skip
+    """Re-time TRACE on a hardware model under a deployment, step by step, layer by layer, rank by rank."""
+    from tracekit.replay import replay as run_replay
+    from tracekit.replay import replay_disaggregated, write_result
+
+    dep = _base(hw=hw, ep=ep, batch_per_gpu=batch_per_gpu, **opts)
+    if disagg:
+        pre = dep.replace(hw=prefill_hw or hw, ep=prefill_ep or dep.ep)
+        res = replay_disaggregated(trace, prefill=pre, decode=dep, prefill_gpus=prefill_gpus)
+    else:
+        if prefill_hw or prefill_ep or prefill_gpus:
+            raise UsageError("--prefill-hw, --prefill-ep and --prefill-gpus need --disagg")
+        res = run_replay(trace, dep, phases=list(phases) or None)
+    if out is not None:
+        write_result(res, out, overwrite=force)
+    if as_json:
+        echo_json(res.summary)
+        return
+    run = res.run.row(0, named=True)
+    title = (
+        f"{run['model']} on {run['hw']}: EP {run['ep']} (DP {run['dp']} x TP {run['tp']}), "
+        f"batch/GPU {_fmt(run['batch_per_gpu'])}, experts {run['precision_experts']}, impl {run['impl']}, "
+        f"TBO {'on' if run['tbo'] else 'off'}"
+    )
+    click.echo(title)
+    click.echo(render_rows(["quantity", "value"], _summary_rows(res.summary), "table"))
+    if out is not None:
+        click.echo(f"wrote {out}")
+
+
+@click.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option(
+    "--hw",
+    "hws",
+    multiple=True,
+    required=True,
+    help="A system to compare (repeat: --hw h200-sxm --hw gb200-nvl72).",
+)
+@click.option(
+    "--ep",
+    type=click.IntRange(1),
+    default=None,
+    help="EP degree for every system [per system: largest power of two in its NVLink domain that fits].",
+)
+@click.option(
+    "--batch-per-gpu",
+    type=click.IntRange(1),
+    default=None,
+    help="Decode sequences per GPU per step [the trace's].",
+)
+@_deployment_options
+@click.option(
+    "--deploy",
+    "deploys",
+    multiple=True,
+    metavar="HW:KEY=VALUE,...",
+    help="Per-system override, e.g. --deploy gb200-nvl72:ep=32,precision=experts=fp4 (keys: ep, tp, batch, precision, impl, tbo, redundant).",
+)
+@click.option(
+    "--at-interactivity",
+    type=float,
+    default=None,
+    metavar="TOKENS_PER_S",
+    help="Best tokens/s per GPU of each system at >= this many tokens/s per user (each --precision is a choice).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Write result.json and compare.parquet here."
+)
+@click.option("--force", is_flag=True, help="Replace an existing result directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print per system summaries and the ratio as JSON.")
+def compare(trace: Path, hws: tuple[str, ...], ep: int | None, batch_per_gpu: int | None, deploys: tuple[str, ...],
+            at_interactivity: float | None, out: Path | None, force: bool, as_json: bool, **opts: Any) -> None:  # fmt: skip
+    """Replay TRACE on several systems and print them side by side with the throughput ratio."""
+    import polars as pl
+
+    from tracekit.replay import Precision
+    from tracekit.replay import at_interactivity as search
+    from tracekit.replay import compare as run_compare
+    from tracekit.replay.results import prepare_dir, write_tables
+
+    per_system = _parse_deploys(deploys, hws)
+    precisions = opts["precisions"]
+    bases = []
+    for hw in hws:
+        o = dict(opts)
+        over = per_system.get(hw, {})
+        if "precision" in over:
+            o["precisions"] = (*precisions, over.pop("precision"))
+        b = _base(hw=hw, ep=ep, batch_per_gpu=batch_per_gpu, merge_precisions=at_interactivity is None, **o)
+        bases.append(_apply(b, over))
+    if at_interactivity is None:
+        results = run_compare(trace, bases)
+    else:
+        choices = [Precision.parse(p) for p in precisions] or None
+        results = [
+            search(trace, b, tokens_per_s_per_user=at_interactivity, precisions=choices) for b in bases
+        ]
+    ref = results[0].summary
+    systems = []
+    for r in results:
+        d = r.deployment
+        s = r.summary or {}
+        systems.append(
+            {
+                "hw": r.hw,
+                "tokens_per_s_per_gpu": s.get("tokens_per_s_per_gpu"),
+                "tokens_per_s_per_user": s.get("tokens_per_s_per_user"),
+                "tpot_s": s.get("tpot_s"),
+                "ttft_s": s.get("ttft_s"),
+                "step_time_s": s.get("step_time_s"),
+                "bound": s.get("bound"),
+                "max_batch_per_gpu": s.get("max_batch_per_gpu"),
+                "deployment": ({**d.to_dict(), "batch_per_gpu": s.get("batch_per_gpu")} if d else None),
+                "ratio": (s["tokens_per_s_per_gpu"] / ref["tokens_per_s_per_gpu"]) if (s and ref) else None,
+                "note": r.note or None,
+            }
+        )
+    ratio = systems[-1]["ratio"] if len(systems) > 1 else None
+    payload = {
+        "kind": "compare",
+        "trace": str(trace),
+        "at_interactivity": at_interactivity,
+        "systems": systems,
+        "ratio": ratio,
+    }
+    if out is not None:
+        path = prepare_dir(out, overwrite=force)
+        flat = [
+            {k: v for k, v in s.items() if k != "deployment"} | _dep_cols(r.deployment)
+            for s, r in zip(systems, results, strict=True)
+        ]
+        write_tables(path, {"compare": pl.DataFrame(flat)}, payload)
+    if as_json:
+        echo_json(payload)
+        return
+    _print_compare(systems, at_interactivity)
+
+
+def _dep_cols(d: Any) -> dict[str, Any]:
+    if d is None:
+        return {
+            "ep": None,
+            "tp": None,
+            "batch_per_gpu": None,
+            "precision_experts": None,
+            "impl": None,
+            "tbo": None,
+        }
+    return {
+        "ep": d.ep,
+        "tp": d.tp,
+        "batch_per_gpu": d.batch_per_gpu,
+        "precision_experts": d.precision.experts,
+        "impl": d.impl or "auto",
+        "tbo": d.tbo,
+    }
+
+
+def _print_compare(systems: list[dict[str, Any]], at: float | None) -> None:
+    cols = ["", *[s["hw"] for s in systems]]
+
+    def dep(s: dict[str, Any], key: str) -> str:
+        d = s["deployment"]
+        if not d:
+            return "-"
+        if key == "precision":
+            return f"experts={d['precision']['experts']},attn={d['precision']['attention']}"
+        return _fmt(d.get(key) if key != "impl" else (d.get("impl") or "auto"))
+
+    rows = [
+        ["EP (GPUs)", *[dep(s, "ep") for s in systems]],
+        ["TP", *[dep(s, "tp") for s in systems]],
+        ["batch per GPU", *[dep(s, "batch_per_gpu") for s in systems]],
+        ["precision", *[dep(s, "precision") for s in systems]],
+        ["impl", *[dep(s, "impl") for s in systems]],
+        ["TBO", *[dep(s, "tbo") for s in systems]],
+        ["output tokens/s per GPU", *[_fmt(s["tokens_per_s_per_gpu"]) for s in systems]],
+        ["tokens/s per user", *[_fmt(s["tokens_per_s_per_user"]) for s in systems]],
+        ["TPOT", *[_fmt(_ms(s["tpot_s"]), " ms") for s in systems]],
+        ["TTFT", *[_fmt(_ms(s["ttft_s"]), " ms") for s in systems]],
+        ["dominant bound", *[_fmt(s["bound"]) for s in systems]],
+        ["max batch per GPU", *[_fmt(s["max_batch_per_gpu"]) for s in systems]],
+        [f"ratio vs {systems[0]['hw']}", *[_fmt(s["ratio"], "x") for s in systems]],
+    ]
+    title = "compare" if at is None else f"best deployment at >= {at:g} tokens/s per user"
+    click.echo(render_rows(cols, rows, "table", title=title))
+    for s in systems:
+        if s["note"]:
+            click.echo(s["note"])
+    if len(systems) > 1 and systems[-1]["ratio"] is not None:
+        click.echo(
+            f"{systems[-1]['hw']} / {systems[0]['hw']}: {systems[-1]['ratio']:.2f}x output tokens/s per GPU"
+        )
+
+
+def _parse_deploys(items: tuple[str, ...], hws: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        hw, sep, rest = item.partition(":")
+        if not sep or hw not in hws:
+            raise UsageError(
+                f"--deploy {item!r}: expected HW:KEY=VALUE,... with HW one of the --hw systems ({', '.join(hws)})"
+            )
+        d = out.setdefault(hw, {})
+        # precision=... may itself contain '=' and ','; it takes the rest of the item.
+        parts = rest.split(",")
+        i = 0
+        while i < len(parts):
+            key, eq, value = parts[i].partition("=")
+            if not eq:
+                raise UsageError(f"--deploy {item!r}: {parts[i]!r} is not KEY=VALUE")
+            key = key.strip()
+            if key == "precision":
+                d["precision"] = ",".join([value, *parts[i + 1 :]])
+                break
+            d[key] = value.strip()
+            i += 1
+    return out
+
+
+def _apply(dep: Any, over: dict[str, str]) -> Any:
+    changes: dict[str, Any] = {}
+    for key, value in over.items():
+        if key in ("ep", "tp", "redundant", "kv_len", "steps"):
+            changes[key] = int(value)
+        elif key in ("batch", "batch_per_gpu"):
+            changes["batch_per_gpu"] = int(value)
+        elif key == "impl":
+            changes["impl"] = value
+        elif key == "tbo":
+            changes["tbo"] = value.lower() in ("1", "true", "on", "yes")
+        elif key == "model":
+            changes["model"] = value
+        else:
+            raise UsageError(
+                f"--deploy key {key!r}: valid keys are ep, tp, batch, precision, impl, tbo, redundant, kv_len, steps"
+            )
+    try:
+        return dep.replace(**changes)
+    except ValueError as exc:
+        raise UsageError(f"--deploy: {exc}") from None
+
+
+@click.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--hw", "hws", multiple=True, required=True, help="Systems (repeatable).")
+@click.option("--ep", "eps", multiple=True, help="EP degrees (repeatable or comma-separated).")
+@click.option(
+    "--batch-per-gpu", "batches", multiple=True, help="Batches per GPU (repeatable or comma-separated)."
+)
+@_deployment_options
+@click.option(
+    "--tbo-grid", type=click.Choice(["off", "on", "both"]), default=None, help="Sweep two-batch overlap too."
+)
+@click.option(
+    "--impls",
+    multiple=True,
+    type=click.Choice(IMPL_CHOICES),
+    help="Sweep these communication implementations.",
+)
+@click.option("--jobs", type=click.IntRange(1), default=None, help="Worker processes [CPU count].")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Sweep directory.")
+@click.option("--force", is_flag=True, help="Replace an existing sweep directory.")
+@click.option("--no-plot", is_flag=True, help="Skip the PNG/SVG plot.")
+@click.option("--json", "as_json", is_flag=True, help="Print the Pareto frontier as JSON.")
+def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tuple[str, ...], tbo_grid: str | None,
+          impls: tuple[str, ...], jobs: int | None, out: Path, force: bool, no_plot: bool, as_json: bool,
+          **opts: Any) -> None:  # fmt: skip
+    """Replay a grid of deployments (in parallel), write every point and the Pareto frontier, plot it."""
+    from tracekit.replay import Precision, grid, run_sweep, write_sweep
+    from tracekit.replay.sweep import pareto
+
+    precisions = [Precision.parse(p) for p in opts["precisions"]] or [Precision()]
+    base = _base(hw=hws[0], ep=None, batch_per_gpu=None, merge_precisions=False, **opts)
+    tbos = {"off": [False], "on": [True], "both": [False, True]}[tbo_grid] if tbo_grid else [base.tbo]
+    ep_list: list[int | None] = list(_ints(eps, "--ep")) or [None]
+    batch_list: list[int | None] = list(_ints(batches, "--batch-per-gpu")) or [None]
+    points = grid(
+        base,
+        hws=hws,
+        eps=ep_list,
+        batches=batch_list,
+        precisions=precisions,
+        tbos=tbos,
+        impls=list(impls) or [base.impl],
+    )
+    click.echo(f"sweeping {len(points)} deployments ...", err=True)
+    df = run_sweep(trace, points, jobs=jobs)
+    write_sweep(out, trace, df, overwrite=force, plot=not no_plot)
+    front = pareto(df)
+    if as_json:
+        echo_json({"kind": "sweep", "points": df.height, "pareto": front.to_dicts()})
+        return
+    cols = [
+        "hw",
+        "ep",
+        "batch_per_gpu",
+        "precision_experts",
+        "tbo",
+        "tokens_per_s_per_gpu",
+        "tokens_per_s_per_user",
+        "bound",
+    ]
+    click.echo(
+        render_rows(
+            cols,
+            front.select(cols).rows(),
+            "table",
+            title=f"Pareto frontier ({front.height} of {df.height} points)",
+        )
+    )
+    bad = df.filter(~df["fits"])
+    if bad.height:
+        click.echo(f"{bad.height} points do not fit or failed; see sweep_points.parquet (column error)")
+    click.echo(f"wrote {out}")

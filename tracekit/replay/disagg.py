@@ -1,0 +1,132 @@
+"""Prefill/decode disaggregation: prefill and decode replayed on separate pools, KV cache sent between.
+
+The prefill pool replays the trace's prefill steps under its own deployment, the decode pool the
+decode steps under its own. Each request's KV cache (prompt tokens x KV bytes per token, all
+layers) crosses the network from a prefill GPU to a decode GPU; that transfer is added to TTFT.
+Pools are sized so neither starves the other: with ``prefill_gpus`` unset, the prefill pool gets as
+many prefill instances (``ep`` GPUs each) as it takes to feed the decode pool's request rate. The
+throughput per GPU of the whole counts both pools' GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tracekit.errors import UsageError
+from tracekit.hardware import get_hardware
+from tracekit.models.work import kv_cache_bytes_per_token_all_layers
+from tracekit.replay.deployment import Deployment
+from tracekit.replay.engine import ReplayResult, replay
+from tracekit.trace.reader import Trace, open_trace
+
+
+def _requests(trace: Trace) -> tuple[float, float]:
+    """(mean prompt tokens, mean output tokens) per request, from the trace's tokens."""
+    tok = trace.scan("tokens").select("request_id", "is_prefill").collect()
+    if tok.height == 0 or tok["request_id"].null_count() == tok.height:
+        raise UsageError(
+            f"{trace.path}: disaggregation needs request ids and phases in the tokens table; this trace has none"
+        )
+    per = (
+        tok.drop_nulls("request_id")
+        .group_by("request_id")
+        .agg(pl.col("is_prefill").sum().alias("prompt"), (~pl.col("is_prefill")).sum().alias("out"))
+    )
+    prompt = float(per["prompt"].mean() or 0.0)  # type: ignore[arg-type]
+    out = float(per["out"].mean() or 0.0) + 1.0  # type: ignore[arg-type]  # the last prompt token yields one
+    if prompt <= 0:
+        raise UsageError(f"{trace.path}: no prefill tokens; disaggregation needs both phases in the trace")
+    return prompt, out
+
+
+def replay_disaggregated(
+    trace: str | Path | Trace,
+    *,
+    prefill: Deployment,
+    decode: Deployment,
+    prefill_gpus: int | None = None,
+    collect_ranks: bool = True,
+) -> ReplayResult:
+    """Replay prefill on ``prefill``'s pool and decode on ``decode``'s; see the module docstring."""
+    tr = trace if isinstance(trace, Trace) else open_trace(trace)
+    pre = replay(tr, prefill, phases=["prefill"], pool="prefill", collect_ranks=collect_ranks)
+    dec = replay(tr, decode, phases=["decode"], pool="decode", collect_ranks=collect_ranks)
+    prompt, outputs = _requests(tr)
+    ps = pre.summary_table.row(0, named=True)
+    ds = dec.summary_table.row(0, named=True)
+    ep_p, ep_d = int(ps["num_gpus"]), int(ds["num_gpus"])
+    # Request rates one instance of each pool sustains.
+    prefill_rate = ps["tokens_per_s_per_gpu"] * ep_p / prompt
+    decode_rate = ds["tokens_per_s_per_gpu"] * ep_d / (outputs - 1.0) if outputs > 1.0 else math.inf
+    if prefill_gpus is None:
+        instances = max(1, math.ceil(decode_rate / prefill_rate)) if math.isfinite(decode_rate) else 1
+        gpus_p = instances * ep_p
+    else:
+        if prefill_gpus % ep_p:
+            raise UsageError(
+                f"--prefill-gpus {prefill_gpus} is not a multiple of the prefill pool's --prefill-ep {ep_p}"
+            )
+        gpus_p = prefill_gpus
+    rate = min(prefill_rate * gpus_p / ep_p, decode_rate)
+    arch = dec.run["model"][0]
+    hw_p = get_hardware(prefill.hw, prefill.hw_overrides or None)
+    hw_d = get_hardware(decode.hw, decode.hw_overrides or None)
+    from tracekit.models import get_model
+
+    target = get_model(arch) if decode.model else tr.manifest.model
+    kv_bytes = prompt * kv_cache_bytes_per_token_all_layers(target, decode.precision.kv_cache)
+    link = min(hw_p.scaleout_bw, hw_d.scaleout_bw)
+    kv_s = kv_bytes / link + max(hw_p.scaleout_latency_s, hw_d.scaleout_latency_s)
+    total_gpus = gpus_p + ep_d
+    tokens_per_s = rate * outputs
+    summary: dict[str, Any] = dict(dec.summary)
+    summary.update(
+        {
+            "disaggregated": True,
+            "tokens_per_s_per_gpu": tokens_per_s / total_gpus,
+            "decode_tokens_per_s_per_gpu": ds["tokens_per_s_per_gpu"],
+            "ttft_s": (ps["ttft_s"] or 0.0) + kv_s,
+            "kv_transfer_s": kv_s,
+            "kv_transfer_bytes": kv_bytes,
+            "prefill_gpus": gpus_p,
+            "decode_gpus": ep_d,
+            "requests_per_s": rate,
+            "prefill_tokens_per_s_per_gpu": ps["tokens_per_s_per_gpu"],
+        }
+    )
+    run = dec.run.with_columns(
+        pl.lit(True).alias("disaggregated"),
+        pl.lit(hw_p.name).alias("prefill_hw"),
+        pl.lit(ep_p, pl.Int32).alias("prefill_ep"),
+        pl.lit(gpus_p, pl.Int32).alias("prefill_gpus"),
+        pl.lit(pre.run["prefill_tokens_per_gpu"][0], pl.Int32).alias("prefill_tokens_per_gpu"),
+    )
+    whole = pl.DataFrame(
+        [
+            {
+                "pool": "all",
+                "phase": "disaggregated",
+                "num_gpus": total_gpus,
+                "tokens_per_s_per_gpu": summary["tokens_per_s_per_gpu"],
+                "tokens_per_s_per_user": summary.get("tokens_per_s_per_user"),
+                "tpot_s": summary.get("tpot_s"),
+                "ttft_s": summary["ttft_s"],
+            }
+        ]
+    )
+    return ReplayResult(
+        deployment=decode,
+        prefill_deployment=prefill,
+        trace_path=str(tr.path),
+        run=run,
+        steps=pl.concat([pre.steps, dec.steps], how="diagonal_relaxed"),
+        layers=pl.concat([pre.layers, dec.layers], how="diagonal_relaxed"),
+        ranks=pl.concat([pre.ranks, dec.ranks], how="diagonal_relaxed"),
+        peers=pl.concat([pre.peers, dec.peers], how="diagonal_relaxed"),
+        summary_table=pl.concat([pre.summary_table, dec.summary_table, whole], how="diagonal_relaxed"),
+        summary=summary,
+    )

@@ -1,0 +1,166 @@
+"""Sweep a grid of deployments over processes; Pareto frontier of tokens/s per GPU against tokens/s
+per user; a plot of it (matplotlib, Agg backend, imported only here and only when plotting)."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tracekit.errors import MissingDependencyError, TracekitError
+from tracekit.replay.deployment import Deployment, Precision
+from tracekit.replay.engine import replay
+from tracekit.replay.results import prepare_dir, write_tables
+
+POINT_COLUMNS = {
+    "hw": pl.String,
+    "ep": pl.Int32,
+    "tp": pl.Int32,
+    "batch_per_gpu": pl.Int32,
+    "precision_experts": pl.String,
+    "precision": pl.String,
+    "impl": pl.String,
+    "tbo": pl.Boolean,
+    "num_gpus": pl.Int32,
+    "tokens_per_s_per_gpu": pl.Float64,
+    "tokens_per_s_per_user": pl.Float64,
+    "step_time_s": pl.Float64,
+    "max_batch_per_gpu": pl.Int64,
+    "bound": pl.String,
+    "fits": pl.Boolean,
+    "error": pl.String,
+}
+
+
+def grid(
+    base: Deployment,
+    *,
+    hws: Sequence[str],
+    eps: Sequence[int | None],
+    batches: Sequence[int | None],
+    precisions: Sequence[Precision],
+    tbos: Sequence[bool] = (False,),
+    impls: Sequence[str | None] = (None,),
+) -> list[Deployment]:
+    """Every combination, as deployments derived from ``base``."""
+    return [
+        base.replace(hw=hw, ep=ep, batch_per_gpu=b, precision=p, tbo=t, impl=i)
+        for hw, ep, b, p, t, i in itertools.product(hws, eps, batches, precisions, tbos, impls)
+    ]
+
+
+def _point(args: tuple[str, Deployment]) -> dict[str, Any]:
+    trace, dep = args
+    row: dict[str, Any] = {
+        "hw": dep.hw,
+        "ep": dep.ep,
+        "tp": dep.tp,
+        "batch_per_gpu": dep.batch_per_gpu,
+        "precision_experts": dep.precision.experts,
+        "precision": dep.precision.label(),
+        "impl": dep.impl or "auto",
+        "tbo": dep.tbo,
+    }
+    try:
+        s = replay(trace, dep, phases=["decode"], collect_ranks=False).summary
+    except TracekitError as exc:
+        return {**row, "fits": False, "error": " ".join(str(exc).split())}
+    return {
+        **row,
+        "num_gpus": s["num_gpus"],
+        "tokens_per_s_per_gpu": s["tokens_per_s_per_gpu"],
+        "tokens_per_s_per_user": s["tokens_per_s_per_user"],
+        "step_time_s": s["step_time_s"],
+        "max_batch_per_gpu": s["max_batch_per_gpu"],
+        "bound": s["bound"],
+        "fits": True,
+        "error": None,
+    }
+
+
+def run_sweep(trace: str | Path, points: Sequence[Deployment], *, jobs: int | None = None) -> pl.DataFrame:
+    """Replay every point (decode), in parallel over ``jobs`` processes; one row per point."""
+    jobs = jobs or min(len(points), os.cpu_count() or 1)
+    work = [(str(trace), d) for d in points]
+    if jobs <= 1 or len(points) <= 1:
+        rows = [_point(w) for w in work]
+    else:
+        # spawn: forking a process that already runs polars / DuckDB thread pools can deadlock.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            rows = list(pool.map(_point, work))
+    return pl.DataFrame(rows, schema=POINT_COLUMNS)
+
+
+def pareto(points: pl.DataFrame) -> pl.DataFrame:
+    """Per hw, the points no other point of the same hw beats on both tokens/s per GPU and per user."""
+    ok = points.filter(pl.col("fits") & pl.col("tokens_per_s_per_user").is_not_null())
+    keep = []
+    for _hw, part in ok.group_by("hw", maintain_order=True):
+        x = part["tokens_per_s_per_user"].to_numpy()
+        y = part["tokens_per_s_per_gpu"].to_numpy()
+        # dominated: another point at least as good on both and better on one
+        ge = (x[None, :] >= x[:, None]) & (y[None, :] >= y[:, None])
+        gt = (x[None, :] > x[:, None]) | (y[None, :] > y[:, None])
+        dominated = (ge & gt).any(axis=1)
+        keep.append(part.filter(pl.Series(~dominated)))
+    if not keep:
+        return ok.clear()
+    return pl.concat(keep).sort(["hw", "tokens_per_s_per_user"])
+
+
+def plot_pareto(points: pl.DataFrame, front: pl.DataFrame, out: Path) -> list[Path]:
+    """PNG and SVG of every point and each hw's frontier."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError("matplotlib", "plot", "plotting the sweep") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ok = points.filter(pl.col("fits"))
+    for i, (key, part) in enumerate(ok.group_by("hw", maintain_order=True)):
+        hw = str(key[0])
+        color = f"C{i}"
+        ax.scatter(part["tokens_per_s_per_user"], part["tokens_per_s_per_gpu"], s=12, alpha=0.35, color=color)
+        f = front.filter(pl.col("hw") == hw).sort("tokens_per_s_per_user")
+        ax.plot(f["tokens_per_s_per_user"], f["tokens_per_s_per_gpu"], marker="o", color=color, label=hw)
+    ax.set_xlabel("tokens/s per user")
+    ax.set_ylabel("output tokens/s per GPU")
+    ax.set_title("Pareto frontier (decode)")
+    ax.grid(True, alpha=0.3)
+    if len(ok):
+        ax.legend()
+    paths = [out / "pareto.png", out / "pareto.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_sweep(
+    out: str | Path, trace: str | Path, points: pl.DataFrame, *, overwrite: bool = False, plot: bool = True
+) -> Path:
+    """``sweep_points.parquet``, ``sweep_pareto.parquet``, ``result.json`` and the plot."""
+    path = prepare_dir(out, overwrite=overwrite)
+    front = pareto(points)
+    best = front.sort("tokens_per_s_per_gpu", descending=True).head(1)
+    meta = {
+        "kind": "sweep",
+        "trace": str(trace),
+        "points": points.height,
+        "fits": int(points["fits"].sum()),
+        "pareto_points": front.height,
+        "best": best.to_dicts()[0] if best.height else None,
+    }
+    write_tables(path, {"sweep_points": points, "sweep_pareto": front}, meta)
+    if plot:
+        plot_pareto(points, front, path)
+    return path
