@@ -131,3 +131,11 @@ def test_docs_describe_every_report() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "sql.md").read_text()
     for name in report_names():
         assert f"| `{name}` |" in doc, f"docs/sql.md does not list report {name}"
+
+
+def test_report_ep_shorthand(inputs: Inputs) -> None:
+    code, short, _ = invoke("report", "imbalance", inputs.trace, "--ep", "2", "--format", "json")
+    code2, long, _ = invoke("report", "imbalance", inputs.trace, "--param", "ep=2", "--format", "json")
+    assert code == code2 == 0 and short == long
+    code, _, err = invoke("report", "gate-weights", inputs.trace, "--ep", "2")
+    assert code == 2 and "parameter of report gate-weights" in err

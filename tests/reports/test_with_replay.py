@@ -94,3 +94,16 @@ def test_sweep_pareto_and_html_on_a_real_sweep(results: dict[str, Path], tmp_pat
     )
     text = page.read_text()
     assert "Replay: mean step time by component" in text and "Sweep: Pareto frontier" in text
+
+
+def test_inputs_view_reads_result_json(results: dict[str, Path]) -> None:
+    con = Catalog.from_paths(
+        [str(results["trace"]), str(results["h200-sxm"]), str(results["sweep"])]
+    ).connect()
+    got = con.execute("SELECT input, kind, model, hw FROM inputs ORDER BY position").fetchall()
+    con.close()
+    assert got == [
+        ("trace", "trace", "tiny-test", None),
+        ("h200_sxm", "replay", "mixtral-8x7b", "h200-sxm"),
+        ("sweep", "sweep", None, None),
+    ]

@@ -171,6 +171,7 @@ def db(inputs: tuple[str, ...], out: str, force: bool) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
 )
+@click.option("--ep", type=int, default=None, help="Shorthand for --param ep=N (imbalance, html).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the output here (required for html).")
 @click.option("--memory-limit", default=None, help=_MEMORY_HELP)
 def report(
@@ -180,6 +181,7 @@ def report(
     describe: bool,
     params: tuple[str, ...],
     fmt: str,
+    ep: int | None,
     out: str | None,
     memory_limit: str | None,
 ) -> None:
@@ -187,7 +189,7 @@ def report(
 
     \b
     tracekit report --list
-    tracekit report imbalance my-trace --param ep=8
+    tracekit report imbalance my-trace --ep 8
     tracekit report replay-compare h200=replay-h200 nvl72=replay-nvl72
     tracekit report html my-trace replay-h200 --out report.html
     """
@@ -223,6 +225,8 @@ def report(
     if not inputs:
         raise UsageError(f"report {name}: give at least one trace or result directory")
     values = _parse_params(params)
+    if ep is not None:
+        values["ep"] = str(ep)
     if name == "html":
         if not out:
             raise UsageError("report html: give the file to write with --out report.html")

@@ -8,9 +8,9 @@ e.g. ``replay_steps``).
 Every input ``NAME`` gets its own prefixed views (``NAME_routing``, ``NAME_replay_steps``). The
 unprefixed view (``routing``) is the ``UNION ALL BY NAME`` of that table over every input that has it,
 with a first column ``input`` holding the input's name. A view ``inputs`` lists the inputs (name,
-position on the command line, kind, path, model, experts, top-k, EP size, result.json). Nothing is
-copied: views read the Parquet files where they are, by absolute path, so a database file written
-with ``database=`` opens in any DuckDB client.
+position on the command line, kind, path, model, hardware of a replay, experts, top-k, EP size,
+result.json). Nothing is copied: views read the Parquet files where they are, by absolute path, so
+a database file written with ``database=`` opens in any DuckDB client.
 """
 
 from __future__ import annotations
@@ -143,10 +143,17 @@ def _describe(spec: str, name: str | None, path: Path) -> CatalogInput:
         if has_result:
             raw = _read_result_json(path)
             kind = str(raw.get("kind") or "result")
-            model = raw.get("model")
+            found = raw.get("deployment")
+            deployment: dict[str, Any] = found if isinstance(found, dict) else {}
+            model = raw.get("model") or deployment.get("model")
             if isinstance(model, dict):
                 model = model.get("name")
-            facts = (("model", model if isinstance(model, str) else None), ("result_json", json.dumps(raw)))
+            hw = deployment.get("hw")
+            facts = (
+                ("model", model if isinstance(model, str) else None),
+                ("hw", hw if isinstance(hw, str) else None),
+                ("result_json", json.dumps(raw)),
+            )
         tables = []
         for p in parquet:
             table = p.name[: -len(".parquet")]
@@ -254,6 +261,7 @@ class Catalog:
     def _inputs_sql(self) -> str:
         keys = [
             "model",
+            "hw",
             "source",
             "trace_id",
             "num_experts",

@@ -43,7 +43,7 @@ caption{text-align:left;font-weight:600;padding:4px 0}
 .tk-note{font-size:11px;fill:#666;color:#666}.tk-title{font-size:13px;font-weight:600}
 .tk-axis{font-size:10px;fill:#444}.tk-mean{stroke:#e15759;stroke-dasharray:4 3;stroke-width:1.5}
 .tk-frame{fill:none;stroke:#bbb}.tk-bg{fill:#ccc}
-svg.tk-plot{display:block;margin:8px 0 16px;overflow:visible}
+svg.tk-plot{display:block;margin:8px 0 16px;overflow:visible}.tk-scroll{overflow-x:auto}
 #tk-errors:empty{display:none}#tk-errors{color:#b00;border:1px solid #b00;padding:8px}
 """
 
@@ -111,7 +111,7 @@ def _cell(v: Any) -> tuple[str, bool]:
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str) -> str:
     """An HTML table (escaped), at most :data:`MAX_TABLE_ROWS` rows."""
-    out = [f'<table class="tk-table"><caption>{escape(caption)}</caption><thead><tr>']
+    out = [f'<div class="tk-scroll"><table class="tk-table"><caption>{escape(caption)}</caption><thead><tr>']
     out += [f"<th>{escape(str(c))}</th>" for c in columns]
     out.append("</tr></thead><tbody>")
     for r in rows[:MAX_TABLE_ROWS]:
@@ -120,7 +120,7 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str) -
             text, is_text = _cell(v)
             out.append(f'<td class="tk-text">{escape(text)}</td>' if is_text else f"<td>{escape(text)}</td>")
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     if len(rows) > MAX_TABLE_ROWS:
         out.append(
             f'<p class="tk-note">first {MAX_TABLE_ROWS} of {len(rows)} rows; see tracekit report for all</p>'
@@ -274,8 +274,8 @@ def build_html(
         if values[key] < 1:
             raise UsageError(f"report html parameter {key}: must be at least 1, got {values[key]}")
     body: list[str] = []
-    inputs = execute(con, "SELECT input, kind, model, path FROM inputs ORDER BY position").fetchall()
-    body.append("<h2>Inputs</h2>" + table(["input", "kind", "model", "path"], inputs, "inputs"))
+    inputs = execute(con, "SELECT input, kind, model, hw, path FROM inputs ORDER BY position").fetchall()
+    body.append("<h2>Inputs</h2>" + table(["input", "kind", "model", "hw", "path"], inputs, "inputs"))
 
     traces = [i for i in catalog.inputs if i.kind == "trace" and _has_rows(con, i.view("expert_load"))]
     if traces:

@@ -69,6 +69,7 @@ def heatmap(
     out.append(
         f'<text x="{left:.0f}" y="28" class="tk-note">darker = more; max {escape(fmt(vmax))} {escape(unit)}</text>'
     )
+    out.append(f'<text x="{left - 4:.0f}" y="28" text-anchor="end" class="tk-axis">{escape(row_name)}</text>')
     for i in range(rows):
         y = top + i * cell_h
         out.append(
