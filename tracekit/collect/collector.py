@@ -120,6 +120,7 @@ class RoutingCollector:
         source_detail: dict[str, Any] | None = None,
         overwrite: bool = False,
         rows_per_part: int | None = None,
+        flush_interval_s: float = 30.0,
         trace_id: str | None = None,
         sites: Sequence[MoESite] | None = None,
     ) -> None:
@@ -195,13 +196,15 @@ class RoutingCollector:
         self._step = 0
         self._open: _StepTokens | None = None
         self._pending: deque[_Pending] = deque()
-        self._pinned: list[torch.Tensor] = []
+        self._pinned: list[torch.Tensor | None] = [None, None]
         self._pinned_next = 0
         self._requests: dict[int, _Request] = {}
         self._step_times: dict[int, tuple[int, int]] = {}
         self._padding_dropped = 0
         self._closed = False
         self._handles: list[Any] = []
+        self._flush_interval_ns = int(flush_interval_s * 1e9)
+        self._last_flush_ns = time.monotonic_ns()
         if self._cuda:
             self._origin: Any = torch.cuda.Event(enable_timing=True)
             self._origin.record()
@@ -407,6 +410,10 @@ class RoutingCollector:
         # process every step whose copy has surely landed: all but the newest on a GPU
         while len(self._pending) > (1 if self._cuda else 0):
             self._process(self._pending.popleft())
+        now = time.monotonic_ns()
+        if now - self._last_flush_ns >= self._flush_interval_ns:
+            self._writer.flush()  # part files on disk: a killed run keeps everything up to here
+            self._last_flush_ns = now
 
     def _now(self) -> Any:
         if self._cuda:
@@ -419,13 +426,13 @@ class RoutingCollector:
         if not self._cuda:
             return packed, None
         n = packed.numel()
-        if len(self._pinned) < 2:
-            self._pinned = [torch.empty(0, dtype=torch.int32).pin_memory() for _ in range(2)]
         i = self._pinned_next
         self._pinned_next = 1 - i
-        if self._pinned[i].numel() < n:
-            self._pinned[i] = torch.empty(max(n, 2 * self._pinned[i].numel()), dtype=torch.int32).pin_memory()
-        host = self._pinned[i][:n]
+        buf = self._pinned[i]
+        if buf is None or buf.numel() < n:  # grows geometrically, then is reused step after step
+            size = max(n, 2 * (buf.numel() if buf is not None else 0))
+            buf = self._pinned[i] = torch.empty(size, dtype=torch.int32, pin_memory=True)
+        host = buf[:n]
         host.copy_(packed, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
@@ -545,6 +552,13 @@ class RoutingCollector:
         for r, n in zip(request_ids, output_tokens, strict=True):
             if int(r) in self._requests:
                 self._requests[int(r)].output_tokens = int(n)
+
+    def flush(self) -> None:
+        """Process the steps in flight and write every buffered row as part files (a checkpoint:
+        a run killed later keeps all of it). Synchronises with the device once."""
+        self.flush_pending()
+        self._writer.flush()
+        self._last_flush_ns = time.monotonic_ns()
 
     def flush_pending(self) -> None:
         """Process every step still in flight (synchronises with the device once)."""

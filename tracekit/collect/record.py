@@ -60,19 +60,28 @@ class ForwardRecorder:
             return
         if self.collector._open is not None:  # the previous forward raised
             self.collector.abandon_step()
-        tokens = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
-        if tokens is None:
-            embeds = kwargs.get("inputs_embeds")
-            if embeds is None:
-                raise CollectorError(
-                    f"{type(module).__name__} was called without input_ids or inputs_embeds; the recorder "
-                    "cannot tell the batch shape; drive a RoutingCollector with begin_step/end_step instead"
-                )
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        tokens = kwargs.get("input_ids")
+        embeds = kwargs.get("inputs_embeds")
+        if tokens is None and first is not None:
+            if not first.dtype.is_floating_point:
+                tokens = first
+            elif first.dim() == 3:
+                embeds = first
+        if tokens is not None:
+            rows, seq = (
+                (int(tokens.shape[0]), int(tokens.shape[1]))
+                if tokens.dim() == 2
+                else (1, int(tokens.shape[-1]))
+            )
+        elif isinstance(embeds, torch.Tensor) and embeds.dim() == 3:
             rows, seq = int(embeds.shape[0]), int(embeds.shape[1])
-        elif tokens.dim() == 2:
-            rows, seq = int(tokens.shape[0]), int(tokens.shape[1])
         else:
-            rows, seq = 1, int(tokens.shape[-1])
+            raise CollectorError(
+                f"{type(module).__name__} was called without input_ids [batch, seq] or inputs_embeds "
+                "[batch, seq, hidden]; the recorder cannot tell the batch shape; drive a RoutingCollector "
+                "with begin_step/end_step instead"
+            )
         mask = kwargs.get("attention_mask")
         keep = positions = None
         if (
@@ -148,6 +157,7 @@ def record(
     overwrite: bool = False,
     source_detail: dict[str, Any] | None = None,
     rows_per_part: int | None = None,
+    flush_interval_s: float = 30.0,
     top_k: int | None = None,
     num_experts: int | None = None,
     trace_id: str | None = None,
@@ -171,6 +181,7 @@ def record(
         overwrite=overwrite,
         source_detail=source_detail,
         rows_per_part=rows_per_part,
+        flush_interval_s=flush_interval_s,
         top_k=top_k,
         num_experts=num_experts,
         trace_id=trace_id,

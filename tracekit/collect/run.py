@@ -231,6 +231,7 @@ def record_generate(
             seqs = m.generate(**gen_kwargs)
             new = seqs[:, input_ids.shape[1] :]
             rec.set_output_tokens(ids, _output_lengths(new, None if is_preset else eos).tolist())
+            rec.collector.flush()  # each finished batch is on disk
             done += len(chunk) * max_new_tokens
             if progress:
                 progress(done, total)
