@@ -509,6 +509,10 @@ def expert_window(
             ranks_per_node=ranks_per_node,
         )
     K = source.top_k
+    counters = _Counters(
+        pairs=pairs, dup_rank=dup_rank, dup_node=dup_node, L=L, R=R, S=S, Q=Q, spr=spr, rpn=ranks_per_node
+    )
+    stash: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for batch in source.batches(ranges):
         if batch.num_rows == 0:
             continue
@@ -546,36 +550,21 @@ def expert_window(
             )
         if single:
             base = lrow * E
-            slot_cols = [slot_of[base + chosen[:, k]] for k in range(K)]
+            _count(counters, w, lrow, src, [slot_of[base + chosen[:, k]] for k in range(K)])
         else:
-            slots = np.empty(chosen.shape, dtype=np.int64)
-            for l_i, layer_id in enumerate(source.layers):
-                m = np.nonzero(lrow == l_i)[0]
-                if m.size:
-                    slots[m] = route_to_slots(placement, layer_id, chosen[m], src[m], ranks_per_node)
-            slot_cols = [slots[:, k] for k in range(K)]
-        cell = (w * L + lrow) * R + src  # (step, layer, source rank)
-        base_s = cell * S
-        keys = np.empty((K, row.size), dtype=np.int64)
-        for k in range(K):
-            np.add(base_s, slot_cols[k], out=keys[k])
-        pairs += np.bincount(keys.reshape(-1), minlength=pairs.size)
-        dst = _sort_columns([s // spr for s in slot_cols])
-        base_r = cell * R
-        base_q = cell * Q
-        dr, dq = [], []
-        for k in range(1, K):
-            same = dst[k] == dst[k - 1]
-            if same.any():
-                dr.append(base_r[same] + dst[k][same])
-            node_k = dst[k] // ranks_per_node
-            same_q = node_k == dst[k - 1] // ranks_per_node
-            if same_q.any():
-                dq.append(base_q[same_q] + node_k[same_q])
-        if dr:
-            dup_rank += np.bincount(np.concatenate(dr), minlength=dup_rank.size)
-        if dq:
-            dup_node += np.bincount(np.concatenate(dq), minlength=dup_node.size)
+            stash.append((w, lrow, src, chosen))
+    if stash:
+        # Replicas: one route_to_slots call per (step, layer) dispatch with all of its tokens in
+        # (source rank, row) order, so the round-robin among replicas follows the documented rule.
+        w, lrow, src, chosen = (np.concatenate(x) for x in zip(*stash, strict=True))
+        slots = np.empty(chosen.shape, dtype=np.int64)
+        order = np.lexsort((np.arange(w.size), src, lrow, w))
+        group = (w * L + lrow)[order]
+        cuts = np.flatnonzero(np.diff(group)) + 1
+        for part in np.split(order, cuts):
+            layer_id = source.layers[int(lrow[part[0]])]
+            slots[part] = route_to_slots(placement, layer_id, chosen[part], src[part], ranks_per_node)
+        _count(counters, w, lrow, src, [slots[:, k] for k in range(K)])
     return ExpertWindow(
         steps=np.arange(step_lo, step_hi),
         pairs=pairs.reshape(W, L, R, S),
@@ -584,6 +573,50 @@ def expert_window(
         slots_per_rank=spr,
         ranks_per_node=ranks_per_node,
     )
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Counters:
+    pairs: np.ndarray
+    dup_rank: np.ndarray
+    dup_node: np.ndarray
+    L: int
+    R: int
+    S: int
+    Q: int
+    spr: int
+    rpn: int
+
+
+def _count(
+    c: _Counters, w: np.ndarray, lrow: np.ndarray, src: np.ndarray, slot_cols: list[np.ndarray]
+) -> None:
+    """Add routed rows (window step, layer position, source rank, slot per choice) to the counters."""
+    K = len(slot_cols)
+    cell = (w * c.L + lrow) * c.R + src  # (step, layer, source rank)
+    base_s = cell * c.S
+    keys = np.empty((K, cell.size), dtype=np.int64)
+    for k in range(K):
+        np.add(base_s, slot_cols[k], out=keys[k])
+    np.add(c.pairs, np.bincount(keys.reshape(-1), minlength=c.pairs.size), out=c.pairs)
+    # Sorting each token's destination ranks puts repeats side by side: a repeat of the previous
+    # column is a pair the per-rank (and, for domains, per-node) deduplication removes.
+    dst = _sort_columns([s // c.spr for s in slot_cols])
+    base_r = cell * c.R
+    base_q = cell * c.Q
+    dr, dq = [], []
+    for k in range(1, K):
+        same = dst[k] == dst[k - 1]
+        if same.any():
+            dr.append(base_r[same] + dst[k][same])
+        node_k = dst[k] // c.rpn
+        same_q = node_k == dst[k - 1] // c.rpn
+        if same_q.any():
+            dq.append(base_q[same_q] + node_k[same_q])
+    if dr:
+        np.add(c.dup_rank, np.bincount(np.concatenate(dr), minlength=c.dup_rank.size), out=c.dup_rank)
+    if dq:
+        np.add(c.dup_node, np.bincount(np.concatenate(dq), minlength=c.dup_node.size), out=c.dup_node)
 
 
 def _trace_step_ranges(
