@@ -55,14 +55,44 @@ def test_alltoall_and_gemm_equal_library() -> None:
     assert got["time_s"] == pytest.approx(
         float(alltoall(get_hardware("h200-sxm"), nbytes=1e8, ranks=16).time_s.max())
     )
-    got = _run(["cost", "gemm", "--hw", "h100-sxm", "--m", "4096", "--n", "7168", "--k", "2048", "--dtype", "fp8", "--json"])
+    got = _run(
+        [
+            "cost",
+            "gemm",
+            "--hw",
+            "h100-sxm",
+            "--m",
+            "4096",
+            "--n",
+            "7168",
+            "--k",
+            "2048",
+            "--dtype",
+            "fp8",
+            "--json",
+        ]
+    )
     want = gemm(get_hardware("h100-sxm"), m=4096, n=7168, k=2048, precision="fp8")
     assert got["time_s"] == pytest.approx(float(want.time_s)) and got["bound"] == "compute"
 
 
 def test_set_override_changes_the_time() -> None:
     base = _run(["cost", "alltoall", "--hw", "h200-sxm", "--bytes", "1e9", "--ranks", "16", "--json"])
-    fast = _run(["cost", "alltoall", "--hw", "h200-sxm", "--bytes", "1e9", "--ranks", "16", "--set", "scaleout_bw=1e11", "--json"])
+    fast = _run(
+        [
+            "cost",
+            "alltoall",
+            "--hw",
+            "h200-sxm",
+            "--bytes",
+            "1e9",
+            "--ranks",
+            "16",
+            "--set",
+            "scaleout_bw=1e11",
+            "--json",
+        ]
+    )
     assert fast["time_s"] < base["time_s"]
 
 
@@ -77,7 +107,11 @@ def test_routing_file(tmp_path: Path) -> None:
 
 
 def test_user_errors_are_one_line() -> None:
-    out = CliRunner().invoke(cli, ["cost", "dispatch", "--hw", "h200-sxm", "--ep", "16", "--tokens", "8", "--json"])
+    out = CliRunner().invoke(
+        cli, ["cost", "dispatch", "--hw", "h200-sxm", "--ep", "16", "--tokens", "8", "--json"]
+    )
     assert out.exit_code == 2 and "--model" in out.output
-    out = CliRunner().invoke(cli, ["cost", "dispatch", "--hw", "h200-sxm", "--ep", "7", "--tokens", "8", "--model", "deepseek-v3"])
+    out = CliRunner().invoke(
+        cli, ["cost", "dispatch", "--hw", "h200-sxm", "--ep", "7", "--tokens", "8", "--model", "deepseek-v3"]
+    )
     assert out.exit_code == 2 and "split evenly" in out.output

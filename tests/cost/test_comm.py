@@ -37,7 +37,8 @@ def test_nccl_dispatch_by_hand() -> None:
     lat = p.dispatch_latency_s + p.latency_log2_s * math.log2(16 / 8)
     penalty = 1 + p.eff_log2_penalty
     t_up = lat + 4e6 / (450e9 * p.eff_up) * penalty
-    t_out = lat + 1e6 / (50e9 * p.eff_out) * penalty
+    hop = H200.scaleout_latency_s - H200.scaleup_latency_s  # leaving the NVLink domain
+    t_out = lat + hop + 1e6 / (50e9 * p.eff_out) * penalty
     assert c.time_s[0] == pytest.approx(max(t_up, t_out, p.dispatch_floor_s))
     assert c.link[0] == ("nic" if t_out > t_up else "nvlink")
     assert c.network_bytes_sent[0] == 1e6 and c.nvlink_bytes_sent[0] == 4e6
@@ -168,3 +169,11 @@ def test_collectives_by_hand() -> None:
     assert allreduce(H200, nbytes=1.0, ranks=8).bound == "latency"
     sizes = np.array([1e3, 1e6, 1e9])
     assert np.all(np.diff(allreduce(H200, nbytes=sizes, ranks=32).time_s) > 0)
+
+
+def test_traffic_domain_must_match_hardware() -> None:
+    from tracekit.errors import UsageError
+
+    t = ep_traffic(dst_rank=np.array([[1]]), src_rank=np.array([0]), num_ranks=16, domain_size=72)
+    with pytest.raises(UsageError, match=r"domain_size=hw\.scaleup_size"):
+        dispatch(H200, t)

@@ -6,7 +6,7 @@ in different domains over their NICs (``scaleout_bw``). A rank's time is
 
     max(floor, latency + max(bytes_sent, bytes_recv) / (link_bw * eff / penalty))
 
-taken over the links it uses, with the implementation's parameters (:class:`CommParams`: fitted
+taken over the links it uses (the NIC term also adds ``scaleout_latency_s - scaleup_latency_s``), with the implementation's parameters (:class:`CommParams`: fitted
 by ``tracekit calibrate`` where measurements exist). Implementations:
 
 - ``deepep-normal``: per-rank dedup inside a domain; across domains a token crosses the network
@@ -37,6 +37,11 @@ from tracekit.hardware import COMM_IMPLS, CommParams, HardwareSpec
 
 def _as_traffic(traffic: EPTraffic | ArrayLike, hw: HardwareSpec) -> EPTraffic:
     if isinstance(traffic, EPTraffic):
+        if traffic.domain_size != hw.scaleup_size:
+            raise UsageError(
+                f"traffic was counted for scale-up domains of {traffic.domain_size} ranks but {hw.name} has "
+                f"{hw.scaleup_size}: build it with domain_size=hw.scaleup_size"
+            )
         return traffic
     return EPTraffic.from_rank_matrix(traffic, hw.scaleup_size)
 
@@ -122,11 +127,13 @@ def _time(
     up_xfer = up_bytes / (hw.scaleup_bw * p.eff_up) * penalty
     out_xfer = out_bytes / (hw.scaleout_bw * p.eff_out) * penalty
     t_up = np.where(up_bytes > 0, lat + up_xfer, 0.0)
-    t_out = np.where(out_bytes > 0, lat + out_xfer, 0.0)
+    hop = max(hw.scaleout_latency_s - hw.scaleup_latency_s, 0.0)  # extra latency of leaving the domain
+    t_out = np.where(out_bytes > 0, lat + hop + out_xfer, 0.0)
     floor = np.full(up_bytes.shape, floor_s)
     t, which = pick_bound({"floor": floor, "nvlink": t_up, "nic": t_out})
     xfer = np.where(which == "nic", out_xfer, np.where(which == "nvlink", up_xfer, 0.0))
-    bound = np.where((which == "floor") | (xfer < lat), "latency", "network").astype("<U8")
+    lat_of = np.where(which == "nic", lat + hop, lat)
+    bound = np.where((which == "floor") | (xfer < lat_of), "latency", "network").astype("<U8")
     link = np.where(which == "floor", "none", which).astype("<U8")
     return t, bound, link
 
