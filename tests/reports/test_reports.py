@@ -427,3 +427,48 @@ def test_reports_on_sample_traces(trace: Path) -> None:
             by_layer[layer] += top_k
         assert {r["layer"]: r["routing_assignments"] for r in check} == dict(by_layer)
         assert all(r["mismatched_cells"] == 0 for r in check)
+
+
+COMM_SAMPLES = [p for p in SAMPLES if list((p / "comm").glob("*.parquet"))]
+
+
+@pytest.mark.skipif(not COMM_SAMPLES, reason="no sample trace with a comm table in this checkout yet")
+@pytest.mark.parametrize("trace", COMM_SAMPLES, ids=[p.name for p in COMM_SAMPLES])
+def test_comm_reports_on_sample_traces(trace: Path) -> None:
+    check_comm_reports(trace)
+
+
+def test_comm_check_on_the_built_ep_trace(inputs: Inputs) -> None:
+    check_comm_reports(inputs.ep.path)
+
+
+def check_comm_reports(trace: Path) -> None:
+    """comm-summary totals and comm-matrix cells against polars over the comm Parquet files."""
+    comm = scan(trace, "comm")
+    summary = run([trace], "comm-summary")
+    assert sum(r["calls"] for r in summary) == comm.height
+    assert sum(r["bytes_sent"] for r in summary) == comm["bytes_sent"].sum()
+    # comm-matrix: explode the per-peer lists with polars and add sends
+    peers = (
+        comm.filter(pl.col("send_bytes_per_peer").is_not_null())
+        .select(
+            pl.col("rank").alias("src"),
+            pl.col("group_ranks").alias("dst"),
+            pl.col("send_bytes_per_peer").alias("b"),
+        )
+        .explode("dst", "b")
+    )
+    sends = comm.filter(
+        pl.col("send_bytes_per_peer").is_null() & (pl.col("op") == "send") & pl.col("peer").is_not_null()
+    )
+    peers = pl.concat(
+        [
+            peers,
+            sends.select(
+                pl.col("rank").alias("src"), pl.col("peer").alias("dst"), pl.col("bytes_sent").alias("b")
+            ),
+        ]
+    )
+    want = peers.filter(pl.col("src") != pl.col("dst")).group_by("src", "dst").agg(pl.col("b").sum())
+    got = {(r["src_rank"], r["dst_rank"]): r["bytes"] for r in run([trace], "comm-matrix")}
+    assert got == {(r["src"], r["dst"]): r["b"] for r in want.iter_rows(named=True)}
