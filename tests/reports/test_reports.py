@@ -233,6 +233,12 @@ def test_comm_matrix_against_the_bytes_written(inputs: Inputs) -> None:
         m[r["src_rank"], r["dst_rank"]] = r["bytes"]
     assert np.array_equal(m, ep.matrix["dispatch"])
 
+    sends = run([ep.path], "comm-matrix", op="send")
+    m = np.zeros_like(expected)
+    for r in sends:
+        m[r["src_rank"], r["dst_rank"]] = r["bytes"]
+    assert np.array_equal(m, ep.sends)
+
 
 def test_kernel_summary_against_polars(inputs: Inputs) -> None:
     k = scan(inputs.ep.path, "kernels")
