@@ -154,14 +154,11 @@ def ep_traffic(
 
 
 def _first_occurrence(x: NDArray[np.int64]) -> NDArray[np.bool_]:
-    """Per row, True at the first occurrence of each value (vectorised over rows)."""
-    order = np.argsort(x, axis=1, kind="stable")
-    sorted_x = np.take_along_axis(x, order, axis=1)
-    first_sorted = np.ones_like(sorted_x, dtype=bool)
-    first_sorted[:, 1:] = sorted_x[:, 1:] != sorted_x[:, :-1]
-    out = np.zeros_like(first_sorted)
-    np.put_along_axis(out, order, first_sorted, axis=1)
-    return out
+    """Per row, True at the first occurrence of each value (vectorised over rows; K^2/2 compares)."""
+    first = np.ones(x.shape, dtype=bool)
+    for j in range(1, x.shape[1]):
+        first[:, j] = np.all(x[:, j : j + 1] != x[:, :j], axis=1)
+    return first
 
 
 def random_routing(
