@@ -1,0 +1,101 @@
+"""Workload extraction: schedules, attention load and routing counts against second implementations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.replay._traces import random_ids, write_ranked_trace
+from tracekit.cost import ep_traffic
+from tracekit.placement import Placement
+from tracekit.replay.workload import (
+    RoutingSource,
+    _sort_columns,
+    attention_load,
+    expert_window,
+    load_tokens,
+    make_schedule,
+)
+from tracekit.trace import open_trace
+
+
+@given(st.integers(1, 12), st.integers(1, 6), st.integers(0, 10_000))
+def test_sorting_network_sorts_rows(k: int, n: int, seed: int) -> None:
+    x = np.random.default_rng(seed).integers(0, 5, (n, k))
+    got = np.stack(_sort_columns([x[:, i] for i in range(k)]), axis=1)
+    np.testing.assert_array_equal(got, np.sort(x, axis=1))
+
+
+@given(num_tokens=st.integers(1, 200), ranks=st.integers(1, 9), batch=st.integers(1, 40))
+def test_rebatching_conserves_tokens_and_fills_every_step(num_tokens: int, ranks: int, batch: int) -> None:
+    from tracekit.replay.workload import PhaseTokens
+
+    tok = PhaseTokens(
+        phase="decode",
+        trace_step=np.arange(num_tokens) // 7,
+        trace_rank=np.zeros(num_tokens, dtype=np.int64),
+        request=np.arange(num_tokens),
+        kv_len=np.full(num_tokens, 5),
+        output=np.ones(num_tokens, dtype=bool),
+    )
+    sch = make_schedule(tok, num_ranks=ranks, batch_per_gpu=batch)
+    p, step, rank = sch.tokens
+    # every replayed step is full: batch tokens on every rank
+    counts = np.bincount(step * ranks + rank, minlength=sch.num_steps * ranks)
+    assert (counts == batch).all()
+    # every trace token is replayed, in order, the stream reused from its start only past its end
+    assert set(p.tolist()) == set(range(num_tokens))
+    assert sch.token_reuse == pytest.approx(sch.num_steps * ranks * batch / num_tokens)
+    assert sch.num_steps == max(1, -(-num_tokens // (ranks * batch)))
+
+
+def test_attention_load_counts_kv_and_requests(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    ids = random_ids(rng, (2, 3, 1, 4), 8, 2)
+    write_ranked_trace(
+        tmp_path / "t", ids, num_experts=8, position=np.array([9, 19, 29, 39]), prefill_tokens=5
+    )
+    tokens, _ = load_tokens(open_trace(tmp_path / "t"))
+    assert tokens["prefill"].num_tokens == 10 and tokens["decode"].num_tokens == 24
+    sch = make_schedule(tokens["decode"], num_ranks=2, batch_per_gpu=None)
+    load = attention_load(tokens["decode"], sch, (None, 16))
+    # decode step s: KV lengths 10+s, 20+s, 30+s, 40+s on each rank
+    for s in range(3):
+        assert load.pairs[None][s].tolist() == [100 + 4 * s] * 2
+        assert load.pairs[16][s].tolist() == [(10 + s) + 16 * 3] * 2
+    assert load.requests.tolist() == [8, 8, 8]
+    pre = make_schedule(tokens["prefill"], num_ranks=2, batch_per_gpu=None)
+    pl_ = attention_load(tokens["prefill"], pre, (None,))
+    assert pl_.pairs[None].tolist() == [[15, 15]]  # positions 0..4 attend 1..5 keys
+    assert pl_.keys[None].tolist() == [[5, 5]]  # one sequence per rank, 5 keys read
+    assert pl_.outputs.tolist() == [[1, 1]]  # the last prompt token yields the first output
+
+
+@settings(max_examples=12)
+@given(seed=st.integers(0, 10_000), ranks=st.sampled_from([2, 4, 8]), rpn=st.sampled_from([2, 4, 8]))
+def test_routing_counts_match_the_cost_models_traffic_counter(tmp_path_factory: pytest.TempPathFactory, seed: int, ranks: int, rpn: int) -> None:  # fmt: skip
+    rng = np.random.default_rng(seed)
+    E, K, N = 16, 4, 6
+    ids = random_ids(rng, (ranks, 2, 1, N), E, K)
+    path = tmp_path_factory.mktemp("w") / "t"
+    write_ranked_trace(path, ids, num_experts=E)
+    tr = open_trace(path)
+    tokens, index = load_tokens(tr)
+    sch = make_schedule(tokens["decode"], num_ranks=ranks, batch_per_gpu=None)
+    placement = Placement.contiguous([1], E, ranks)
+    src = RoutingSource(trace=tr, layers=(1,), top_k=K)
+    ew = expert_window(src, index, tokens["decode"], sch, placement, step_lo=0, step_hi=2, ranks_per_node=rpn)
+    spr = E // ranks
+    for s in range(2):
+        dst = (ids[:, s, 0] // spr).reshape(-1, K)
+        ref = ep_traffic(
+            dst_rank=dst, src_rank=np.repeat(np.arange(ranks), N), num_ranks=ranks, domain_size=rpn
+        )
+        np.testing.assert_array_equal(ew.peer_tokens[s, 0], ref.rank_tokens)
+        np.testing.assert_array_equal(ew.rank_pairs[s, 0], ref.expert_tokens)
+        np.testing.assert_array_equal(ew.node_tokens[s, 0], ref.domain_tokens)
+        np.testing.assert_array_equal(ew.recv[s, 0], np.bincount(ids[:, s, 0].reshape(-1), minlength=E))
