@@ -41,11 +41,11 @@ def test_presets_hold_the_fit(fitted: CalibrationReport) -> None:
         for target in (f.hardware, *f.spec.transfer_to):
             stored = get_hardware(target).comm[f.impl]
             for name in f.spec.params:
-                assert getattr(stored, name) == pytest.approx(getattr(f.params, name), rel=1e-4, abs=1e-12), (
+                assert getattr(stored, name) == pytest.approx(getattr(f.params, name), rel=1e-2, abs=1e-9), (
                     f"{target} comm.{f.impl}.{name}"
                 )
     stored = calibrate(fit=False)
-    assert [r.predicted for r in stored.rows] == pytest.approx([r.predicted for r in fitted.rows], rel=1e-3)
+    assert [r.predicted for r in stored.rows] == pytest.approx([r.predicted for r in fitted.rows], rel=1e-2)
     residuals = get_hardware("h800-sxm").calibration["residuals"]
     assert {r["id"] for r in residuals} == {
         r.measurement.id for r in fitted.rows if r.measurement.hardware == "h800-sxm"
