@@ -21,7 +21,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_skewed_trace(trace, seed=7, steps=6, layers=3, tokens=16, experts=8, top_k=2)
     out = {"trace": trace}
     for hw in ("h200-sxm", "gb200-nvl72"):
-        res = replay_mod.replay(trace, replay_mod.Deployment(hw=hw, model="mixtral-8x7b"))
+        res = replay_mod.replay(trace, replay_mod.Deployment(hw=hw, model="mixtral-8x7b", ep=8, batch_per_gpu=4))
         out[hw] = replay_mod.write_result(res, root / hw)
     base = replay_mod.Deployment(hw="h200-sxm", model="mixtral-8x7b")
     points = replay_mod.run_sweep(
@@ -57,6 +57,8 @@ def test_step_breakdown_on_a_real_replay(results: dict[str, Path]) -> None:
             assert r["time_s"] == pytest.approx(grp[f"{r['component']}_s"].mean())
         # the replay's components add up to its step time, so the shares add up to one
         assert sum(r["share"] for r in mine) == pytest.approx(1.0, rel=1e-6)
+        # EP 8: tokens cross ranks, so dispatch and combine take time
+        assert {r["component"] for r in mine if r["time_s"] > 0} >= {"dispatch", "combine", "expert_gemm"}
 
 
 def test_replay_compare_on_real_replays(results: dict[str, Path]) -> None:
