@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tracekit.schema import AttentionSpec, ModelArch
 
-#: Name and architecture of the placeholder; ``tracekit info`` shows it, the replay refuses it.
+#: Name and architecture of the placeholder (``tracekit info`` shows it).
 UNKNOWN_MODEL = "unknown"
 
 
@@ -14,8 +14,8 @@ def unknown_arch(
     """A ModelArch that says only what the imported file says; every size is 0 (unknown).
 
     Kernel timelines do not need the model; expert loads know their layer and expert counts (and the
-    top-k of per-token routing). A trace with this architecture can be queried but not re-timed:
-    import again with ``--model NAME`` for that.
+    top-k of per-token routing). A trace with this architecture can be queried but not re-timed
+    (every size is 0): import again with ``--model NAME`` for that.
     """
     return ModelArch(
         name=UNKNOWN_MODEL,
