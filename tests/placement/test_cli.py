@@ -226,3 +226,88 @@ def test_user_errors_are_one_line(skewed, args: list[str], message: str) -> None
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def four_rank(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-rank trace (so a replay at EP 4 keeps each trace step as one replayed step)."""
+    from tests.factories import tiny_arch, tiny_manifest
+
+    rng = np.random.default_rng(5)
+    prob = 1.0 / np.arange(1, E + 1) ** 1.2
+    prob /= prob.sum()
+    manifest = tiny_manifest(tiny_arch(num_experts=E, top_k=K, num_layers=LAYERS + 1), world_size=4)
+    path = tmp_path_factory.mktemp("place4") / "trace"
+    for rank in range(4):
+        ids = np.zeros((STEPS, LAYERS, 16, K), dtype=np.int64)
+        for layer in range(LAYERS):
+            perm = np.random.default_rng(layer).permutation(E)
+            for s in range(STEPS):
+                g = rng.gumbel(size=(16, E)) + np.log(prob[perm])
+                ids[s, layer] = np.argsort(-g, axis=1)[:, :K]
+        write_routing_trace(path, ids, manifest=manifest, rank=rank)
+    return path
+
+
+def test_evaluate_with_replay(four_rank: Path, tmp_path: Path) -> None:
+    import polars as pl
+
+    from tracekit.replay import Deployment, replay
+
+    code, text = _run(
+        "place",
+        str(four_rank),
+        "--ep",
+        "4",
+        "--redundant",
+        "4",
+        "--window",
+        "2",
+        "--evaluate",
+        "--policy",
+        "contiguous",
+        "--policy",
+        "greedy",
+        "--hw",
+        "h200-sxm",
+        "--json",
+    )
+    assert code == 0, text
+    rows = {r["policy"]: r for r in json.loads(text)["policies"]}
+    assert set(rows) == {"contiguous, 0 redundant", "contiguous", "greedy"}
+    # The same numbers straight from the replay of the written placement, on steps after the window.
+    out = tmp_path / "g.parquet"
+    assert (
+        _run(
+            "place",
+            str(four_rank),
+            "--ep",
+            "4",
+            "--redundant",
+            "4",
+            "--window",
+            "2",
+            "--policy",
+            "greedy",
+            "--out",
+            str(out),
+        )[0]
+        == 0
+    )
+    single = tmp_path / "g0.parquet"
+    read_placement(out).with_(from_step=0).write(single)
+    res = replay(four_rank, Deployment(hw="h200-sxm", ep=4, placement=str(single)))
+    steps = res.steps.filter(
+        (pl.col("pool") == "all") & (pl.col("phase") == "decode") & (pl.col("trace_step_first") >= 2)
+    )
+    assert steps.height == STEPS - 2
+    g = rows["greedy"]
+    assert g["replayed_steps"] == STEPS - 2
+    assert g["straggler_s"] == pytest.approx(steps.get_column("straggler_s").mean())
+    assert g["step_time_s"] == pytest.approx(steps.get_column("step_time_s").mean())
+    layers = res.layers.filter((pl.col("pool") == "all") & (pl.col("kind") == "moe") & (pl.col("step") >= 2))
+    assert g["replay_imbalance"] == pytest.approx(layers.get_column("imbalance").mean())
+    # Redundant slots cost HBM: one more expert per rank and MoE layer (fp8 experts: 1 byte/param).
+    extra = g["weight_bytes_per_gpu"] - rows["contiguous, 0 redundant"]["weight_bytes_per_gpu"]
+    assert extra == pytest.approx(LAYERS * 1 * 3 * 64 * 32 * 1, rel=1e-6)
+    assert g["max_batch_per_gpu"] <= rows["contiguous, 0 redundant"]["max_batch_per_gpu"]

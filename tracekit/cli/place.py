@@ -14,6 +14,8 @@ from tracekit.cli._render import echo_json, format_option, human_bytes, render_r
 from tracekit.errors import UsageError
 
 #: Policies compared by --evaluate when no --policy is given (``eplb`` repeats one of the two eplb-*).
+#: Label of the default layout without redundant slots, the row every comparison starts from.
+BASELINE_LABEL = "contiguous, 0 redundant"
 EVALUATE_DEFAULT = ("contiguous", "round-robin", "greedy", "eplb-hierarchical", "eplb-global")
 
 
@@ -78,7 +80,8 @@ EVALUATE_DEFAULT = ("contiguous", "round-robin", "greedy", "eplb-hierarchical", 
 @click.option(
     "--model",
     metavar="NAME",
-    help="Target model the --evaluate replays re-time (catalog name or config.json) [default: the trace's].",
+    help="Target model (catalog name or config.json) for migration bytes and --hw replays; its MoE "
+    "layers reuse the trace's cyclically [default: the trace's model].",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the plan (phy2log, logcnt, log2phy, scores) as JSON."
@@ -141,14 +144,13 @@ def place(
         raise UsageError("--out writes one placement; give a single --policy with --out")
     if hw is not None and not evaluate:
         raise UsageError("--hw is for --evaluate; add --evaluate or drop --hw")
-    if model is not None and hw is None:
-        raise UsageError(
-            "--model is the target of --evaluate --hw replays; add --evaluate --hw NAME or drop --model"
-        )
+    if model is not None and trace is None:
+        raise UsageError("--model re-targets a trace's placement (migration bytes, replays); give a TRACE")
     if nodes is None:
         nodes = _default_nodes(num_ranks, hw)
 
     expert_bytes = 0
+    layer_copies = None
     if loads_file is not None:
         if window is not None or recompute_every is not None:
             raise UsageError("--window and --recompute-every need per-step loads: give a TRACE, not --loads")
@@ -164,6 +166,21 @@ def place(
         arch = open_trace(trace).manifest.model
         loads = trace_loads(trace)
         num_groups = groups or arch.num_expert_groups
+        layer_copies = np.ones(len(loads.layers), dtype=np.int64)
+        if model is not None:
+            from tracekit.models import get_model
+
+            target = get_model(model)
+            if target.num_experts != arch.num_experts:
+                raise UsageError(
+                    f"--model {model} has {target.num_experts} routed experts but the trace's model has "
+                    f"{arch.num_experts}; choose a model with the same expert count"
+                )
+            # As the replay does: target MoE layer i reuses trace MoE layer i mod (trace MoE layers).
+            layer_copies = np.bincount(
+                np.arange(len(target.moe_layers)) % len(loads.layers), minlength=len(loads.layers)
+            )
+            arch = target
         bpp = bytes_per_param if bytes_per_param is not None else dtype_bytes(arch.dtype)
         expert_bytes = expert_weight_bytes(arch.hidden_size, arch.moe_intermediate_size, bpp)
 
@@ -195,12 +212,32 @@ def place(
                 raise
             skipped.append((name, str(exc)))
 
+    if layer_copies is not None and model is not None:
+        results = [_retarget(r, layer_copies, expert_bytes) for r in results]
     if out is not None:
         write_placements(out, list(results[0].epochs))
 
+    baseline = (
+        None
+        if loads.num_experts % num_ranks
+        else plan(
+            loads,
+            policy="contiguous",
+            num_ranks=num_ranks,
+            num_nodes=nodes,
+            num_groups=num_groups,
+            window=window,
+            recompute_every=recompute_every,
+            expert_bytes=expert_bytes,
+        )
+    )
+    # The default layout needs the experts to split evenly over the ranks without redundant slots.
+    fits = loads.num_experts % num_ranks == 0
+    base_entry = [(BASELINE_LABEL, baseline)] if fits and (num_redundant > 0 or not evaluate) else []
     if evaluate:
-        replayed = _replay_each(trace, results, hw, num_ranks, model) if hw is not None else None
-        _print_comparison(results, skipped, replayed, loads, as_json, fmt, setup)
+        entries = base_entry + [(r.policy, r) for r in results]
+        replayed = _replay_each(trace, entries, hw, num_ranks, model) if hw is not None else None
+        _print_comparison(entries, skipped, replayed, loads, as_json, fmt, setup)
         return
 
     res = results[0]
@@ -227,26 +264,7 @@ def place(
             obj["out"] = str(out)
         click.echo(_compact_json(obj))
         return
-    baseline = plan(
-        loads,
-        policy="contiguous",
-        num_ranks=num_ranks,
-        num_nodes=nodes,
-        num_groups=num_groups,
-        window=window,
-        recompute_every=recompute_every,
-        expert_bytes=expert_bytes,
-    )
-    _print_comparison(
-        [baseline, res],
-        [],
-        None,
-        loads,
-        False,
-        fmt,
-        setup,
-        labels=["contiguous, no redundant slots", res.policy],
-    )
+    _print_comparison([*base_entry, (res.policy, res)], [], None, loads, False, fmt, setup)
     if out is not None:
         click.echo(f"wrote {out} ({len(res.epochs)} epoch(s), from_step {[e.from_step for e in res.epochs]})")
 
@@ -304,6 +322,19 @@ def _problem(loads: Any, num_ranks: int, num_redundant: int, nodes: int, groups:
     )
 
 
+def _retarget(res: Any, layer_copies: np.ndarray, expert_bytes: int) -> Any:
+    """Migration counted on the target model's MoE layers (each a copy of a trace layer's placement)."""
+    import dataclasses
+
+    moved = res.moved_per_layer * layer_copies
+    return dataclasses.replace(
+        res,
+        moved_experts=int(moved.sum()),
+        moved_per_layer=moved,
+        migration_bytes=int(moved.sum()) * expert_bytes,
+    )
+
+
 def _default_nodes(num_ranks: int, hw: str | None) -> int:
     """One node, or with --hw as many as the preset's scale-up domains the EP ranks span."""
     if hw is None:
@@ -335,7 +366,7 @@ def _redundant(num_experts: int, redundant: int | None, slots: int | None) -> in
 
 
 def _replay_each(
-    trace: Path | None, results: list[Any], hw: str, num_ranks: int, model: str | None
+    trace: Path | None, entries: list[tuple[str, Any]], hw: str, num_ranks: int, model: str | None
 ) -> dict[str, dict[str, Any]]:
     """Replay the trace under each policy's placement epochs and keep the scored steps.
 
@@ -355,7 +386,7 @@ def _replay_each(
     assert trace is not None
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="tracekit-place-") as tmp:
-        for res in results:
+        for label, res in entries:
             first_scored = int(res.eval_steps[0]) if res.eval_steps.size else 0
             steps_parts, layer_parts, summaries = [], [], []
             bounds = [e.from_step for e in res.epochs[1:]] + [None]
@@ -363,7 +394,7 @@ def _replay_each(
                 lo = max(epoch.from_step, first_scored)
                 if end is not None and end <= lo:
                     continue
-                path = Path(tmp) / f"{res.policy}-{i}.parquet"
+                path = Path(tmp) / f"{len(out)}-{i}.parquet"
                 write_placements(path, [epoch.with_(from_step=0)])
                 rr = replay(trace, Deployment(hw=hw, ep=num_ranks, placement=str(path), model=model))
                 keep = pl.col("trace_step_first") >= lo
@@ -374,7 +405,7 @@ def _replay_each(
                 kept = steps.select("phase", "step")
                 layer_parts.append(rr.layers.filter(pl.col("pool") == "all").join(kept, on=["phase", "step"]))
                 summaries.append(rr.summary)
-            out[res.policy] = _replay_metrics(res.policy, steps_parts, layer_parts, summaries, num_ranks)
+            out[label] = _replay_metrics(label, steps_parts, layer_parts, summaries, num_ranks)
     return out
 
 
@@ -412,65 +443,65 @@ def _replay_metrics(
         "step_time_s": time_s / steps.height,
         "tokens_per_s_per_gpu": produced / time_s / num_gpus if time_s > 0 else 0.0,
         "max_batch_per_gpu": min(batches) if batches else None,
+        "weight_bytes_per_gpu": max(int(s["weight_bytes_per_gpu"]) for s in summaries),
     }
 
 
 def _print_comparison(
-    results: list[Any],
+    entries: list[tuple[str, Any]],
     skipped: list[tuple[str, str]],
-    replayed: dict[str, Any] | None,
+    replayed: dict[str, dict[str, Any]] | None,
     loads: Any,
     as_json: bool,
     fmt: str,
     setup: str,
-    labels: list[str] | None = None,
 ) -> None:
-    columns = [
-        "policy",
-        "imbalance_total",
-        "imbalance_step",
-        "imbalance_step_max",
-        "train_imbalance_total",
-        "moved_experts",
-        "migration",
-    ]
-    if replayed is not None:
-        columns += [
-            "replay_imbalance",
-            "straggler_s",
-            "step_time_s",
-            "tokens_per_s_per_gpu",
-            "max_batch_per_gpu",
+    recomputed = any(len(res.epochs) > 1 for _, res in entries)
+    if replayed is None:
+        columns = [
+            "policy",
+            "imbalance_total",
+            "imbalance_step",
+            "imbalance_step_max",
+            "train_imbalance_total",
         ]
+    else:
+        columns = ["policy", "imbalance_total", "train_imbalance_total", "replay_imbalance", "straggler_ms"]
+        columns += ["step_time_ms", "tokens_per_s_per_gpu", "max_batch_per_gpu"]
+    if recomputed:
+        columns += ["moved_experts", "migration"]
     rows = []
     objs = []
-    for i, res in enumerate(results):
+    for label, res in entries:
         s = res.score
-        row = [
-            labels[i] if labels else res.policy,
-            round(s.imbalance_total, 4),
-            round(s.imbalance_step_mean, 4),
-            round(s.imbalance_step_max, 4),
-            round(res.train_score.imbalance_total, 4),
-            res.moved_experts,
-            human_bytes(res.migration_bytes),
-        ]
-        obj = {"policy": res.policy, **_score_dict(res)}
+        values: dict[str, Any] = {
+            "policy": label,
+            "imbalance_total": round(s.imbalance_total, 4),
+            "imbalance_step": round(s.imbalance_step_mean, 4),
+            "imbalance_step_max": round(s.imbalance_step_max, 4),
+            "train_imbalance_total": round(res.train_score.imbalance_total, 4),
+            "moved_experts": res.moved_experts,
+            "migration": human_bytes(res.migration_bytes),
+        }
+        obj = {"policy": label, "num_slots": res.placement.num_slots, **_score_dict(res)}
         if replayed is not None:
-            rep = replayed[res.policy]
-            row += [
-                rep["straggler_s"],
-                rep["step_time_s"],
-                rep["tokens_per_s_per_gpu"],
-                rep["max_batch_per_gpu"],
-            ]
+            rep = replayed[label]
+            values.update(
+                {
+                    "replay_imbalance": round(rep["replay_imbalance"], 4),
+                    "straggler_ms": round(rep["straggler_s"] * 1e3, 3),
+                    "step_time_ms": round(rep["step_time_s"] * 1e3, 3),
+                    "tokens_per_s_per_gpu": round(rep["tokens_per_s_per_gpu"], 1),
+                    "max_batch_per_gpu": rep["max_batch_per_gpu"],
+                }
+            )
             obj.update(rep)
-        rows.append(row)
+        rows.append([values[c] for c in columns])
         objs.append(obj)
     if as_json:
         echo_json({"policies": objs, "skipped": [{"policy": n, "reason": r} for n, r in skipped]})
         return
-    first = results[0]
+    first = entries[-1][1]
     mode = (
         "in-sample"
         if first.eval_steps.size == loads.steps.size

@@ -72,6 +72,8 @@ class PlanResult:
     train_score: LoadScore
     #: Replicas copied between ranks over all epoch changes (layer x rank gains).
     moved_experts: int
+    #: int64 [layers]: ``moved_experts`` per layer (as in the placement's ``layers``).
+    moved_per_layer: np.ndarray
     #: ``moved_experts`` x one expert's weight bytes (0 when that size is unknown).
     migration_bytes: int
     #: int64 [steps]: evaluation step ids.
@@ -83,12 +85,13 @@ class PlanResult:
         return self.epochs[-1]
 
 
-def moved_replicas(old: Placement, new: Placement) -> int:
-    """Replicas ``new`` places on a (layer, rank) beyond what ``old`` had there."""
+def moved_replicas(old: Placement, new: Placement) -> np.ndarray:
+    """int64 [layers]: replicas ``new`` places on each (layer, rank) beyond what ``old`` had there,
+    summed over ranks and experts."""
     if old.layers != new.layers or old.num_ranks != new.num_ranks:
         raise UsageError("placements to compare must have the same layers and ranks")
     gain = new.expert_ranks() - old.expert_ranks()
-    return int(np.clip(gain, 0, None).sum())
+    return np.clip(gain, 0, None).sum(axis=(1, 2)).astype(np.int64)
 
 
 def plan(
@@ -139,6 +142,7 @@ def plan(
             score=score,
             train_score=train,
             moved_experts=0,
+            moved_per_layer=np.zeros(len(loads.layers), dtype=np.int64),
             migration_bytes=0,
             eval_steps=loads.steps[eval_sel],
         )
@@ -155,7 +159,10 @@ def plan(
             if i >= 1
         ]
     )
-    moved = sum(moved_replicas(a, b) for a, b in itertools.pairwise(epochs))
+    per_layer = np.zeros(len(loads.layers), dtype=np.int64)
+    for a, b in itertools.pairwise(epochs):
+        per_layer += moved_replicas(a, b)
+    moved = int(per_layer.sum())
     train = score_rank_loads(policy, rank_token_loads(epochs[1], loads.loads[:W]))
     return PlanResult(
         policy=policy,
@@ -164,6 +171,7 @@ def plan(
         score=score_rank_loads(policy, ranks),
         train_score=train,
         moved_experts=moved,
+        moved_per_layer=per_layer,
         migration_bytes=moved * expert_bytes,
         eval_steps=loads.steps[W:],
     )
