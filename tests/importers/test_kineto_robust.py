@@ -132,6 +132,7 @@ def test_non_utf8_names_are_escaped(tmp_path: Path) -> None:
             "malformed JSON",
         ),
         (b'{"traceEvents": [,]}', "malformed JSON"),
+        (b'{"traceEvents": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", "nested too deeply"),
     ],
 )
 def test_refused_in_one_line(tmp_path: Path, content: bytes, message: str) -> None:

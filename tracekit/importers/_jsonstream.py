@@ -169,6 +169,11 @@ class _Buffer:
         while True:
             try:
                 value, end = _DECODER.raw_decode(self.text, self.pos)
+            except RecursionError:
+                raise InputFormatError(
+                    f"{self.path}: a JSON value at character {self.offset()} is nested too deeply to read; "
+                    "the file is not a profiler trace"
+                ) from None
             except json.JSONDecodeError as exc:
                 if _runs_to_end(self.text, exc):
                     if len(self.text) - self.pos > MAX_VALUE_CHARS:
