@@ -311,3 +311,43 @@ def test_evaluate_with_replay(four_rank: Path, tmp_path: Path) -> None:
     extra = g["weight_bytes_per_gpu"] - rows["contiguous, 0 redundant"]["weight_bytes_per_gpu"]
     assert extra == pytest.approx(LAYERS * 1 * 3 * 64 * 32 * 1, rel=1e-6)
     assert g["max_batch_per_gpu"] <= rows["contiguous, 0 redundant"]["max_batch_per_gpu"]
+
+
+def test_migration_bytes_for_a_target_model(tmp_path: Path) -> None:
+    # An 8-expert top-2 trace with 2 MoE layers, re-targeted to Mixtral 8x7B (32 MoE layers, each
+    # reusing a trace layer's placement: 16 copies of each).
+    rng = np.random.default_rng(3)
+    ids = np.stack(
+        [
+            [
+                [rng.choice(8, 2, replace=False, p=np.r_[0.5, np.full(7, 0.5 / 7)]) for _ in range(32)]
+                for _ in range(2)
+            ]
+            for _ in range(8)
+        ]
+    )
+    write_routing_trace(tmp_path / "t", ids)
+    args = [
+        "place",
+        str(tmp_path / "t"),
+        "--ep",
+        "4",
+        "--redundant",
+        "4",
+        "--policy",
+        "greedy",
+        "--recompute-every",
+        "2",
+        "--json",
+    ]
+    code, own = _run(*args)
+    assert code == 0, own
+    code, target = _run(*args, "--model", "mixtral-8x7b")
+    assert code == 0, target
+    moved = json.loads(own)["score"]["moved_experts"]
+    assert moved > 0
+    score = json.loads(target)["score"]
+    assert score["moved_experts"] == 16 * moved
+    assert score["migration_bytes"] == 16 * moved * 3 * 4096 * 14336 * 2
+    code, text = _run(*args, "--model", "olmoe-1b-7b")
+    assert code == 2 and "64 routed experts" in text
