@@ -91,6 +91,8 @@ def test_bad_inputs_say_what_to_do(tmp_path: Path, inputs: Inputs) -> None:
         Catalog.from_paths([f"9x={inputs.trace}"])
     with pytest.raises(UsageError, match="given twice"):
         Catalog.from_paths([f"a={inputs.trace}", f"a={inputs.trace_b}"])
+    with pytest.raises(UsageError, match="given twice"):  # DuckDB names ignore case
+        Catalog.from_paths([f"a={inputs.trace}", f"A={inputs.trace_b}"])
     # "replay" as a trace name would make replay_steps both a shared view and that trace's steps
     with pytest.raises(UsageError, match="would be both"):
         Catalog.from_paths([f"replay={inputs.trace}", inputs.replay_h200])

@@ -180,16 +180,16 @@ def describe_inputs(specs: Sequence[str | os.PathLike[str]]) -> list[CatalogInpu
         name, path = split_input(spec)
         explicit = name is not None
         inp = _describe(spec, name, Path(path))
-        if inp.name in used:
+        if inp.name.lower() in used:  # DuckDB names are case-insensitive
             if explicit:
                 raise UsageError(f"input name {inp.name!r} is given twice; give each input its own NAME=PATH")
             n = 2
-            while f"{inp.name}_{n}" in used:
+            while f"{inp.name}_{n}".lower() in used:
                 n += 1
             inp = CatalogInput(
                 name=f"{inp.name}_{n}", path=inp.path, kind=inp.kind, tables=inp.tables, facts=inp.facts
             )
-        used.add(inp.name)
+        used.add(inp.name.lower())
         result.append(inp)
     return result
 
@@ -201,8 +201,8 @@ class Catalog:
         if not inputs:
             raise UsageError("no inputs given; give at least one trace or result directory")
         self.inputs = tuple(inputs)
-        own = {inp.view(t): inp.name for inp in self.inputs for t in inp.tables}
-        shared = {t for inp in self.inputs for t in inp.tables} | {INPUTS_VIEW}
+        own = {inp.view(t).lower(): inp.name for inp in self.inputs for t in inp.tables}
+        shared = {t.lower() for inp in self.inputs for t in inp.tables} | {INPUTS_VIEW}
         clash = sorted(set(own) & shared)
         if clash:
             raise UsageError(

@@ -36,7 +36,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1300px}
 h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ccc}h3{font-size:15px}
 table.tk-table{border-collapse:collapse;font-size:12px;margin:8px 0 16px}
-table.tk-table th,table.tk-table td{border:1px solid #ddd;padding:3px 6px;text-align:right}
+table.tk-table th,table.tk-table td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
 table.tk-table th{background:#f3f5f8;cursor:pointer;user-select:none}
 table.tk-table td.tk-text{text-align:left}
 caption{text-align:left;font-weight:600;padding:4px 0}

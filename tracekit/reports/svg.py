@@ -58,8 +58,8 @@ def heatmap(
 ) -> str:
     """A heatmap of ``values[row, col]``; darker is larger. ``notes`` (same shape) go in tooltips."""
     rows, cols = values.shape
-    cell_w = max(2.0, min(18.0, 960.0 / max(cols, 1)))
-    cell_h = max(6.0, min(18.0, 480.0 / max(rows, 1)))
+    cell_w = max(2.0, min(28.0, 960.0 / max(cols, 1)))
+    cell_h = max(6.0, min(24.0, 480.0 / max(rows, 1)))
     left, top = 70.0, 34.0
     width = left + cols * cell_w + 20
     height = top + rows * cell_h + 40
@@ -83,7 +83,7 @@ def heatmap(
                 f'<rect x="{left + j * cell_w:.1f}" y="{y:.1f}" width="{cell_w:.1f}" height="{cell_h:.1f}" '
                 f'fill="{_blues(v / vmax if vmax > 0 else 0.0)}"><title>{escape(tip)}</title></rect>'
             )
-    step = max(1, math.ceil(cols * 28 / (cols * cell_w)))
+    step = max(1, math.ceil(24 / cell_w))  # a column label every ~24 px
     for j in range(0, cols, step):
         x = left + j * cell_w + cell_w / 2
         out.append(
