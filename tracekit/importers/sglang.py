@@ -432,9 +432,17 @@ def _per_token(
     skipped = 0
     for p, ids, step in zip(passes, topks, step_arr.tolist(), strict=True):
         rec = p.record
-        mode = int(rec.get("forward_mode", 0))
+        try:
+            mode = int(rec.get("forward_mode", 0))
+        except (TypeError, ValueError):
+            raise InputFormatError(
+                f"{p.path}: forward pass {p.pass_id} has a non-integer forward_mode"
+            ) from None
         n_tok = ids.shape[1]
-        positions = np.asarray(rec.get("positions") or [], dtype=np.int64)
+        raw_pos = rec.get("positions")
+        positions = np.zeros(0, np.int64) if raw_pos is None else _array(raw_pos, p.path, "positions", 1)
+        if positions.size and not (positions.min() >= 0 and positions.max() < 2**31):
+            raise InputFormatError(f"{p.path}: forward pass {p.pass_id} has positions outside 0..2^31-1")
         if mode == IDLE_MODE or n_tok == 0:
             continue
         if positions.size != n_tok:
