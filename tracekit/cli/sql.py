@@ -67,10 +67,10 @@ def sql(
 ) -> None:
     """Run QUERY over the tables of the given traces and replay results.
 
-    Each INPUT is a trace directory or a result directory (``tracekit replay --out``), optionally
+    Each INPUT is a trace directory or a result directory (tracekit replay --out), optionally
     named as NAME=PATH. Every table is a view: routing, expert_load, comm, steps, kernels, ...,
-    replay_steps, ...; with several inputs a view holds all of them and its ``input`` column tells
-    them apart, and NAME_table views hold one input each. ``inputs`` lists the inputs.
+    replay_steps, ...; with several inputs a view holds all of them and its "input" column tells
+    them apart, and NAME_table views hold one input each. "inputs" lists the inputs.
 
     \b
     tracekit sql "SELECT layer, sum(num_tokens) FROM expert_load GROUP BY 1 ORDER BY 1" my-trace
@@ -143,7 +143,7 @@ def db(inputs: tuple[str, ...], out: str, force: bool) -> None:
     """Write a DuckDB database file with a view per table of INPUTS (traces, replay results).
 
     The views read the Parquet files in place by absolute path; open the file with the duckdb CLI or
-    any DuckDB client (``duckdb FILE.duckdb``) while the inputs stay where they are.
+    any DuckDB client (duckdb FILE.duckdb) while the inputs stay where they are.
     """
     path = Path(out)
     if path.exists():
