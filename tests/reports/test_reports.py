@@ -433,6 +433,13 @@ def test_reports_on_sample_traces(trace: Path) -> None:
             by_layer[layer] += top_k
         assert {r["layer"]: r["routing_assignments"] for r in check} == dict(by_layer)
         assert all(r["mismatched_cells"] == 0 for r in check)
+        # gate-weights: mean of the largest weight per token, per layer, with numpy
+        gates = {r["layer"]: r for r in run([trace], "gate-weights")}
+        for (layer,), grp in routing.group_by("layer"):
+            w = grp["gate_weights"].to_numpy()
+            assert gates[layer]["tokens"] == grp.height
+            assert gates[layer]["mean_max_weight"] == pytest.approx(float(w.max(axis=1).mean()), rel=1e-6)
+            assert gates[layer]["mean_weight_sum"] == pytest.approx(float(w.sum(axis=1).mean()), rel=1e-6)
 
 
 COMM_SAMPLES = [p for p in SAMPLES if list((p / "comm").glob("*.parquet"))]

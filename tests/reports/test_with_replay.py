@@ -21,7 +21,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_skewed_trace(trace, seed=7, steps=6, layers=3, tokens=16, experts=8, top_k=2)
     out = {"trace": trace}
     for hw in ("h200-sxm", "gb200-nvl72"):
-        res = replay_mod.replay(trace, replay_mod.Deployment(hw=hw, model="mixtral-8x7b", ep=8, batch_per_gpu=4))
+        res = replay_mod.replay(
+            trace, replay_mod.Deployment(hw=hw, model="mixtral-8x7b", ep=8, batch_per_gpu=4)
+        )
         out[hw] = replay_mod.write_result(res, root / hw)
     base = replay_mod.Deployment(hw="h200-sxm", model="mixtral-8x7b")
     points = replay_mod.run_sweep(
@@ -109,3 +111,37 @@ def test_inputs_view_reads_result_json(results: dict[str, Path]) -> None:
         ("h200_sxm", "replay", "mixtral-8x7b", "h200-sxm"),
         ("sweep", "sweep", None, None),
     ]
+
+
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_traces" / "tiny-deepseek-v3"
+
+
+@pytest.mark.skipif(
+    not (SAMPLE / "manifest.json").exists(), reason="sample_traces/tiny-deepseek-v3 is not in this checkout"
+)
+def test_replay_reports_on_the_deepseek_sample(tmp_path: Path) -> None:
+    """The sample re-timed as DeepSeek-V3 at EP 16 on two systems; reports against polars."""
+    paths = []
+    for hw in ("h200-sxm", "gb200-nvl72"):
+        dep = replay_mod.Deployment(hw=hw, model="deepseek-v3", ep=16, batch_per_gpu=32)
+        paths.append(replay_mod.write_result(replay_mod.replay(SAMPLE, dep), tmp_path / hw))
+    breakdown = rows([str(p) for p in paths], "step-breakdown")
+    compare = rows([str(p) for p in paths], "replay-compare")
+    for p in paths:
+        name = p.name.replace("-", "_")
+        steps = pl.read_parquet(p / "replay_steps.parquet")
+        summary = pl.read_parquet(p / "replay_summary.parquet")
+        for (pool, phase), grp in steps.group_by("pool", "phase"):
+            mine = {
+                r["component"]: r["time_s"]
+                for r in breakdown
+                if (r["input"], r["pool"], r["phase"]) == (name, pool, phase)
+            }
+            assert mine == pytest.approx({c: grp[f"{c}_s"].mean() for c in COMPONENTS})
+            assert sum(mine.values()) == pytest.approx(grp["step_time_s"].mean(), rel=1e-6)
+        for s in summary.iter_rows(named=True):
+            (r,) = [
+                r for r in compare if (r["input"], r["pool"], r["phase"]) == (name, s["pool"], s["phase"])
+            ]
+            assert r["tokens_per_s_per_gpu"] == pytest.approx(s["tokens_per_s_per_gpu"])
+            assert r["straggler_share"] == pytest.approx(s["straggler_s"] / s["step_time_s"])
