@@ -1,0 +1,378 @@
+"""``synthesize``: write a complete synthetic trace, step by step, straight to Parquet.
+
+Tables written: steps, tokens (request ids, positions, prefill flags), routing (ids and gate weights),
+expert_load and requests. Same config and seed give byte-identical Parquet files: the trace id and
+creation time come from the config, every random draw from one seeded generator, and the writer's
+part boundaries depend only on the row counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tracekit import __version__
+from tracekit.errors import UsageError
+from tracekit.schema.manifest import Manifest, ModelArch
+from tracekit.stats import load_stats_or_trace
+from tracekit.stats import metrics as m
+from tracekit.synth.fit import fit_model
+from tracekit.synth.routing import Router, RoutingModel, RoutingSampler, balanced_step
+from tracekit.synth.spec import RoutingSpec
+
+PHASES = ("prefill", "decode")
+#: Creation time stamped into every synthetic manifest (a real clock would break reproducibility).
+FIXED_CREATED_AT = "2000-01-01T00:00:00+00:00"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthConfig:
+    """What to synthesise."""
+
+    #: Target model architecture (a catalog model at full scale).
+    arch: ModelArch
+    #: Routing spec (uniform, zipf, balanced, fitted).
+    spec: RoutingSpec
+    #: prefill or decode.
+    phase: str
+    #: Tokens per forward step (decode: concurrent requests; prefill: prompt tokens).
+    tokens_per_step: int
+    #: Forward steps.
+    steps: int
+    #: Seed of every random draw.
+    seed: int = 0
+    #: Prompt length of every request (decode: context already in the KV cache at step 0).
+    prompt_len: int = 1024
+    #: EP degree for the per-rank imbalance (printed, recorded; solved for with target_imbalance).
+    ep: int | None = None
+    #: Per-rank (max - mean) / mean to reach at ``ep`` (mean over steps and layers), by scaling skew.
+    target_imbalance: float | None = None
+    #: Write gate weights (False leaves routing.gate_weights null, about half the size).
+    gate_weights: bool = True
+
+    def check(self) -> None:
+        if self.phase not in PHASES:
+            raise UsageError(f"--phase {self.phase!r}: use prefill or decode")
+        for name in ("tokens_per_step", "steps", "prompt_len"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.arch.moe_layers:
+            raise UsageError(f"model {self.arch.name} has no MoE layer; nothing to synthesise")
+        if self.target_imbalance is not None:
+            if self.ep is None or self.ep < 2:
+                raise UsageError(
+                    "--target-imbalance needs --ep N (N >= 2): the imbalance is per rank at EP N"
+                )
+            if self.spec.kind == "balanced":
+                raise UsageError("--target-imbalance cannot apply to --routing balanced; use zipf or fitted")
+            if self.target_imbalance < 0:
+                raise UsageError(f"--target-imbalance must be >= 0, got {self.target_imbalance}")
+        if self.ep is not None:
+            m.contiguous_slots(self.arch.num_experts, self.ep)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthResult:
+    path: Path
+    rows: dict[str, int]
+    seconds: float
+    #: The manifest's source_detail: spec, seed, solved skew, fit report, measured imbalance.
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def trace_id_for(config: SynthConfig) -> str:
+    key = json.dumps(
+        {
+            "model": config.arch.name,
+            "spec": str(config.spec),
+            "seed": config.seed,
+            "phase": config.phase,
+            "tokens_per_step": config.tokens_per_step,
+            "steps": config.steps,
+            "prompt_len": config.prompt_len,
+            "ep": config.ep,
+            "target_imbalance": config.target_imbalance,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def zipf_model(router: Router, num_layers: int, alpha: float) -> RoutingModel:
+    """Popularity rank r (1-based) gets logit -alpha * ln r; each layer shuffles which expert is which."""
+    ranks = np.arange(1, router.num_experts + 1, dtype=np.float64)
+    return RoutingModel(
+        prototypes=(-alpha * np.log(ranks))[None, :],
+        layer_prototype=np.zeros(num_layers, dtype=np.int64),
+        shuffle_layers=True,
+    )
+
+
+def rank_imbalance(loads_SME: npt.NDArray[Any], ep: int) -> npt.NDArray[np.float64]:
+    """Per-rank (max - mean) / mean of loads [..., E] under contiguous placement at ``ep``."""
+    e = loads_SME.shape[-1]
+    return m.imbalance(m.rank_loads(loads_SME, m.contiguous_slots(e, ep), ep))
+
+
+def measure_imbalance(
+    router: Router, model: RoutingModel, ep: int, tokens: int, seed: int, steps: int
+) -> float:
+    """Mean per-rank imbalance over the first ``steps`` steps the trace of this seed will hold.
+
+    The sampler is seeded as ``synthesize`` seeds it, and the random draws it consumes do not depend
+    on the logits, so every candidate skew sees the same pools noise, expert shuffles and token draws.
+    """
+    sampler = RoutingSampler(router, model, np.random.default_rng(seed))
+    num_layers = len(model.layer_prototype)
+    offsets = (np.arange(num_layers, dtype=np.int64) * router.num_experts)[:, None]
+    vals = []
+    for _ in range(steps):
+        ids, _w = sampler.next_step(tokens)
+        flat = ids.reshape(num_layers, -1).astype(np.int64) + offsets
+        loads = np.bincount(flat.reshape(-1), minlength=num_layers * router.num_experts)
+        vals.append(rank_imbalance(loads.reshape(num_layers, -1), ep))
+    return float(np.nanmean(np.concatenate(vals)))
+
+
+def solve_skew(
+    router: Router, model: RoutingModel, ep: int, target: float, tokens: int, seed: int, steps: int
+) -> tuple[float, float]:
+    """Factor on the base logits giving per-rank imbalance ``target`` at ``ep``: (factor, achieved)."""
+    steps = max(1, min(steps, 4))
+
+    def f(x: float) -> float:
+        return measure_imbalance(router, model.scaled(x), ep, tokens, seed, steps)
+
+    floor = f(0.0)
+    if target < floor:
+        raise UsageError(
+            f"--target-imbalance {target:g} is below what random routing gives at EP {ep} with "
+            f"{tokens} tokens per step ({floor:.3f}); ask for more, or use --routing balanced"
+        )
+    hi = 1.0
+    while f(hi) < target:
+        hi *= 2.0
+        if hi > 64:
+            raise UsageError(
+                f"--target-imbalance {target:g} at EP {ep} is out of reach (max {f(64.0):.3f} with "
+                f"{tokens} tokens per step); ask for less"
+            )
+    lo = 0.0
+    for _ in range(16):
+        mid = 0.5 * (lo + hi)
+        if f(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    x = 0.5 * (lo + hi)
+    return x, f(x)
+
+
+def build_model(config: SynthConfig, router: Router) -> tuple[RoutingModel | None, dict[str, Any]]:
+    """The routing model for a config (None for balanced) and what was solved or fitted."""
+    num_layers = len(config.arch.moe_layers)
+    spec = config.spec
+    detail: dict[str, Any] = {}
+    model: RoutingModel | None
+    if spec.kind == "balanced":
+        return None, detail
+    if spec.kind == "fitted":
+        assert spec.source is not None
+        stats = load_stats_or_trace(spec.source)
+        fit = fit_model(stats, router, num_layers, config.seed)
+        model = fit.model
+        detail["fit"] = fit.report
+        detail["fit_source"] = {
+            "path": spec.source,
+            "trace_id": stats.meta.get("trace_id"),
+            "model": stats.meta.get("model"),
+        }
+    else:
+        alpha = spec.alpha if spec.kind == "zipf" else 0.0
+        model = zipf_model(router, num_layers, float(alpha or 0.0))
+    if config.target_imbalance is not None and config.ep is not None:
+        base = model
+        if spec.kind == "uniform" or (spec.kind == "zipf" and not spec.alpha):
+            base = zipf_model(router, num_layers, 1.0)
+        factor, achieved = solve_skew(
+            router,
+            base,
+            config.ep,
+            config.target_imbalance,
+            config.tokens_per_step,
+            config.seed,
+            config.steps,
+        )
+        model = base.scaled(factor)
+        solved: dict[str, Any] = {
+            "ep": config.ep,
+            "target": config.target_imbalance,
+            "sample_imbalance": achieved,
+        }
+        if spec.kind == "fitted":
+            solved["logit_scale"] = factor
+        else:
+            solved["zipf_alpha"] = factor
+        detail["target_imbalance"] = solved
+    return model, detail
+
+
+class _Requests:
+    """Request ids and positions of the tokens of each step."""
+
+    def __init__(self, config: SynthConfig) -> None:
+        self.c = config
+
+    def step(self, s: int) -> dict[str, npt.NDArray[Any]]:
+        n, p = self.c.tokens_per_step, self.c.prompt_len
+        if self.c.phase == "decode":
+            return {
+                "request_id": np.arange(n, dtype=np.int64),
+                "position": np.full(n, p + s, dtype=np.int32),
+                "is_prefill": np.zeros(n, dtype=bool),
+            }
+        g = np.arange(s * n, (s + 1) * n, dtype=np.int64)
+        return {
+            "request_id": g // p,
+            "position": (g % p).astype(np.int32),
+            "is_prefill": np.ones(n, dtype=bool),
+        }
+
+    def table(self) -> dict[str, npt.NDArray[Any]]:
+        n, p, steps = self.c.tokens_per_step, self.c.prompt_len, self.c.steps
+        if self.c.phase == "decode":
+            return {
+                "request_id": np.arange(n, dtype=np.int64),
+                "prompt_tokens": np.full(n, p, dtype=np.int32),
+                "output_tokens": np.full(n, steps, dtype=np.int32),
+            }
+        count = math.ceil(steps * n / p)
+        return {
+            "request_id": np.arange(count, dtype=np.int64),
+            "prompt_tokens": np.full(count, p, dtype=np.int32),
+        }
+
+
+def synthesize(
+    config: SynthConfig,
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SynthResult:
+    """Write the synthetic trace of ``config`` to directory ``out``."""
+    from tracekit.trace import TraceWriter
+
+    config.check()
+    started = time.perf_counter()
+    arch = config.arch
+    router = Router.of(arch)
+    model, detail = build_model(config, router)
+    source_detail: dict[str, Any] = {
+        "generator": "tracekit.synth",
+        "spec": str(config.spec),
+        "seed": config.seed,
+        "phase": config.phase,
+        "tokens_per_step": config.tokens_per_step,
+        "steps": config.steps,
+        "prompt_len": config.prompt_len,
+        **detail,
+    }
+    if model is not None:
+        source_detail["model_params"] = {
+            "prototypes": int(model.prototypes.shape[0]),
+            "num_clusters": model.num_clusters,
+            "cluster_strength": model.cluster_strength,
+            "cluster_stay": model.cluster_stay,
+            "swap_rate": model.swap_rate,
+            "mix_concentration": model.mix_concentration,
+        }
+    manifest = Manifest(
+        model=arch,
+        source="synthetic",
+        trace_id=trace_id_for(config),
+        created_at=FIXED_CREATED_AT,
+        source_detail=source_detail,
+        software={"tracekit": __version__},
+        clock="synthetic: no measured times",
+        notes="Routing generated by tracekit synth, not recorded from a model run.",
+    )
+    rng = np.random.default_rng(config.seed)
+    sampler = RoutingSampler(router, model, rng) if model is not None else None
+    layers = np.asarray(arch.moe_layers, dtype=np.int16)
+    num_layers, n, e = len(layers), config.tokens_per_step, arch.num_experts
+    requests = _Requests(config)
+    layer_col = np.repeat(layers, n)
+    token_col = np.tile(np.arange(n, dtype=np.int32), num_layers)
+    load_layer = np.repeat(layers, e)
+    load_expert = np.tile(np.arange(e, dtype=np.int16), num_layers)
+    offsets = (np.arange(num_layers, dtype=np.int64) * e)[:, None]
+    imbalances: list[npt.NDArray[np.float64]] = []
+    with TraceWriter(out, manifest, overwrite=overwrite, background=True) as writer:
+        for s in range(config.steps):
+            if sampler is not None:
+                ids, weights = sampler.next_step(n)
+            else:
+                ids, weights = balanced_step(router, num_layers, n, rng)
+            req = requests.step(s)
+            num_requests = int(np.unique(req["request_id"]).size)
+            prefill = config.phase == "prefill"
+            writer.append(
+                "steps",
+                {
+                    "step": [s],
+                    "phase": [config.phase],
+                    "num_tokens": [n],
+                    "num_requests": [num_requests],
+                    "num_prefill_tokens": [n if prefill else 0],
+                    "num_decode_tokens": [0 if prefill else n],
+                },
+            )
+            writer.append(
+                "tokens",
+                {"step": np.full(n, s, np.int32), "token_index": np.arange(n, dtype=np.int32), **req},
+            )
+            routing: dict[str, Any] = {
+                "step": np.full(num_layers * n, s, np.int32),
+                "layer": layer_col,
+                "token_index": token_col,
+                "expert_ids": ids.reshape(-1, arch.top_k),
+            }
+            if config.gate_weights:
+                routing["gate_weights"] = weights.reshape(-1, arch.top_k)
+            writer.append("routing", routing)
+            flat = ids.reshape(num_layers, -1).astype(np.int64) + offsets
+            loads = np.bincount(flat.reshape(-1), minlength=num_layers * e)
+            writer.append(
+                "expert_load",
+                {
+                    "step": np.full(num_layers * e, s, np.int32),
+                    "layer": load_layer,
+                    "expert": load_expert,
+                    "num_tokens": loads.astype(np.int64),
+                },
+            )
+            if config.ep is not None:
+                imbalances.append(rank_imbalance(loads.reshape(num_layers, e), config.ep))
+            if progress is not None:
+                progress(s + 1, config.steps)
+        writer.append("requests", requests.table())
+        if config.ep is not None:
+            measured = float(np.nanmean(np.concatenate(imbalances)))
+            source_detail["ep"] = config.ep
+            source_detail["rank_imbalance"] = measured
+            writer.update_manifest(manifest.replace(source_detail=source_detail))
+        rows = writer.rows_written
+    for table, count in writer.rows_written.items():
+        rows[table] = count
+    return SynthResult(path=Path(out), rows=rows, seconds=time.perf_counter() - started, detail=source_detail)
