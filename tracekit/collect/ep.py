@@ -26,7 +26,7 @@ from typing import Any
 from tracekit.collect.ep_launch import RankFailureError, RankGroup, launch
 from tracekit.errors import UsageError
 
-__all__ = ["EPJob", "EPRun", "launch_ep", "plan_batches", "record_ep"]
+__all__ = ["EPJob", "EPRun", "launch_ep", "plan_batches", "prepare_ep", "record_ep", "run_rank"]
 
 
 def plan_batches(num_prompts: int, num_ranks: int, batch_size: int) -> list[list[range]]:
@@ -63,6 +63,9 @@ def plan_batches(num_prompts: int, num_ranks: int, batch_size: int) -> list[list
 class EPJob:
     """Everything a rank needs (pickled to each process)."""
 
+    ep: int
+    #: gloo (CPU) or nccl (GPU).
+    backend: str
     model: str
     prompts: tuple[str, ...]
     plan: tuple[tuple[tuple[int, int], ...], ...]  # per rank, per round: (first prompt, end)
@@ -101,7 +104,7 @@ class EPRun:
         return self.out
 
 
-def launch_ep(
+def prepare_ep(
     *,
     model: str,
     prompts: list[str],
@@ -114,9 +117,8 @@ def launch_ep(
     seed: int = 0,
     overwrite: bool = False,
     rows_per_part: int | None = None,
-    grace_s: float = 20.0,
-) -> EPRun:
-    """Check the arguments, start the N ranks and return at once (see :func:`record_ep`)."""
+) -> EPJob:
+    """Check the arguments (before any process starts) and plan the run (see :func:`record_ep`)."""
     import torch
 
     from tracekit.collect.run import check_model_name, resolve_dtype
@@ -149,7 +151,9 @@ def launch_ep(
     plan = plan_batches(len(prompts), ep, batch_size)
     out = Path(out)
     _check_out(out, overwrite)
-    job = EPJob(
+    return EPJob(
+        ep=ep,
+        backend=backend,
         model=model,
         prompts=tuple(prompts),
         plan=tuple(tuple((r.start, r.stop) for r in batches) for batches in plan),
@@ -163,8 +167,12 @@ def launch_ep(
         num_experts=num_experts,
         rows_per_part=rows_per_part,
     )
-    group = launch(_rank_main, ep, (job,), backend=backend, grace_s=grace_s)
-    return EPRun(group, out)
+
+
+def launch_ep(job: EPJob, *, grace_s: float = 20.0) -> EPRun:
+    """Start the job's ranks and return at once; :meth:`EPRun.wait` waits for them."""
+    group = launch(run_rank, job.ep, (job,), backend=job.backend, grace_s=grace_s)
+    return EPRun(group, Path(job.out))
 
 
 def record_ep(
@@ -185,7 +193,7 @@ def record_ep(
     Raises CollectorError (a :class:`~tracekit.collect.ep_launch.RankFailureError`) naming each
     rank that did not finish; the shards written before stay readable.
     """
-    return launch_ep(
+    job = prepare_ep(
         model=model,
         prompts=prompts,
         max_new_tokens=max_new_tokens,
@@ -196,7 +204,8 @@ def record_ep(
         dtype=dtype,
         seed=seed,
         overwrite=overwrite,
-    ).wait()
+    )
+    return launch_ep(job).wait()
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -252,7 +261,8 @@ def _encode(tok: Any, prompts: list[str], device: str) -> tuple[Any, Any]:
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
-def _rank_main(rank: int, world_size: int, job: EPJob) -> None:
+def run_rank(rank: int, world_size: int, job: EPJob) -> None:
+    """One rank of the run (torch.distributed already initialised): load, shard, generate, record."""
     import torch
 
     from tracekit.collect.comm import CommCollector
@@ -315,6 +325,14 @@ def _rank_main(rank: int, world_size: int, job: EPJob) -> None:
             {"cuda_origin": origin} if device.startswith("cuda") else {"clock_origin_ns": origin}
         )
         cc = stack.enter_context(CommCollector(writer, **comm_kwargs))
+
+        # hand each step's calls to the writer when the step ends (bounded memory, and a run killed
+        # later keeps them once the writer has flushed)
+        def flush_comm(*_: Any) -> None:
+            cc.flush()
+
+        handle = model.register_forward_hook(flush_comm)
+        stack.callback(handle.remove)
         if rank == 0:
             writer.append("placement", placement_columns(ep.layers, job.num_experts, world_size))
         pad = tok.pad_token_id
