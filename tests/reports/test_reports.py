@@ -18,6 +18,7 @@ from tests.reports.builders import COMPONENTS
 from tests.reports.conftest import Inputs
 from tracekit.errors import UnknownNameError, UsageError
 from tracekit.reports import Catalog, ReportResult, get_report, report_names, run_report
+from tracekit.reports.registry import ends_in_order_by, used_params
 
 REQUIRED = {
     "expert-load", "imbalance", "routing-drift", "comm-summary", "comm-matrix",
@@ -51,8 +52,23 @@ def test_the_required_reports_exist_and_are_documented() -> None:
     for name in report_names():
         spec = get_report(name)
         assert spec.title and spec.answers and spec.columns
-        assert spec.sql.rstrip().split("\n")[-1].strip() or spec.sql
-        assert "ORDER BY" in spec.sql.upper().rsplit(")", 1)[-1] or "ORDER BY" in spec.sql.upper()
+        assert ends_in_order_by(spec.sql), name
+        assert {p.name for p in spec.params} == used_params(spec.sql)
+
+
+@pytest.mark.parametrize(
+    ("sql", "ok"),
+    [
+        ("SELECT a FROM t ORDER BY a", True),
+        ("SELECT a FROM t ORDER BY list_position([1, 2], a), b DESC", True),
+        ("SELECT * FROM (SELECT a FROM t ORDER BY a)", False),
+        ("SELECT row_number() OVER (ORDER BY a) FROM t", False),
+        ("SELECT a FROM t ORDER BY a UNION ALL SELECT b FROM u", False),
+        ("SELECT a FROM t", False),
+    ],
+)
+def test_order_by_rule(sql: str, ok: bool) -> None:
+    assert ends_in_order_by(sql) is ok
 
 
 def test_report_columns_match_their_header(inputs: Inputs) -> None:

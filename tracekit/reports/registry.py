@@ -197,8 +197,8 @@ def parse_report(text: str, where: str) -> ReportSpec:
     for key in ("name", "title", "answers", "needs"):
         if key not in fields:
             raise TracekitError(f"{where}: report header lacks '-- {key}:'")
-    if not re.search(r"\bORDER\s+BY\b[^;]*$", sql, flags=re.IGNORECASE | re.DOTALL):
-        raise TracekitError(f"{where}: a report query must end in ORDER BY")
+    if not ends_in_order_by(sql):
+        raise TracekitError(f"{where}: a report query must end in a top-level ORDER BY")
     used = set(_USE.findall(sql))
     declared = {p.name for p in params}
     if used != declared:
@@ -247,6 +247,23 @@ def get_report(name: str) -> ReportSpec:
 
 def reports() -> list[ReportSpec]:
     return [_reports()[n] for n in report_names()]
+
+
+def ends_in_order_by(sql: str) -> bool:
+    """True when the outermost query's last clause is ``ORDER BY`` (not one inside a subquery,
+    window or aggregate, and nothing but the ordering keys after it)."""
+    text = re.sub(r"--[^\n]*", "", sql).strip().rstrip(";")
+    matches = list(re.finditer(r"\bORDER\s+BY\b", text, flags=re.IGNORECASE))
+    if not matches:
+        return False
+    tail = text[matches[-1].end() :]
+    depth = 0
+    for ch in tail:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:  # the ORDER BY closes inside parentheses: not the outer query's
+            return False
+    clauses = r"\b(SELECT|FROM|WHERE|GROUP\s+BY|HAVING|QUALIFY|WINDOW|UNION|EXCEPT|INTERSECT)\b"
+    return depth == 0 and not re.search(clauses, re.sub(r"\([^()]*\)", "", tail), flags=re.IGNORECASE)
 
 
 def used_params(sql: str) -> set[str]:
