@@ -308,3 +308,22 @@ def test_bad_arguments_fail_before_starting(tmp_path: Path, kwargs: dict[str, ob
     with pytest.raises(TracekitError, match=match):
         record_ep(**args)  # type: ignore[arg-type]
     assert not (tmp_path / "t").exists()
+
+
+def test_cli_ep_bad_degree_is_one_line_exit_2(tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        cli,
+        [
+            "record",
+            "--model",
+            "tiny-mixtral",
+            "--ep",
+            "3",
+            "--num-prompts",
+            "4",
+            "--out",
+            str(tmp_path / "t"),
+        ],
+    )
+    assert res.exit_code == 2
+    assert "multiple of it" in res.output and "Traceback" not in res.output

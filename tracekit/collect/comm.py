@@ -156,8 +156,20 @@ def _excluding(vec: list[int] | None, own: int) -> int:
     return 0 if vec is None else sum(vec) - vec[own]
 
 
+#: Facts about each process group seen while a collector is enabled (cleared on enable/disable,
+#: since a destroyed group's id can be reused).
+_GROUPS: dict[int, _Group] = {}
+
+
+def _group_info(group: Any) -> _Group:
+    g = _GROUPS.get(id(group))
+    if g is None:
+        g = _GROUPS[id(group)] = _Group(group)
+    return g
+
+
 def _group_size(group: Any) -> int:
-    return dist.get_world_size(group)
+    return _group_info(group).size
 
 
 def _split_rows(splits: Sequence[int] | None, rows: int, size: int) -> list[int]:
@@ -216,7 +228,7 @@ def _p_all_reduce(
     tensor: torch.Tensor, op: Any = None, group: Any = None, async_op: bool = False
 ) -> _Payload:
     size = _group_size(group)
-    me = max(dist.get_rank(group), 0)
+    me = max(_group_info(group).my_index, 0)
     es = int(tensor.element_size())
     chunk = [c * es for c in _chunks(int(tensor.numel()), size)]
     # reduce-scatter (peer j gets my part of chunk j) then all-gather (peer j gets my reduced chunk)
@@ -308,7 +320,7 @@ def _p_broadcast(
     size = _group_size(group)
     root, root_index = _peer(group, src, group_src)
     n = _nbytes(tensor)
-    me = dist.get_rank(group)
+    me = _group_info(group).my_index
     if me == root_index:
         send = [n] * size
         recv = [0] * size
@@ -530,7 +542,6 @@ class CommCollector:
         self.clock_origin_ns = clock_origin_ns
         self.flush_rows = flush_rows
         self._originals: dict[tuple[Any, str], Any] = {}
-        self._groups: dict[int, _Group] = {}
         self._pending: list[_Call] = []
         self._seq = 0
         self._rows = 0
@@ -562,6 +573,7 @@ class CommCollector:
                     "comm collector: another collector is already enabled in this process; disable it first"
                 )
             _ACTIVE = self
+        _GROUPS.clear()
         if self.clock_origin_ns is None:
             self.clock_origin_ns = time.perf_counter_ns()
         for module in (dist, c10d):
@@ -585,6 +597,7 @@ class CommCollector:
         self._enabled = False
         with _ACTIVE_LOCK:
             _ACTIVE = None
+        _GROUPS.clear()
         self.flush(final=True)
 
     def __enter__(self) -> CommCollector:
@@ -626,16 +639,9 @@ class CommCollector:
         recorded.__wrapped__ = original  # type: ignore[attr-defined]
         return recorded
 
-    def _group(self, group: Any) -> _Group:
-        key = id(group)
-        g = self._groups.get(key)
-        if g is None:
-            g = self._groups[key] = _Group(group)
-        return g
-
     def _start(self, name: str, payload: _Payload) -> _Call:
         ctx = _CONTEXT.get()
-        g = self._group(payload.group)
+        g = _group_info(payload.group)
         call = _Call(seq=self._seq, op=name, ctx=ctx, group=g, payload=payload)
         self._seq += 1
         tensor = payload.tensor
