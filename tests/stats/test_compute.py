@@ -186,3 +186,15 @@ def test_cli_stats(routed: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     assert "does not divide" in res.output and "Traceback" not in res.output
     res = runner.invoke(cli, ["stats", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_ep_defaults_to_the_recorded_degree(routed: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    _, ids = routed
+    arch = tiny_arch(num_experts=E, top_k=K, num_layers=3)
+    write_routing_trace(tmp_path / "ep2", ids, manifest=tiny_manifest(arch, world_size=2))
+    st = compute_stats(tmp_path / "ep2")
+    assert st.meta["ep"] == 2 and set(st.ranks["rank"].to_list()) == {0, 1}
+    assert (
+        st.layers["step_rank_imbalance"].to_list()
+        == compute_stats(routed[0], ep=2).layers["step_rank_imbalance"].to_list()
+    )

@@ -29,7 +29,10 @@ _SHOWN = [
 @click.command()
 @click.argument("trace", type=click.Path())
 @click.option(
-    "--ep", type=int, default=None, help="EP ranks for the per-rank measures (default 1, or the placement's)."
+    "--ep",
+    type=int,
+    default=None,
+    help="EP ranks for the per-rank measures [the trace's EP degree, or the placement's].",
 )
 @click.option(
     "--placement",
@@ -93,7 +96,7 @@ def stats(
         slot_experts = {layer: placement.row(layer) for layer in placement.layers}
     result = compute_stats(
         tr,
-        ep=ep or 1,
+        ep=ep,
         slot_experts=slot_experts,
         window_steps=window_steps,
         max_routing_tokens=max_routing_tokens,

@@ -117,20 +117,23 @@ def load_stats_or_trace(path: str | os.PathLike[str], **kwargs: Any) -> RoutingS
 def compute_stats(
     trace: Trace | str | os.PathLike[str],
     *,
-    ep: int = 1,
+    ep: int | None = None,
     slot_experts: Mapping[int, npt.ArrayLike] | None = None,
     window_steps: int | None = None,
     max_routing_tokens: int = DEFAULT_MAX_ROUTING_TOKENS,
 ) -> RoutingStats:
     """Routing statistics of ``trace``.
 
-    ``ep``: ranks for the per-rank measures. ``slot_experts``: per layer, the logical expert of each
+    ``ep``: ranks for the per-rank measures (default: the trace's recorded EP degree). ``slot_experts``: per layer, the logical expert of each
     physical slot (slots numbered rank by rank); contiguous placement when None. ``window_steps``:
     steps per window for the drift measures (default: the steps split into up to 8 windows).
     """
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     arch = tr.manifest.model
     num_experts, top_k = arch.num_experts, arch.top_k
+    if ep is None:
+        recorded = tr.manifest.parallel.ep_size
+        ep = recorded if recorded >= 1 and num_experts % recorded == 0 else 1
     if ep < 1:
         raise UsageError(f"--ep must be at least 1, got {ep}")
     has_load, has_routing = tr.has("expert_load"), tr.has("routing")
