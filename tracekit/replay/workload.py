@@ -20,14 +20,14 @@ trace's token stream. Everything is columnar: no Python loop runs per token or p
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from tracekit.errors import DeploymentError, TraceError, UsageError
 from tracekit.placement import Placement, route_to_slots
@@ -38,7 +38,7 @@ PHASES = ("prefill", "decode")
 #: Routing rows processed per batch (bounds memory: ~40 bytes per row at top-8, times a few).
 ROWS_PER_BATCH = 2_000_000
 #: Bins of the (step, layer, source rank, slot) counter per window (bounds memory, 8 bytes each).
-MAX_WINDOW_BINS = 6_000_000
+MAX_WINDOW_BINS = 12_000_000
 
 
 # ---- tokens --------------------------------------------------------------------------------------
@@ -84,18 +84,28 @@ class TokenIndex:
         self, rank: np.ndarray, step: np.ndarray, token_index: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """(phase code, stream position) of routing rows; phase -1 for rows without a token."""
-        ri = np.searchsorted(self.ranks, rank)
-        ri = np.minimum(ri, self.ranks.size - 1)
-        ok = self.ranks[ri] == rank
+        if self.ranks.size == 1:
+            ri: np.ndarray | int = 0
+            rank_ok = bool((rank == self.ranks[0]).all())
+        else:
+            ri = np.minimum(np.searchsorted(self.ranks, rank), self.ranks.size - 1)
+            rank_ok = bool((self.ranks[ri] == rank).all())
         si = step.astype(np.int64) - self.step_min
-        ok &= (si >= 0) & (si < self.num_steps)
+        if rank_ok and si.size and si.min() >= 0 and si.max() < self.num_steps and token_index.min() >= 0:
+            block = si * self.ranks.size + ri
+            flat = self.offset[block] + token_index
+            if (flat < self.offset[block + 1]).all():  # every row has its token: the fast path
+                return self.phase[flat], self.position[flat]
+        ok = (si >= 0) & (si < self.num_steps) & (token_index >= 0)
+        if self.ranks.size == 1:
+            ok &= rank == self.ranks[0]
+        else:
+            ok &= self.ranks[ri] == rank
         block = np.where(ok, si * self.ranks.size + ri, 0)
-        start = self.offset[block]
-        flat = start + token_index.astype(np.int64)
-        ok &= (token_index >= 0) & (flat < self.offset[block + 1])
+        flat = self.offset[block] + token_index.astype(np.int64)
+        ok &= flat < self.offset[block + 1]
         flat = np.where(ok, flat, 0)
-        phase = np.where(ok, self.phase[flat], -1)
-        return phase, self.position[flat]
+        return np.where(ok, self.phase[flat], -1), self.position[flat]
 
 
 def load_tokens(trace: Trace, *, kv_len: int | None = None) -> tuple[dict[str, PhaseTokens], TokenIndex]:
@@ -378,6 +388,7 @@ class ExpertWindow:
     dup_node: np.ndarray
     slots_per_rank: int
     ranks_per_node: int
+    top_k: int
 
     @property
     def recv(self) -> np.ndarray:
@@ -401,6 +412,8 @@ class ExpertWindow:
         W, L, R, _ = self.dup_rank.shape
         q = self.dup_node.shape[-1]
         rp = self.rank_pairs
+        if q == 1:  # one domain: every token reaches it once, with its top_k pairs
+            return rp.sum(axis=-1, keepdims=True) // self.top_k
         pad = q * self.ranks_per_node - R
         if pad:
             rp = np.concatenate([rp, np.zeros((W, L, R, pad), dtype=rp.dtype)], axis=-1)
@@ -443,26 +456,47 @@ class RoutingSource:
     top_k: int
 
     @cached_property
-    def dataset(self) -> pads.Dataset:
+    def row_groups(self) -> list[tuple[str, int, int, int]]:
+        """Every row group of the routing files: (file, index, min step, max step)."""
         files = [str(f) for f in self.trace.files("routing")]
         if not files:
             raise TraceError(
                 f"{self.trace.path}: the trace has no routing rows; the replay needs per-token routing "
                 "(record with tracekit record, or synthesize with tracekit synth)"
             )
-        return pads.dataset(files, format="parquet")
+        out = []
+        for f in files:
+            md = pq.ParquetFile(f).metadata
+            col = md.schema.names.index("step")
+            for i in range(md.num_row_groups):
+                st = md.row_group(i).column(col).statistics
+                lo, hi = (
+                    (int(st.min), int(st.max)) if st is not None and st.has_min_max else (-(2**31), 2**31)
+                )
+                out.append((f, i, lo, hi))
+        return out
 
     def batches(self, step_ranges: list[tuple[int, int]]) -> Iterator[pa.RecordBatch]:
-        """Routing rows whose trace step falls in one of the inclusive ``step_ranges``."""
-        cond: pc.Expression | None = None
-        for lo, hi in step_ranges:
-            c = (pc.field("step") >= lo) & (pc.field("step") <= hi)
-            cond = c if cond is None else (cond | c)
-        yield from self.dataset.to_batches(
-            columns=["rank", "step", "layer", "token_index", "expert_ids"],
-            filter=cond,
-            batch_size=ROWS_PER_BATCH,
-        )
+        """Routing rows of the row groups whose steps overlap one of the inclusive ``step_ranges``
+        (the caller drops rows outside them). The next row group is read on a helper thread while
+        the caller counts the current one (Parquet decoding releases the GIL)."""
+        wanted = [
+            (f, i) for f, i, lo, hi in self.row_groups if any(lo <= b and hi >= a for a, b in step_ranges)
+        ]
+        if not wanted:
+            return
+        cols = ["rank", "step", "layer", "token_index", "expert_ids"]
+
+        def read(item: tuple[str, int]) -> pa.Table:
+            return pq.ParquetFile(item[0]).read_row_group(item[1], columns=cols)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(read, wanted[0])
+            for item in [*wanted[1:], None]:
+                table = future.result()
+                if item is not None:
+                    future = pool.submit(read, item)
+                yield from table.combine_chunks().to_batches(max_chunksize=ROWS_PER_BATCH)
 
 
 def expert_window(
@@ -489,31 +523,34 @@ def expert_window(
     dup_node = np.zeros(W * L * R * Q, dtype=np.int64)
     layer_pos = np.full(max(source.layers) + 1, -1, dtype=np.int64)
     layer_pos[list(source.layers)] = np.arange(L)
-    # Slot lookup per layer for placements without replicas: slot_of[l * E + expert].
     E = placement.num_experts
     logcnt = placement.logcnt
     sources = [placement.layers.index(layer) for layer in source.layers]
     single = bool((logcnt[sources] == 1).all())
-    slot_of = np.zeros(L * E, dtype=np.int64)
+    # Without replicas a slot lookup table per layer, slot_of[l * E + expert]; none at all when
+    # every layer's slots hold experts 0..E-1 in order (the contiguous layout).
+    identity = single and S == E and all((placement.phy2log[pi] == np.arange(E)).all() for pi in sources)
+    slot_dtype = np.int16 if S < 2**15 else np.int32
+    slot_of = np.zeros(L * E, dtype=slot_dtype)
     if single:
         for li, pi in enumerate(sources):
             slot_of[li * E + placement.phy2log[pi]] = np.arange(S)
-    ranges = _trace_step_ranges(tokens, schedule, step_lo, step_hi)
-    if not ranges:
-        return ExpertWindow(
-            steps=np.arange(step_lo, step_hi),
-            pairs=pairs.reshape(W, L, R, S),
-            dup_rank=dup_rank.reshape(W, L, R, R),
-            dup_node=dup_node.reshape(W, L, R, Q),
-            slots_per_rank=spr,
-            ranks_per_node=ranks_per_node,
-        )
-    K = source.top_k
     counters = _Counters(
-        pairs=pairs, dup_rank=dup_rank, dup_node=dup_node, L=L, R=R, S=S, Q=Q, spr=spr, rpn=ranks_per_node
+        pairs=pairs,
+        dup_rank=dup_rank,
+        dup_node=dup_node,
+        L=L,
+        R=R,
+        S=S,
+        Q=Q,
+        dst_of_slot=(np.arange(S) // spr).astype(slot_dtype),
+        node_of_rank=(np.arange(R) // ranks_per_node).astype(slot_dtype),
+        spr_shift=spr.bit_length() - 1 if spr & (spr - 1) == 0 else -1,
     )
+    ranges = _trace_step_ranges(tokens, schedule, step_lo, step_hi)
+    K = source.top_k
     stash: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for batch in source.batches(ranges):
+    for batch in source.batches(ranges) if ranges else ():
         if batch.num_rows == 0:
             continue
         layer = batch.column("layer").to_numpy().astype(np.int64)
@@ -528,31 +565,42 @@ def expert_window(
         pos = np.where(keep, pos, 0)  # positions of other phases index another stream
         ids = batch.column("expert_ids").values.to_numpy().reshape(-1, K)
         # A row is replayed once per copy of the stream that lands in this window.
-        rows, steps, ranks = [], [], []
+        rows: list[np.ndarray | None] = []
+        steps: list[np.ndarray] = []
+        ranks: list[np.ndarray] = []
         for c in range(schedule.step.shape[0]):
             st = np.where(keep, schedule.step[c, pos], -1)
-            sel = np.nonzero((st >= step_lo) & (st < step_hi))[0]
+            inside = (st >= step_lo) & (st < step_hi)
+            if inside.all():
+                rows.append(None)
+                steps.append(st - step_lo)
+                ranks.append(schedule.rank[c, pos])
+                continue
+            sel = np.nonzero(inside)[0]
             if sel.size:
                 rows.append(sel)
                 steps.append(st[sel] - step_lo)
                 ranks.append(schedule.rank[c, pos[sel]])
         if not rows:
             continue
-        row = np.concatenate(rows)
-        w = np.concatenate(steps)
-        src = np.concatenate(ranks)
-        lrow = lpos[row]
-        chosen = ids[row]
-        if chosen.size and (chosen.min() < 0 or chosen.max() >= E):
-            raise TraceError(
-                f"{source.trace.path}: routing holds expert ids {int(chosen.min())}..{int(chosen.max())} "
-                f"outside 0..{E - 1}; the trace does not match its model's expert count"
-            )
-        if single:
-            base = lrow * E
-            _count(counters, w, lrow, src, [slot_of[base + chosen[:, k]] for k in range(K)])
+        if len(rows) == 1 and rows[0] is None:
+            w, src, lrow, chosen = steps[0], ranks[0], lpos, ids
         else:
+            row = np.concatenate([np.arange(ids.shape[0]) if r is None else r for r in rows])
+            w, src = np.concatenate(steps), np.concatenate(ranks)
+            lrow, chosen = lpos[row], ids[row]
+        lo_id, hi_id = (int(chosen.min()), int(chosen.max())) if chosen.size else (0, 0)
+        if lo_id < 0 or hi_id >= E:
+            raise TraceError(
+                f"{source.trace.path}: routing holds expert ids {lo_id}..{hi_id} outside 0..{E - 1}; "
+                "the trace does not match its model's expert count"
+            )
+        if not single:
             stash.append((w, lrow, src, chosen))
+            continue
+        ids_t = np.ascontiguousarray(chosen.T)  # [K, n]: one contiguous column per choice
+        slots_t = ids_t if identity else slot_of[(lrow * E)[None, :] + ids_t]
+        _count(counters, w, lrow, src, slots_t)
     if stash:
         # Replicas: one route_to_slots call per (step, layer) dispatch with all of its tokens in
         # (source rank, row) order, so the round-robin among replicas follows the documented rule.
@@ -564,7 +612,7 @@ def expert_window(
         for part in np.split(order, cuts):
             layer_id = source.layers[int(lrow[part[0]])]
             slots[part] = route_to_slots(placement, layer_id, chosen[part], src[part], ranks_per_node)
-        _count(counters, w, lrow, src, [slots[:, k] for k in range(K)])
+        _count(counters, w, lrow, src, np.ascontiguousarray(slots.T))
     return ExpertWindow(
         steps=np.arange(step_lo, step_hi),
         pairs=pairs.reshape(W, L, R, S),
@@ -572,6 +620,7 @@ def expert_window(
         dup_node=dup_node.reshape(W, L, R, Q),
         slots_per_rank=spr,
         ranks_per_node=ranks_per_node,
+        top_k=K,
     )
 
 
@@ -584,39 +633,37 @@ class _Counters:
     R: int
     S: int
     Q: int
-    spr: int
-    rpn: int
+    dst_of_slot: np.ndarray
+    node_of_rank: np.ndarray
+    #: log2(slots_per_rank) when it is a power of two (rank = slot >> shift), else -1
+    spr_shift: int
 
 
-def _count(
-    c: _Counters, w: np.ndarray, lrow: np.ndarray, src: np.ndarray, slot_cols: list[np.ndarray]
-) -> None:
-    """Add routed rows (window step, layer position, source rank, slot per choice) to the counters."""
-    K = len(slot_cols)
+def _count(c: _Counters, w: np.ndarray, lrow: np.ndarray, src: np.ndarray, slots_t: np.ndarray) -> None:
+    """Add routed rows (window step, layer position, source rank; ``slots_t[K, n]`` the slot of
+    each choice) to the counters."""
     cell = (w * c.L + lrow) * c.R + src  # (step, layer, source rank)
-    base_s = cell * c.S
-    keys = np.empty((K, cell.size), dtype=np.int64)
-    for k in range(K):
-        np.add(base_s, slot_cols[k], out=keys[k])
-    np.add(c.pairs, np.bincount(keys.reshape(-1), minlength=c.pairs.size), out=c.pairs)
+    lo, hi = int(cell.min()), int(cell.max()) + 1
+    rel = cell - lo  # count over the span of cells this batch touches only
+    _add_counts(c.pairs, (rel * c.S)[None, :] + slots_t, lo * c.S, hi * c.S)
     # Sorting each token's destination ranks puts repeats side by side: a repeat of the previous
     # column is a pair the per-rank (and, for domains, per-node) deduplication removes.
-    dst = _sort_columns([s // c.spr for s in slot_cols])
-    base_r = cell * c.R
-    base_q = cell * c.Q
-    dr, dq = [], []
-    for k in range(1, K):
-        same = dst[k] == dst[k - 1]
-        if same.any():
-            dr.append(base_r[same] + dst[k][same])
-        node_k = dst[k] // c.rpn
-        same_q = node_k == dst[k - 1] // c.rpn
-        if same_q.any():
-            dq.append(base_q[same_q] + node_k[same_q])
-    if dr:
-        np.add(c.dup_rank, np.bincount(np.concatenate(dr), minlength=c.dup_rank.size), out=c.dup_rank)
-    if dq:
-        np.add(c.dup_node, np.bincount(np.concatenate(dq), minlength=c.dup_node.size), out=c.dup_node)
+    dst = np.right_shift(slots_t, c.spr_shift) if c.spr_shift >= 0 else np.take(c.dst_of_slot, slots_t)
+    dst = np.stack(_sort_columns(list(dst)))
+    k_i, t_i = np.nonzero(dst[1:] == dst[:-1])
+    if t_i.size:
+        _add_counts(c.dup_rank, rel[t_i] * c.R + dst[1:][k_i, t_i], lo * c.R, hi * c.R)
+    if c.Q > 1:
+        node = np.take(c.node_of_rank, dst)
+        k_i, t_i = np.nonzero(node[1:] == node[:-1])
+        if t_i.size:
+            _add_counts(c.dup_node, rel[t_i] * c.Q + node[1:][k_i, t_i], lo * c.Q, hi * c.Q)
+
+
+def _add_counts(acc: np.ndarray, keys: np.ndarray, lo: int, hi: int) -> None:
+    """``acc[lo + key] += 1`` for every key (keys relative to ``lo``, all below ``hi - lo``)."""
+    counts = np.bincount(keys.reshape(-1), minlength=hi - lo)
+    np.add(acc[lo:hi], counts, out=acc[lo:hi])
 
 
 def _trace_step_ranges(
