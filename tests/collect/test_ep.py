@@ -13,6 +13,8 @@ import polars as pl
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tracekit.cli.main import cli
 from tracekit.collect.ep import EPJob, launch_ep, plan_batches, prepare_ep, record_ep, run_rank
@@ -276,15 +278,20 @@ def test_existing_output_is_refused_unless_forced(ep_trace: Path) -> None:
     assert validate(ep_trace).ok
 
 
-def test_plan_batches_covers_every_prompt_once_and_leaves_no_rank_idle() -> None:
-    for prompts in range(EP, 40):
-        for batch in (1, 2, 3, 8):
-            plan = plan_batches(prompts, EP, batch)
-            rounds = {len(p) for p in plan}
-            assert len(rounds) == 1  # every rank runs the same number of batches
-            flat = sorted(i for p in plan for b in p for i in b)
-            assert flat == list(range(prompts))
-            assert all(len(b) >= 1 for p in plan for b in p)
+@given(ranks=st.integers(1, 16), extra=st.integers(0, 300), batch=st.integers(1, 12))
+def test_plan_batches_covers_every_prompt_once_and_leaves_no_rank_idle(
+    ranks: int, extra: int, batch: int
+) -> None:
+    prompts = ranks + extra
+    plan = plan_batches(prompts, ranks, batch)
+    assert len(plan) == ranks
+    assert len({len(p) for p in plan}) == 1  # every rank runs the same number of batches
+    flat = [i for r in range(len(plan[0])) for p in plan for i in p[r]]
+    assert flat == list(range(prompts))  # in prompt order, round by round, rank by rank
+    sizes = [len(b) for p in plan for b in p]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    if prompts >= ranks * -(-prompts // (ranks * batch)):  # enough prompts to keep batches within size
+        assert max(sizes) <= batch
 
 
 @pytest.mark.parametrize(
