@@ -69,7 +69,7 @@ def test_hot_expert_rank_is_the_straggler_by_the_expected_amount(tmp_path: Path)
     m = np.zeros((R, R))
     m[:, 0] = tokens
     traffic = EPTraffic.from_rank_matrix(m, hw.scaleup_size)
-    d = dispatch(hw, traffic, impl="nccl", bytes_per_token=hidden * 1.0).time_s
+    d = dispatch(hw, traffic, impl="nccl", bytes_per_token=hidden + hidden / 128 * 4).time_s  # fp8 + scales
     c = combine(hw, traffic, impl="nccl", bytes_per_token=hidden * 2.0).time_s
     varying = g + d + c  # attention, router and shared parts are equal on every rank
     expected = varying.max() - varying.mean()
@@ -106,14 +106,14 @@ def test_dispatch_bytes_equal_per_peer_counts_of_routing_and_placement(
     peers = res.peers.sort(["layer", "src_rank", "dst_rank"])
     got = peers["tokens"].to_numpy().reshape(2, R, R)
     np.testing.assert_array_equal(got, expected)
-    hidden = 64
-    assert (peers["dispatch_bytes"].to_numpy() == peers["tokens"].to_numpy() * hidden).all()  # fp8: 1 byte
+    per_token = 66  # fp8: 64 bytes of hidden state + one fp32 scale per 128 values (64 / 128 x 4 = 2)
+    assert (peers["dispatch_bytes"].to_numpy() == peers["tokens"].to_numpy() * per_token).all()
     off = expected * (1 - np.eye(R, dtype=np.int64))
     sent = (
         res.ranks.filter(pl.col("layer") >= 1).group_by("layer", "rank").agg(pl.col("dispatch_bytes").sum())
     )
     sent = sent.sort(["layer", "rank"])["dispatch_bytes"].to_numpy().reshape(2, R)
-    np.testing.assert_array_equal(sent, off.sum(axis=-1) * hidden)
+    np.testing.assert_array_equal(sent, off.sum(axis=-1) * per_token)
 
 
 def test_ep16_crosses_the_network_on_h200_but_not_on_gb200(tmp_path: Path) -> None:
@@ -202,3 +202,32 @@ def test_measured_step_times_are_reported_for_the_same_hardware(tmp_path: Path) 
     assert res.steps["measured_time_s"].to_list() == [0.002, 0.002]
     other = replay(tmp_path / "t", Deployment(hw="gb200-nvl72", ep=R))
     assert other.steps["measured_time_s"].null_count() == other.steps.height
+
+
+def test_placement_file_and_tensor_parallel_attention(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    ids = random_ids(rng, (R, 2, 2, 8), E, K)
+    write_ranked_trace(tmp_path / "t", ids, num_experts=E)
+    # a placement file that reverses the experts: rank r holds experts 7-2r and 6-2r
+    phy2log = np.tile(np.arange(E)[::-1], (2, 1))
+    pfile = Placement(layers=(1, 2), phy2log=phy2log, num_ranks=R, slots_per_rank=2, policy="file").write(
+        tmp_path / "p.parquet"
+    )
+    res = replay(tmp_path / "t", Deployment(hw="h200-sxm", ep=R, placement=str(pfile), impl="nccl"))
+    run = res.run.row(0, named=True)
+    assert (run["num_slots"], run["slots_per_rank"], run["redundant_slots"]) == (8, 2, 0)
+    got = (
+        res.ranks.filter((pl.col("layer") == 1) & (pl.col("step") == 0))
+        .sort("rank")["tokens_recv"]
+        .to_numpy()
+    )
+    per_expert = np.bincount(ids[:, 0, 0].reshape(-1), minlength=E)
+    np.testing.assert_array_equal(got, [per_expert[7 - 2 * r] + per_expert[6 - 2 * r] for r in range(R)])
+    with pytest.raises(DeploymentError, match="--ep 8"):
+        replay(tmp_path / "t", Deployment(hw="h200-sxm", ep=8, batch_per_gpu=4, placement=str(pfile)))
+    # tensor-parallel attention: 2 DP groups of 2 ranks; the all-reduce shows up, attention is shared
+    tp = replay(tmp_path / "t", Deployment(hw="h200-sxm", ep=R, tp=2, impl="nccl"))
+    r = tp.ranks.filter((pl.col("step") == 0) & (pl.col("layer") == 1)).sort("rank")
+    assert (r["tp_comm_s"] > 0).all()
+    assert r["attention_s"][0] == r["attention_s"][1] and r["attention_s"][2] == r["attention_s"][3]
+    assert tp.run["dp"][0] == 2 and tp.run["tp"][0] == 2

@@ -78,6 +78,18 @@ class Precision:
         return ",".join(f"{p}={getattr(self, p)}" for p in PRECISION_PARTS)
 
 
+def payload_bytes_per_token(precision: str, hidden: int) -> float:
+    """Bytes one token's hidden vector takes on the wire: bf16 ``2h``; fp8 ``h`` plus one fp32
+    scale per 128 values; fp4 ``h / 2`` plus one fp8 scale per 16 values."""
+    if precision == "bf16":
+        return 2.0 * hidden
+    if precision == "fp8":
+        return hidden + hidden / 128 * 4
+    if precision == "fp4":
+        return hidden / 2 + hidden / 16
+    raise UsageError(f"unknown payload precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Deployment:
     """How the trace is re-timed. Fields left ``None`` take the trace's own values."""

@@ -28,7 +28,7 @@ from tracekit.hardware import HardwareSpec, get_hardware
 from tracekit.models import expert_weight_bytes, get_model, layer_window, shared_expert_params
 from tracekit.models.work import bytes_per_param, shared_expert_width
 from tracekit.placement import Placement, read_placement
-from tracekit.replay.deployment import Deployment
+from tracekit.replay.deployment import Deployment, payload_bytes_per_token
 from tracekit.replay.memory import MemoryPlan, check_weights_fit, memory_plan
 from tracekit.replay.workload import (
     AttentionLoad,
@@ -267,8 +267,8 @@ def _replay_phase(
     tbo = dep.tbo
     hidden = arch.hidden_size
     ewb = expert_weight_bytes(arch, prec.experts)
-    bpt_dispatch = hidden * bytes_per_param(prec.dispatch)
-    bpt_combine = hidden * bytes_per_param(prec.combine)
+    bpt_dispatch = payload_bytes_per_token(prec.dispatch, hidden)
+    bpt_combine = payload_bytes_per_token(prec.combine, hidden)
     out = _PhaseOut(peer_tokens=np.zeros((L, R, R)), peer_pairs=np.zeros((L, R, R)))
     wsize = window_size(L, R, su.placement.num_slots)
     moe_mask = su.source_of >= 0
@@ -708,8 +708,8 @@ def _peers_frame(su: _Setup, out: _PhaseOut, pool: str, phase: str) -> pl.DataFr
     ti, si, di = np.meshgrid(moe_t, np.arange(R), np.arange(R), indexing="ij")
     dom = su.hw.scaleup_size
     link = np.where(si == di, "local", np.where(si // dom == di // dom, "nvlink", "network"))
-    bpd = arch.hidden_size * bytes_per_param(su.dep.precision.dispatch)
-    bpc = arch.hidden_size * bytes_per_param(su.dep.precision.combine)
+    bpd = payload_bytes_per_token(su.dep.precision.dispatch, arch.hidden_size)
+    bpc = payload_bytes_per_token(su.dep.precision.combine, arch.hidden_size)
     return pl.DataFrame(
         {
             "pool": [pool] * n,
