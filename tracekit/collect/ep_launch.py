@@ -58,7 +58,8 @@ class RankFailure:
 
     def describe(self) -> str:
         if self.message:
-            return f"rank {self.rank} failed: {self.message}"
+            text = self.message if len(self.message) <= 240 else self.message[:237] + "..."
+            return f"rank {self.rank} failed: {text}"
         if self.exitcode is not None and self.exitcode < 0:
             try:
                 name = signal.Signals(-self.exitcode).name
@@ -107,6 +108,19 @@ def _agree(failed: bool) -> bool:
     return bool(flag.item())
 
 
+#: What gloo and NCCL say when a peer process went away (the root cause is that peer's failure).
+_PEER_LOST = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "communicator was aborted",
+    "Broken pipe",
+)
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _PEER_LOST)
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -144,9 +158,9 @@ def _bootstrap(
                 dist.destroy_process_group()
     except BaseException as exc:
         kind = type(exc).__name__
-        errors.put((rank, f"{kind}: {_one_line(str(exc))}", isinstance(exc, TracekitError)))
-        if not isinstance(exc, TracekitError):
-            traceback.print_exc()
+        errors.put((rank, f"{kind}: {_one_line(str(exc))}"))
+        if not isinstance(exc, TracekitError | KeyboardInterrupt) and not _lost_peer(exc):
+            traceback.print_exc()  # an unexpected failure of this rank itself: keep the evidence
         raise SystemExit(1) from None
 
 
@@ -192,12 +206,12 @@ class RankGroup:
             if p.exitcode is None:
                 p.kill()
                 p.join()
-        messages: dict[int, tuple[str, bool]] = {}
+        messages: dict[int, str] = {}
         while not self._errors.empty():
-            rank, message, user_error = self._errors.get()
-            messages[int(rank)] = (str(message), bool(user_error))
+            rank, message = self._errors.get()
+            messages[int(rank)] = str(message)
         failures = [
-            RankFailure(rank=r, exitcode=p.exitcode, message=messages.get(r, (None, False))[0])
+            RankFailure(rank=r, exitcode=p.exitcode, message=messages.get(r))
             for r, p in enumerate(self.processes)
             if p.exitcode != 0 or r in messages
         ]
