@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tracekit.errors import UnknownNameError, UsageError
 from tracekit.schema import AttentionSpec, ModelArch
 from tracekit.stats import metrics as m
 from tracekit.synth import SynthConfig, parse_spec, synthesize
-from tracekit.synth.routing import Router, gumbel_topk
+from tracekit.synth.routing import Router, balanced_step, gumbel_topk
 from tracekit.trace import open_trace, validate
 
 
@@ -181,3 +183,40 @@ def test_bad_inputs() -> None:
         config("balanced", ep=4, target_imbalance=0.5).check()
     with pytest.raises(UsageError, match="does not divide"):
         config("uniform", ep=3).check()
+
+
+@given(
+    tokens=st.integers(min_value=1, max_value=80),
+    groups=st.sampled_from([1, 2, 4, 8]),
+    top_k=st.integers(min_value=1, max_value=8),
+    seed=st.integers(min_value=0, max_value=1000),
+)
+@settings(max_examples=60)
+def test_balanced_step_invariants(tokens: int, groups: int, top_k: int, seed: int) -> None:
+    """Any batch: distinct experts per token, loads differ by at most one, tokens inside their top groups."""
+    gs = 32 // groups
+    router = Router(num_experts=32, top_k=top_k, num_groups=groups, topk_groups=min(2, groups))
+    if groups > 1 and gs % top_k and top_k % gs:
+        with pytest.raises(UsageError, match="multiple of top-k"):
+            balanced_step(router, 2, tokens, np.random.default_rng(seed))
+        return
+    ids, _ = balanced_step(router, 2, tokens, np.random.default_rng(seed))
+    for layer in range(2):
+        x = ids[layer].astype(np.int64)
+        assert (np.sort(x, axis=1)[:, 1:] != np.sort(x, axis=1)[:, :-1]).all()
+        load = np.bincount(x.reshape(-1), minlength=32)
+        assert load.max() - load.min() <= 1
+        if groups > 1:
+            assert max(len(set(r)) for r in (x // gs).tolist()) <= max(1, top_k // gs)
+
+
+@given(seed=st.integers(min_value=0, max_value=10_000), scale=st.floats(min_value=0.0, max_value=8.0))
+@settings(max_examples=30)
+def test_gumbel_topk_group_limit_holds_for_any_logits(seed: int, scale: float) -> None:
+    router = Router(num_experts=64, top_k=6, num_groups=8, topk_groups=3)
+    rng = np.random.default_rng(seed)
+    ids, w = gumbel_topk(router, rng.standard_normal(64) * scale, 256, rng)
+    groups = ids.astype(np.int64) // 8
+    assert max(len(set(r)) for r in groups.tolist()) <= 3
+    assert (np.sort(ids, axis=1)[:, 1:] != np.sort(ids, axis=1)[:, :-1]).all()
+    assert (w > 0).all()

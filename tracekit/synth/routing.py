@@ -313,18 +313,28 @@ class RoutingSampler:
 def balanced_step(
     router: Router, num_layers: int, num_tokens: int, rng: np.random.Generator
 ) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.float32]]:
-    """Routing with equal load: every expert gets ``n * k / E`` tokens per layer (when that divides).
+    """Routing with equal load: every expert gets ``n * k / E`` tokens per layer (when that divides;
+    otherwise loads differ by at most one).
 
     Token t takes the experts ``(t*k + i + offset) mod E`` under a group-preserving relabelling, so its
-    k experts are consecutive within at most two groups; tokens are then shuffled.
+    k experts are consecutive: inside one group when the group size is a multiple of k, inside k / g
+    whole groups when k is a multiple of the group size g; tokens are then shuffled.
     """
-    e, k = router.num_experts, router.top_k
+    e, k, gs = router.num_experts, router.top_k, router.group_size
+    if router.num_groups == 1 or gs % k == 0:
+        align = k if e % k == 0 else 1
+    elif k % gs == 0:
+        align = gs
+    else:
+        raise UsageError(
+            f"balanced routing needs the group size ({gs} experts) to be a multiple of top-k ({k}) or "
+            "the other way round, to keep every token inside its top groups; use uniform routing instead"
+        )
     slots = np.arange(num_tokens * k, dtype=np.int64).reshape(num_tokens, k)
     ids = np.empty((num_layers, num_tokens, k), dtype=np.int16)
     for layer in range(num_layers):
         perm = group_preserving_permutation(router, rng)
-        # aligned offsets keep a token's k experts inside one group when groups hold whole multiples of k
-        offset = k * int(rng.integers(0, e // k)) if router.group_size % k == 0 else int(rng.integers(0, e))
+        offset = align * int(rng.integers(0, e // align))
         raw = perm[(slots + offset) % e]
         ids[layer] = raw[rng.permutation(num_tokens)]
     weights = np.full((num_layers, num_tokens, k), router.scaling / k, dtype=np.float32)
