@@ -92,6 +92,20 @@ def test_drift_windows(routed: tuple[Path, np.ndarray]) -> None:
         sets.append(set(order[:hot_n]))
     expect = [len(sets[i] & sets[i - 1]) / len(sets[i] | sets[i - 1]) for i in (1, 2)]
     assert win["hot_jaccard_prev"].to_list()[1:] == pytest.approx(expect)
+    assert win["hot_jaccard_first"].to_list()[1:] == pytest.approx(
+        [len(sets[i] & sets[0]) / len(sets[i] | sets[0]) for i in (1, 2)]
+    )
+    for w in range(3):
+        x = load[2 * w : 2 * w + 2, 0].sum(axis=0)
+        row = win.row(w, named=True)
+        assert (row["step_start"], row["step_end"]) == (2 * w, 2 * w + 1)
+        assert row["num_assignments"] == 2 * N * K
+        assert row["max_over_mean"] == pytest.approx(x.max() / x.mean())
+        assert row["cv"] == pytest.approx(x.std() / x.mean())
+        assert row["gini"] == pytest.approx(np.abs(x[:, None] - x[None, :]).sum() / (2 * E * E * x.mean()))
+        if w:
+            prev = load[2 * w - 2 : 2 * w, 0].sum(axis=0)
+            assert row["load_corr_prev"] == pytest.approx(np.corrcoef(x, prev)[0, 1])
     assert win["hot_jaccard_prev"][0] is None
     layer_row = st.layers.filter(st.layers["layer"] == 1).row(0, named=True)
     assert layer_row["hot_jaccard"] == pytest.approx(np.mean(expect))
