@@ -38,7 +38,15 @@ PROMPTS = [
 ]
 
 
-LOGIT_PRESETS = ("tiny-gpt-oss", "tiny-deepseek-v3")
+#: Every preset architecture (their experts code differs: biases, sentinel-free one-hot, shared experts).
+LOGIT_PRESETS = (
+    "tiny-gpt-oss",
+    "tiny-deepseek-v3",
+    "tiny-qwen3-moe",
+    "tiny-mixtral",
+    "tiny-olmoe",
+    "tiny-qwen2-moe",
+)
 
 
 def _rank_prompts(rank: int) -> list[str]:
@@ -53,7 +61,11 @@ def _record_then_logits(rank: int, world: int, job: EPJob, logits_dir: str) -> N
     for preset in LOGIT_PRESETS:
         model = build_preset(preset, seed=3)
         config = model.config
-        experts = getattr(config, "num_local_experts", None) or config.n_routed_experts
+        experts = next(
+            getattr(config, k)
+            for k in ("num_local_experts", "num_experts", "n_routed_experts")
+            if hasattr(config, k)
+        )
         ExpertParallel(model, num_experts=experts)
         batch = ByteTokenizer().batch(_rank_prompts(rank))
         with torch.inference_mode():
