@@ -35,7 +35,7 @@ from tracekit.synth.routing import Router, RoutingModel, RoutingSampler, build_p
 NUM_CLUSTERS = 8
 #: Upper bound of the cluster strength: beyond it the clusters' pools saturate and the load profile
 #: can no longer be matched.
-MAX_CLUSTER_STRENGTH = 2.5
+MAX_CLUSTER_STRENGTH = 4.0
 _FIT_POOL_ROWS = 8_192
 _SIM_POOL_ROWS = 8_192
 _EPS = 1e-6
@@ -249,7 +249,7 @@ def fit_model(stats: RoutingStats, router: Router, num_target_layers: int, seed:
             mod = model.with_(mix_concentration=beta)
             return sim_jaccard(router, _simulate(router, mod, sim_tps, sim_steps, sim_seed), window)
 
-        log_beta = _bisect(jac_at, target_jac, -2.0, 3.0, increasing=True, iters=6)
+        log_beta = _bisect(jac_at, target_jac, -1.0, 3.0, increasing=True, iters=6)
         beta = 0.0 if log_beta >= 3.0 else 10.0**log_beta
         model = model.with_(mix_concentration=beta)
         report["hot_jaccard"] = {

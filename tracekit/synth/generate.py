@@ -192,6 +192,13 @@ def build_model(config: SynthConfig, router: Router) -> tuple[RoutingModel | Non
         fit = fit_model(stats, router, num_layers, config.seed)
         model = fit.model
         detail["fit"] = fit.report
+        source_tps = stats.meta.get("tokens_per_step")
+        if model.mix_concentration > 0 and source_tps:
+            # the step-to-step swing of the cluster mix comes from the few requests of a small batch:
+            # its variance falls as 1 / tokens per step, so scale the concentration with the batch
+            scale = config.tokens_per_step / float(source_tps)
+            model = model.with_(mix_concentration=model.mix_concentration * scale)
+            detail["fit"]["hot_jaccard"]["mix_concentration_at_target"] = model.mix_concentration
         detail["fit_source"] = {
             "path": spec.source,
             "trace_id": stats.meta.get("trace_id"),
