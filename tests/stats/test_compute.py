@@ -212,3 +212,29 @@ def test_ep_defaults_to_the_recorded_degree(routed: tuple[Path, np.ndarray], tmp
         st.layers["step_rank_imbalance"].to_list()
         == compute_stats(routed[0], ep=2).layers["step_rank_imbalance"].to_list()
     )
+
+
+def test_cli_stats_with_a_placement_file(routed: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    from tracekit.placement import Placement
+
+    path, ids = routed
+    # round-robin over 2 ranks with 2 redundant slots: expert e on rank e % 2, experts 0 and 1 replicated
+    placement = Placement.round_robin([1, 2], E, 2, num_redundant=2)
+    placement.write(tmp_path / "p.parquet")
+    res = CliRunner().invoke(cli, ["stats", str(path), "--placement", str(tmp_path / "p.parquet"), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["layer"]: r for r in json.loads(res.stdout)}
+    load = loads_of(ids)
+    for li, layer in enumerate((1, 2)):
+        slots = placement.row(layer)
+        replicas = np.bincount(slots, minlength=E)
+        ranks = np.zeros((STEPS, 2))
+        for slot, expert in enumerate(slots):
+            ranks[:, slot // (len(slots) // 2)] += load[:, li, expert] / replicas[expert]
+        per_step = (ranks.max(axis=1) - ranks.mean(axis=1)) / ranks.mean(axis=1)
+        assert rows[layer]["ep"] == 2
+        assert rows[layer]["step_rank_imbalance"] == pytest.approx(per_step.mean())
+    res = CliRunner().invoke(
+        cli, ["stats", str(path), "--placement", str(tmp_path / "p.parquet"), "--ep", "4"]
+    )
+    assert res.exit_code == 2 and "differs" in res.output

@@ -79,6 +79,14 @@ class SynthConfig:
                 raise UsageError(f"--target-imbalance must be >= 0, got {self.target_imbalance}")
         if self.ep is not None:
             m.contiguous_slots(self.arch.num_experts, self.ep)
+        if self.spec.kind == "balanced":
+            router = Router.of(self.arch)
+            gs, k = router.group_size, router.top_k
+            if router.num_groups > 1 and gs % k and k % gs:
+                raise UsageError(
+                    f"--routing balanced: model {self.arch.name} has groups of {gs} experts and top-{k}; "
+                    "balanced routing needs one to be a multiple of the other; use uniform instead"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
