@@ -176,9 +176,12 @@ def solve_skew(
                 f"{tokens} tokens per step); ask for less"
             )
     lo = 0.0
-    for _ in range(16):
+    for _ in range(20):
         mid = 0.5 * (lo + hi)
-        if f(mid) < target:
+        got = f(mid)
+        if abs(got - target) <= 0.002 * max(target, 1e-9):
+            return mid, got
+        if got < target:
             lo = mid
         else:
             hi = mid
