@@ -19,7 +19,7 @@ trace's token stream. Everything is columnar: no Python loop runs per token or p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -35,10 +35,12 @@ from tracekit.trace.reader import Trace
 
 PHASES = ("prefill", "decode")
 
-#: Routing rows processed per batch (bounds memory: ~40 bytes per row at top-8, times a few).
-ROWS_PER_BATCH = 2_000_000
-#: Bins of the (step, layer, source rank, slot) counter per window (bounds memory, 8 bytes each).
-MAX_WINDOW_BINS = 12_000_000
+#: Routing rows counted at a time: small enough that the temporaries stay in cache.
+ROWS_PER_BATCH = 131_072
+#: Bins of the (step, layer, source rank, slot) counter per window and worker (8 bytes each).
+MAX_WINDOW_BINS = 8_000_000
+#: Threads reading and counting row groups.
+WORKERS = 2
 
 
 # ---- tokens --------------------------------------------------------------------------------------
@@ -476,27 +478,18 @@ class RoutingSource:
                 out.append((f, i, lo, hi))
         return out
 
-    def batches(self, step_ranges: list[tuple[int, int]]) -> Iterator[pa.RecordBatch]:
-        """Routing rows of the row groups whose steps overlap one of the inclusive ``step_ranges``
-        (the caller drops rows outside them). The next row group is read on a helper thread while
-        the caller counts the current one (Parquet decoding releases the GIL)."""
-        wanted = [
+    def row_groups_in(self, step_ranges: list[tuple[int, int]]) -> list[tuple[str, int]]:
+        """(file, row group) of the row groups whose steps overlap one of the inclusive ranges
+        (the caller drops the rows outside them)."""
+        return [
             (f, i) for f, i, lo, hi in self.row_groups if any(lo <= b and hi >= a for a, b in step_ranges)
         ]
-        if not wanted:
-            return
+
+    def read(self, item: tuple[str, int]) -> list[pa.RecordBatch]:
+        """The routing columns of one row group, in batches of at most ``ROWS_PER_BATCH`` rows."""
         cols = ["rank", "step", "layer", "token_index", "expert_ids"]
-
-        def read(item: tuple[str, int]) -> pa.Table:
-            return pq.ParquetFile(item[0]).read_row_group(item[1], columns=cols)
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(read, wanted[0])
-            for item in [*wanted[1:], None]:
-                table = future.result()
-                if item is not None:
-                    future = pool.submit(read, item)
-                yield from table.combine_chunks().to_batches(max_chunksize=ROWS_PER_BATCH)
+        table = pq.ParquetFile(item[0]).read_row_group(item[1], columns=cols, use_threads=False)
+        return table.combine_chunks().to_batches(max_chunksize=ROWS_PER_BATCH)
 
 
 def expert_window(
@@ -510,17 +503,19 @@ def expert_window(
     step_hi: int,
     ranks_per_node: int,
 ) -> ExpertWindow:
-    """Count the routing of replayed steps ``step_lo .. step_hi - 1`` of one phase."""
+    """Count the routing of replayed steps ``step_lo .. step_hi - 1`` of one phase.
+
+    Row groups are read and counted by ``WORKERS`` threads, each into its own counters (Parquet
+    decoding and most numpy kernels release the GIL); the counters are summed at the end.
+    """
     W = step_hi - step_lo
     L = len(source.layers)
     R = schedule.num_ranks
     spr = placement.slots_per_rank
     S = R * spr
     Q = -(-R // ranks_per_node)
+    K = source.top_k
     phase_code = PHASES.index(schedule.phase)
-    pairs = np.zeros(W * L * R * S, dtype=np.int64)
-    dup_rank = np.zeros(W * L * R * R, dtype=np.int64)
-    dup_node = np.zeros(W * L * R * Q, dtype=np.int64)
     layer_pos = np.full(max(source.layers) + 1, -1, dtype=np.int64)
     layer_pos[list(source.layers)] = np.arange(L)
     E = placement.num_experts
@@ -535,59 +530,59 @@ def expert_window(
     if single:
         for li, pi in enumerate(sources):
             slot_of[li * E + placement.phy2log[pi]] = np.arange(S)
-    counters = _Counters(
-        pairs=pairs,
-        dup_rank=dup_rank,
-        dup_node=dup_node,
-        L=L,
-        R=R,
-        S=S,
-        Q=Q,
-        dst_of_slot=(np.arange(S) // spr).astype(slot_dtype),
-        node_of_rank=(np.arange(R) // ranks_per_node).astype(slot_dtype),
-        spr_shift=spr.bit_length() - 1 if spr & (spr - 1) == 0 else -1,
-    )
-    ranges = _trace_step_ranges(tokens, schedule, step_lo, step_hi)
-    K = source.top_k
-    stash: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for batch in source.batches(ranges) if ranges else ():
-        if batch.num_rows == 0:
-            continue
-        layer = batch.column("layer").to_numpy().astype(np.int64)
-        in_range = layer < layer_pos.size
-        lpos = np.where(in_range, layer_pos[np.minimum(layer, layer_pos.size - 1)], -1)
+    shift = spr.bit_length() - 1 if spr & (spr - 1) == 0 else -1
+
+    def new_counters() -> _Counters:
+        return _Counters(
+            pairs=np.zeros(W * L * R * S, dtype=np.int64),
+            dup_rank=np.zeros(W * L * R * R, dtype=np.int64),
+            dup_node=np.zeros(W * L * R * Q, dtype=np.int64),
+            L=L,
+            R=R,
+            S=S,
+            Q=Q,
+            dst_of_slot=(np.arange(S) // spr).astype(slot_dtype),
+            node_of_rank=(np.arange(R) // ranks_per_node).astype(slot_dtype),
+            spr_shift=shift,
+        )
+
+    def rows(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(window step, layer position, replayed source rank, expert ids [n, K]) of a batch's rows."""
+        layer = batch.column("layer").to_numpy()
+        if int(layer.min()) < 0 or int(layer.max()) >= layer_pos.size:  # rows of layers not replayed
+            inside = (layer >= 0) & (layer < layer_pos.size)
+            lpos = np.where(inside, np.take(layer_pos, np.clip(layer, 0, layer_pos.size - 1)), -1)
+        else:
+            lpos = np.take(layer_pos, layer)
         code, pos = index.lookup(
             batch.column("rank").to_numpy(),
             batch.column("step").to_numpy(),
             batch.column("token_index").to_numpy(),
         )
         keep = (code == phase_code) & (lpos >= 0)
-        pos = np.where(keep, pos, 0)  # positions of other phases index another stream
-        ids = batch.column("expert_ids").values.to_numpy().reshape(-1, K)
-        # A row is replayed once per copy of the stream that lands in this window.
-        rows: list[np.ndarray | None] = []
-        steps: list[np.ndarray] = []
-        ranks: list[np.ndarray] = []
+        all_kept = bool(keep.all())
+        if not all_kept:
+            pos = np.where(keep, pos, 0)  # positions of other phases index another stream
+        ids = batch.column("expert_ids").flatten().to_numpy().reshape(-1, K)
+        parts: list[tuple[np.ndarray | None, np.ndarray, np.ndarray]] = []
         for c in range(schedule.step.shape[0]):
-            st = np.where(keep, schedule.step[c, pos], -1)
-            inside = (st >= step_lo) & (st < step_hi)
-            if inside.all():
-                rows.append(None)
-                steps.append(st - step_lo)
-                ranks.append(schedule.rank[c, pos])
+            st = np.take(schedule.step[c], pos)
+            if not all_kept:
+                st = np.where(keep, st, -1)
+            if int(st.min()) >= step_lo and int(st.max()) < step_hi:  # the whole batch: no copy
+                parts.append((None, st - step_lo, np.take(schedule.rank[c], pos)))
                 continue
-            sel = np.nonzero(inside)[0]
+            sel = np.flatnonzero((st >= step_lo) & (st < step_hi))
             if sel.size:
-                rows.append(sel)
-                steps.append(st[sel] - step_lo)
-                ranks.append(schedule.rank[c, pos[sel]])
-        if not rows:
-            continue
-        if len(rows) == 1 and rows[0] is None:
-            w, src, lrow, chosen = steps[0], ranks[0], lpos, ids
+                parts.append((sel, st[sel] - step_lo, schedule.rank[c, pos[sel]]))
+        if not parts:
+            return None
+        if len(parts) == 1 and parts[0][0] is None:
+            w, src, lrow, chosen = parts[0][1], parts[0][2], lpos, ids
         else:
-            row = np.concatenate([np.arange(ids.shape[0]) if r is None else r for r in rows])
-            w, src = np.concatenate(steps), np.concatenate(ranks)
+            row = np.concatenate([np.arange(ids.shape[0]) if r is None else r for r, _, _ in parts])
+            w = np.concatenate([x for _, x, _ in parts])
+            src = np.concatenate([x for _, _, x in parts])
             lrow, chosen = lpos[row], ids[row]
         lo_id, hi_id = (int(chosen.min()), int(chosen.max())) if chosen.size else (0, 0)
         if lo_id < 0 or hi_id >= E:
@@ -595,16 +590,47 @@ def expert_window(
                 f"{source.trace.path}: routing holds expert ids {lo_id}..{hi_id} outside 0..{E - 1}; "
                 "the trace does not match its model's expert count"
             )
-        if not single:
-            stash.append((w, lrow, src, chosen))
-            continue
-        ids_t = np.ascontiguousarray(chosen.T)  # [K, n]: one contiguous column per choice
-        slots_t = ids_t if identity else slot_of[(lrow * E)[None, :] + ids_t]
-        _count(counters, w, lrow, src, slots_t)
+        return w, lrow, src, chosen
+
+    local = threading.local()
+    made: list[_Counters] = []
+    stash: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}
+
+    def work(job: tuple[int, tuple[str, int]]) -> None:
+        order, item = job
+        for batch in source.read(item):
+            got = rows(batch)
+            if got is None:
+                continue
+            w, lrow, src, chosen = got
+            if not single:
+                stash.setdefault(order, []).append(got)
+                continue
+            counters = getattr(local, "counters", None)
+            if counters is None:
+                counters = local.counters = new_counters()
+                made.append(counters)
+            ids_t = np.ascontiguousarray(chosen.T)  # [K, n]: one contiguous column per choice
+            slots_t = ids_t if identity else slot_of[(lrow * E)[None, :] + ids_t]
+            _count(counters, w, lrow, src, slots_t)
+
+    ranges = _trace_step_ranges(tokens, schedule, step_lo, step_hi)
+    jobs = list(enumerate(source.row_groups_in(ranges))) if ranges else []
+    if len(jobs) > 1 and WORKERS > 1:
+        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            list(pool.map(work, jobs))
+    else:
+        for job in jobs:
+            work(job)
+    total = made[0] if made else new_counters()
+    for extra in made[1:]:
+        for name in ("pairs", "dup_rank", "dup_node"):
+            np.add(getattr(total, name), getattr(extra, name), out=getattr(total, name))
     if stash:
         # Replicas: one route_to_slots call per (step, layer) dispatch with all of its tokens in
         # (source rank, row) order, so the round-robin among replicas follows the documented rule.
-        w, lrow, src, chosen = (np.concatenate(x) for x in zip(*stash, strict=True))
+        ordered = [x for key in sorted(stash) for x in stash[key]]
+        w, lrow, src, chosen = (np.concatenate(x) for x in zip(*ordered, strict=True))
         slots = np.empty(chosen.shape, dtype=np.int64)
         order = np.lexsort((np.arange(w.size), src, lrow, w))
         group = (w * L + lrow)[order]
@@ -612,12 +638,12 @@ def expert_window(
         for part in np.split(order, cuts):
             layer_id = source.layers[int(lrow[part[0]])]
             slots[part] = route_to_slots(placement, layer_id, chosen[part], src[part], ranks_per_node)
-        _count(counters, w, lrow, src, np.ascontiguousarray(slots.T))
+        _count(total, w, lrow, src, np.ascontiguousarray(slots.T))
     return ExpertWindow(
         steps=np.arange(step_lo, step_hi),
-        pairs=pairs.reshape(W, L, R, S),
-        dup_rank=dup_rank.reshape(W, L, R, R),
-        dup_node=dup_node.reshape(W, L, R, Q),
+        pairs=total.pairs.reshape(W, L, R, S),
+        dup_rank=total.dup_rank.reshape(W, L, R, R),
+        dup_node=total.dup_node.reshape(W, L, R, Q),
         slots_per_rank=spr,
         ranks_per_node=ranks_per_node,
         top_k=K,
