@@ -238,3 +238,44 @@ def test_cli_stats_with_a_placement_file(routed: tuple[Path, np.ndarray], tmp_pa
         cli, ["stats", str(path), "--placement", str(tmp_path / "p.parquet"), "--ep", "4"]
     )
     assert res.exit_code == 2 and "differs" in res.output
+
+
+def test_expert_load_only_trace(routed: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    """Aggregate sources (no routing): load columns as usual, per-token columns null; fit still works."""
+    _, ids = routed
+    arch = tiny_arch(num_experts=E, top_k=K, num_layers=3)
+    load = loads_of(ids)
+    with TraceWriter(tmp_path / "agg", tiny_manifest(arch)) as w:
+        for s in range(STEPS):
+            for li, layer in enumerate(arch.moe_layers):
+                w.append(
+                    "expert_load",
+                    {
+                        "step": np.full(E, s, np.int32),
+                        "layer": np.full(E, layer, np.int16),
+                        "expert": np.arange(E, dtype=np.int16),
+                        "num_tokens": load[s, li].astype(np.int64),
+                    },
+                )
+    st = compute_stats(tmp_path / "agg")
+    full = compute_stats(routed[0])
+    assert st.layers["gini"].to_list() == pytest.approx(full.layers["gini"].to_list())
+    assert st.layers["coact_nmi"].to_list() == [None, None]
+    assert st.pairs.height == 0
+
+    from tracekit.synth import SynthConfig, parse_spec, synthesize
+
+    res = synthesize(
+        SynthConfig(
+            arch=arch,
+            spec=parse_spec(f"fitted:{tmp_path / 'agg'}"),
+            phase="decode",
+            tokens_per_step=200,
+            steps=10,
+            seed=0,
+        ),
+        tmp_path / "syn",
+    )
+    assert res.detail["model_params"]["cluster_strength"] == 0.0
+    got = compute_stats(res.path).layers["gini"].to_list()
+    assert got == pytest.approx(full.layers["gini"].to_list(), rel=0.1)

@@ -486,7 +486,7 @@ def _routing_stats(
     col = table.column("expert_ids").combine_chunks()
     if not isinstance(col, pa.FixedSizeListArray):
         raise SchemaError(f"{tr.path}: routing.expert_ids is not a fixed-size list")
-    ids_all = col.flatten().to_numpy(zero_copy_only=False).astype(np.int64).reshape(-1, top_k)
+    ids_all = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, top_k)
     layer_col = table.column("layer").to_numpy().astype(np.int64)
     key = (
         (table.column("rank").to_numpy().astype(np.int64) << 44)
@@ -498,7 +498,7 @@ def _routing_stats(
     routed_layers = [ly for ly in layers if ly in bounds]
     for i, layer in enumerate(routed_layers):
         a, b = bounds[layer]
-        ids = ids_all[a:b]
+        ids = ids_all[a:b].astype(np.int64)
         sampled[layer] = int(b - a)
         cm = m.coactivation_counts(ids, num_experts)
         coact[layer] = {"nmi": m.normalized_mutual_information(cm)}
