@@ -485,11 +485,28 @@ class RoutingSource:
             (f, i) for f, i, lo, hi in self.row_groups if any(lo <= b and hi >= a for a, b in step_ranges)
         ]
 
+    @cached_property
+    def _recent(self) -> tuple[threading.Lock, dict[tuple[str, int], list[pa.RecordBatch]]]:
+        return threading.Lock(), {}
+
     def read(self, item: tuple[str, int]) -> list[pa.RecordBatch]:
-        """The routing columns of one row group, in batches of at most ``ROWS_PER_BATCH`` rows."""
+        """The routing columns of one row group, in batches of at most ``ROWS_PER_BATCH`` rows.
+
+        The last few row groups read are kept: a row group that straddles two windows of replayed
+        steps is decoded once, not once per window."""
+        lock, recent = self._recent
+        with lock:
+            hit = recent.get(item)
+        if hit is not None:
+            return hit
         cols = ["rank", "step", "layer", "token_index", "expert_ids"]
         table = pq.ParquetFile(item[0]).read_row_group(item[1], columns=cols, use_threads=False)
-        return table.combine_chunks().to_batches(max_chunksize=ROWS_PER_BATCH)
+        batches = table.combine_chunks().to_batches(max_chunksize=ROWS_PER_BATCH)
+        with lock:
+            recent[item] = batches
+            while len(recent) > 2 * WORKERS:
+                recent.pop(next(iter(recent)))
+        return batches
 
 
 def expert_window(
