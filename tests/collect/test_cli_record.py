@@ -143,6 +143,10 @@ def test_missing_prompt_file_and_bad_numbers(tmp_path: Path) -> None:
     )
     assert "--max-new-tokens" in _one_line_error(CliRunner().invoke(cli, [*base, "--max-new-tokens", "0"]))
     assert "dtype" in _one_line_error(CliRunner().invoke(cli, [*base, "--dtype", "float8"]))
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "--device cpu" in _one_line_error(CliRunner().invoke(cli, [*base, "--device", "cuda"]))
 
 
 @pytest.mark.skipif(

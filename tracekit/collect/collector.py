@@ -17,7 +17,6 @@ Shape legend: L hooked MoE layers, T tokens of the step, K top-k, E routed exper
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,7 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from tracekit.collect import env
 from tracekit.collect.arch import model_arch
+from tracekit.collect.requests import RequestLog
 from tracekit.collect.sites import MoESite, find_moe_sites
 from tracekit.errors import CollectorError, UsageError
 from tracekit.schema import Manifest, ParallelLayout
@@ -77,15 +78,6 @@ class _Pending:
 
 
 @dataclass(kw_only=True)
-class _Request:
-    first_step: int
-    prompt_tokens: int = 0
-    decode_tokens: int = 0
-    last_step: int = 0
-    output_tokens: int | None = None
-
-
-@dataclass(kw_only=True)
 class _StepTokens:
     """Per-token metadata of the open step (device tensors or host arrays, length T)."""
 
@@ -130,13 +122,15 @@ class RoutingCollector:
         self.out = Path(out)
         self.rank = rank
         config = getattr(model, "config", None)
-        self.model_name = name or _model_name(model, config)
+        self.model_name = name or env.model_name(model, config)
         self.sites = list(sites) if sites is not None else find_moe_sites(model, model_name=self.model_name)
         self.layers = tuple(s.layer for s in self.sites)
-        self.top_k = int(top_k or _config_int(config, "num_experts_per_tok", "moe_topk", "top_k") or 0)
+        self.top_k = int(top_k or env.config_int(config, "num_experts_per_tok", "moe_topk", "top_k") or 0)
         self.num_experts = int(
             num_experts
-            or _config_int(config, "num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+            or env.config_int(
+                config, "num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"
+            )
             or 0
         )
         if self.top_k < 1 or self.num_experts < 1:
@@ -144,20 +138,15 @@ class RoutingCollector:
                 f"{self.model_name}: cannot read top_k / number of experts from the model config; "
                 "pass top_k= and num_experts= to the collector"
             )
-        self.device = _model_device(model)
+        self.device = env.model_device(model)
         self._cuda = self.device.type == "cuda"
-        dtype = (
-            str(next(model.parameters()).dtype).removeprefix("torch.")
-            if any(True for _ in model.parameters())
-            else "unknown"
-        )
         arch = model_arch(
-            _text_config(config) if config is not None else _NoConfig(),
+            env.text_config(config) if config is not None else _NoConfig(),
             name=self.model_name,
             moe_layers=self.layers,
             top_k=self.top_k,
             num_experts=self.num_experts,
-            dtype=dtype,
+            dtype=env.model_dtype(model),
         )
         detail = {
             "collector": "tracekit.collect.RoutingCollector",
@@ -175,8 +164,8 @@ class RoutingCollector:
             source_detail=detail,
             parallel=parallel
             or ParallelLayout(world_size=world_size, ep_size=world_size, dp_size=world_size),
-            hardware=_hardware(self.device),
-            software=_software(),
+            hardware=env.hardware(self.device),
+            software=env.software(),
             clock=(
                 "CUDA events, relative to an event recorded when the collector started"
                 if self._cuda
@@ -198,11 +187,13 @@ class RoutingCollector:
         self._pending: deque[_Pending] = deque()
         self._pinned: list[torch.Tensor | None] = [None, None]
         self._pinned_next = 0
-        self._requests: dict[int, _Request] = {}
+        self._requests = RequestLog()
         self._step_times: dict[int, tuple[int, int]] = {}
         self._padding_dropped = 0
         self._closed = False
         self._handles: list[Any] = []
+        #: Host time spent in the collector on the model's thread (hooks, begin/end_step), in ns.
+        self.host_time_ns = 0
         self._flush_interval_ns = int(flush_interval_s * 1e9)
         self._last_flush_ns = time.monotonic_ns()
         if self._cuda:
@@ -220,7 +211,9 @@ class RoutingCollector:
             if reg.when == "before":
 
                 def pre(mod: nn.Module, args: Any, kwargs: Any, _l: int = layer, _r: Any = reg) -> None:
+                    t0 = time.perf_counter_ns()
                     self._capture(_l, _r.extractor(mod, args, kwargs, None), args)
+                    self.host_time_ns += time.perf_counter_ns() - t0
 
                 self._handles.append(site.module.register_forward_pre_hook(pre, with_kwargs=True))
             else:
@@ -228,7 +221,9 @@ class RoutingCollector:
                 def post(
                     mod: nn.Module, args: Any, kwargs: Any, output: Any, _l: int = layer, _r: Any = reg
                 ) -> None:
+                    t0 = time.perf_counter_ns()
                     self._capture(_l, _r.extractor(mod, args, kwargs, output), args)
+                    self.host_time_ns += time.perf_counter_ns() - t0
 
                 self._handles.append(site.module.register_forward_hook(post, with_kwargs=True))
 
@@ -289,6 +284,17 @@ class RoutingCollector:
 
     # -- steps ------------------------------------------------------------------------------------
     @property
+    def writer(self) -> TraceWriter:
+        """The shard's trace writer (other collectors of the same run append their tables to it)."""
+        return self._writer
+
+    @property
+    def clock_origin(self) -> Any:
+        """Origin of the ``*_ns`` times: the CUDA event recorded at start on a GPU, else the
+        ``perf_counter_ns`` value at start."""
+        return self._origin
+
+    @property
     def step(self) -> int:
         """Index of the next step to begin (steps are numbered from 0)."""
         return self._step
@@ -305,6 +311,7 @@ class RoutingCollector:
         """Open a step. Per-token arguments have one entry per routed token, in batch order:
         ``request_ids`` (host), ``positions`` and ``keep`` (False: padding, not recorded; device or
         host). ``phase`` is prefill, decode or mixed (tokens' is_prefill is null for mixed)."""
+        t0 = time.perf_counter_ns()
         if self._closed:
             raise UsageError(f"{self.out}: the collector is closed")
         if phase is not None and phase not in PHASES:
@@ -317,6 +324,7 @@ class RoutingCollector:
             info=info,
         )
         self._open_start = self._now()
+        self.host_time_ns += time.perf_counter_ns() - t0
 
     def abandon_step(self) -> None:
         """Drop the open step (its forward failed); nothing of it is written."""
@@ -324,30 +332,36 @@ class RoutingCollector:
 
     def end_step(self) -> None:
         """Close the open step: stack its routing on the device and start the copy to the host."""
+        t0 = time.perf_counter_ns()
+        try:
+            self._end_step()
+        finally:
+            self.host_time_ns += time.perf_counter_ns() - t0
+
+    def _end_step(self) -> None:
         st = self._open
         if st is None:
             raise UsageError("end_step() without begin_step()")
         self._open = None
         end = self._now()
         missing = [s.module_name for s in self.sites if s.layer not in st.calls]
-        if len(missing) == len(self.sites):
-            return  # a forward without MoE layers (e.g. an empty batch): not a step
         if missing:
             raise CollectorError(
-                f"{self.model_name}: step {self._step}: {len(missing)} hooked MoE module(s) did not run "
-                f"(first: {missing[0]}); a kernel may have replaced their forward; record with the eager "
-                "transformers implementation, or register another module with tracekit.collect.register_moe"
+                f"{self.model_name}: step {self._step}: {len(missing)} of {len(self.sites)} hooked MoE "
+                f"module(s) did not run (first: {missing[0]}); a fused kernel, CUDA graph or torch.compile "
+                "may have replaced their forward; record with the eager transformers implementation, or "
+                "register the module that does run with tracekit.collect.register_moe"
             )
         ids_per_layer: list[torch.Tensor] = []
         w_per_layer: list[torch.Tensor | None] = []
         for s in self.sites:
-            calls = st.calls[s.layer]
+            calls = [(i.to(self.device, non_blocking=True), w) for i, w in st.calls[s.layer]]
             ids_per_layer.append(calls[0][0] if len(calls) == 1 else torch.cat([c[0] for c in calls]))
-            ws = [c[1] for c in calls]
-            if any(w is None for w in ws):
+            ws = [c[1].to(self.device, non_blocking=True) for c in calls if c[1] is not None]
+            if len(ws) < len(calls):
                 w_per_layer.append(None)
             else:
-                w_per_layer.append(ws[0] if len(ws) == 1 else torch.cat(ws))  # type: ignore[arg-type]
+                w_per_layer.append(ws[0] if len(ws) == 1 else torch.cat(ws))
         num_tokens = {int(i.shape[0]) for i in ids_per_layer}
         if len(num_tokens) != 1:
             raise CollectorError(
@@ -517,7 +531,7 @@ class RoutingCollector:
             },
         )
         if req is not None:
-            self._note_requests(p.step, req, p.is_prefill)
+            self._requests.note_step(p.step, req, p.is_prefill)
 
     def _check_values(self, step: int, ids: np.ndarray, w: np.ndarray | None) -> None:
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_experts):
@@ -533,25 +547,11 @@ class RoutingCollector:
                 "(check the dtype and weights of the model)"
             )
 
-    def _note_requests(self, step: int, req: np.ndarray, is_prefill: bool | None) -> None:
-        uniq, counts = np.unique(req, return_counts=True)
-        for r, c in zip(uniq.tolist(), counts.tolist(), strict=True):  # one entry per request, not token
-            st = self._requests.get(r)
-            if st is None:
-                st = self._requests[r] = _Request(first_step=step)
-            if is_prefill:
-                st.prompt_tokens += c
-            elif is_prefill is False:
-                st.decode_tokens += c
-            st.last_step = step
-
     def set_output_tokens(self, request_ids: Sequence[int], output_tokens: Sequence[int]) -> None:
         """Tell the collector how many tokens each request really generated (e.g. up to its EOS);
         without it, a request's output is its decode tokens + 1."""
         self.flush_pending()
-        for r, n in zip(request_ids, output_tokens, strict=True):
-            if int(r) in self._requests:
-                self._requests[int(r)].output_tokens = int(n)
+        self._requests.set_output_tokens(request_ids, output_tokens)
 
     def flush(self) -> None:
         """Process the steps in flight and write every buffered row as part files (a checkpoint:
@@ -587,36 +587,8 @@ class RoutingCollector:
         return self.out
 
     def _write_requests(self) -> None:
-        if not self._requests:
-            return
-        ids = np.fromiter(self._requests, dtype=np.int64, count=len(self._requests))
-        reqs = list(self._requests.values())
-        first = np.array([r.first_step for r in reqs])
-        prompt = np.array([r.prompt_tokens for r in reqs], dtype=np.int32)
-        out = np.array(
-            [r.output_tokens if r.output_tokens is not None else r.decode_tokens + 1 for r in reqs],
-            dtype=np.int32,
-        )
-        last = np.array([r.last_step for r in reqs])
-        finish_step = np.minimum(first + np.maximum(out, 1) - 1, last)
-        start = np.array([self._step_times.get(int(s), (0, 0))[0] for s in first], dtype=np.int64)
-        first_end = np.array([self._step_times.get(int(s), (0, 0))[1] for s in first], dtype=np.int64)
-        finish = np.array([self._step_times.get(int(s), (0, 0))[1] for s in finish_step], dtype=np.int64)
-        had_prompt = prompt > 0
-        self._writer.append(
-            "requests",
-            {
-                "request_id": ids,
-                "rank": np.full(ids.size, self.rank, np.int32),
-                "arrival_ns": start,
-                "prompt_tokens": prompt,
-                "output_tokens": out,
-                "first_token_ns": [
-                    int(t) if ok else None for t, ok in zip(first_end, had_prompt, strict=True)
-                ],
-                "finish_ns": finish,
-            },
-        )
+        if len(self._requests):
+            self._writer.append("requests", self._requests.columns(self._step_times, self.rank))
 
     def __enter__(self) -> RoutingCollector:
         return self
@@ -629,67 +601,9 @@ class _NoConfig:
     model_type = "unknown"
 
 
-def _text_config(config: Any) -> Any:
-    get = getattr(config, "get_text_config", None)
-    return get() if callable(get) else config
-
-
-def _config_int(config: Any, *names: str) -> int | None:
-    if config is None:
-        return None
-    config = _text_config(config)
-    for n in names:
-        v = getattr(config, n, None)
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
-    return None
-
-
-def _model_name(model: nn.Module, config: Any) -> str:
-    path = getattr(config, "_name_or_path", "") if config is not None else ""
-    if path:
-        return Path(str(path)).name or str(path)
-    return type(model).__name__
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def _as_device(x: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
     if x is None:
         return None
     if isinstance(x, torch.Tensor):
         return x.reshape(-1).to(device=device, dtype=dtype, non_blocking=True)
     return torch.as_tensor(np.asarray(x).reshape(-1)).to(device=device, dtype=dtype)
-
-
-def _hardware(device: torch.device) -> dict[str, Any]:
-    hw: dict[str, Any] = {"cpu": platform.processor() or platform.machine()}
-    if device.type == "cuda":
-        hw["device"] = torch.cuda.get_device_name(device)
-        hw["device_count"] = torch.cuda.device_count()
-    else:
-        hw["device"] = "cpu"
-        hw["device_count"] = 1
-        hw["cpu_threads"] = torch.get_num_threads()
-    return hw
-
-
-def _software() -> dict[str, Any]:
-    import tracekit
-
-    sw: dict[str, Any] = {
-        "tracekit": tracekit.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        import transformers
-
-        sw["transformers"] = transformers.__version__
-    except ImportError:  # transformers is optional for hand-written models
-        pass
-    return sw

@@ -10,6 +10,7 @@ per batch: a step with an empty cache starts a new batch whose rows get the next
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -55,6 +56,13 @@ class ForwardRecorder:
         self._handles.clear()
 
     def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        t0, before = time.perf_counter_ns(), self.collector.host_time_ns
+        try:
+            self._begin(module, args, kwargs)
+        finally:  # begin_step counts its own time too: count the whole hook once
+            self.collector.host_time_ns = before + time.perf_counter_ns() - t0
+
+    def _begin(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._depth += 1
         if self._depth > 1:  # the model calling itself: one step
             return
