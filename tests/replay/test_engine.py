@@ -231,3 +231,23 @@ def test_placement_file_and_tensor_parallel_attention(tmp_path: Path) -> None:
     assert (r["tp_comm_s"] > 0).all()
     assert r["attention_s"][0] == r["attention_s"][1] and r["attention_s"][2] == r["attention_s"][3]
     assert tp.run["dp"][0] == 2 and tp.run["tp"][0] == 2
+
+
+def test_two_batch_overlap_hides_communication_and_reads_weights_twice(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    ids = random_ids(rng, (1, 2, 2, 64), 32, 4)
+    write_ranked_trace(tmp_path / "t", ids, num_experts=32)
+    base = Deployment(hw="h200-sxm", ep=16, batch_per_gpu=8, impl="nccl")
+    off = replay(tmp_path / "t", base)
+    on = replay(tmp_path / "t", base.replace(tbo=True))
+    moe_off = off.ranks.filter(pl.col("layer") >= 1)
+    moe_on = on.ranks.filter(pl.col("layer") >= 1)
+    # without overlap every second of communication is exposed; with it, only what compute cannot hide
+    assert (moe_off["exposed_comm_s"] == moe_off["comm_s"]).all()
+    np.testing.assert_allclose(
+        moe_on["exposed_comm_s"], np.maximum(moe_on["comm_s"] - moe_on["compute_s"], 0.0), rtol=1e-12
+    )
+    assert on.steps["hidden_comm_s"].sum() > 0 and off.steps["hidden_comm_s"].sum() == 0
+    # two micro-batches: an expert with tokens in both halves has its weights read twice
+    assert moe_on["weight_bytes"].sum() > moe_off["weight_bytes"].sum()
+    assert set(on.run["tbo"].to_list()) == {True}
