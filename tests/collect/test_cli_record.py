@@ -188,3 +188,42 @@ def test_killed_mid_generation_leaves_a_readable_incomplete_trace(tmp_path: Path
     written = tr.routing.group_by("step").len().sort("step")
     steps = tr.steps.filter(tr.steps["step"].is_in(written["step"].to_list())).sort("step")
     assert (written["len"].to_numpy() == steps["num_tokens"].to_numpy() * 2).all()
+
+
+def test_record_a_local_model_directory_with_its_own_tokenizer(tmp_path: Path) -> None:
+    """A model directory saved with save_pretrained (weights + tokenizer) records like a preset;
+    prompt lengths are the directory tokenizer's own."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from tracekit.collect.presets import build_preset
+
+    d = tmp_path / "my-olmoe"
+    build_preset("tiny-olmoe", seed=5).save_pretrained(d)
+    chars = [chr(c) for c in range(32, 127)]
+    vocab = {
+        "<pad>": 0,
+        "<s>": 1,
+        "</s>": 2,
+        **{c: i + 3 for i, c in enumerate(chars)},
+        "<unk>": 3 + len(chars),
+    }
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(d)
+    prompts = ["short one", "a somewhat longer prompt here"]
+    out = tmp_path / "t"
+    args = ["record", "--model", str(d), "--prompts", str(_prompt_file(tmp_path, prompts))]
+    r = CliRunner().invoke(cli, [*args, "--max-new-tokens", "4", "--batch-size", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert tracekit.validate(out).ok
+    tr = read_trace(out)
+    lens = [len(x) for x in AutoTokenizer.from_pretrained(str(d))(prompts)["input_ids"]]
+    assert tr.requests is not None
+    assert tr.requests["prompt_tokens"].to_list() == lens
+    assert tr.steps["num_tokens"][0] == sum(lens)
+    assert all(1 <= n <= 4 for n in tr.requests["output_tokens"].to_list())
+    m = tracekit.open_trace(out).manifest
+    assert m.model.name == "my-olmoe" and (m.model.num_experts, m.model.top_k) == (64, 8)
