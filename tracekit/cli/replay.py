@@ -137,6 +137,22 @@ def _summary_rows(s: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _progress() -> Callable[[str, int, int], None] | None:
+    """A one-line progress display on stderr when it is a terminal."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+
+    def show(phase: str, done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        click.echo(f"\rreplaying {phase}: step {done}/{total}", err=True, nl=False)
+        if end:
+            click.echo("", err=True)
+
+    return show
+
+
 def _ms(v: Any) -> float | None:
     return None if v is None else float(v) * 1e3
 
@@ -193,7 +209,7 @@ def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phas
     else:
         if prefill_hw or prefill_ep or prefill_gpus:
             raise UsageError("--prefill-hw, --prefill-ep and --prefill-gpus need --disagg")
-        res = run_replay(trace, dep, phases=list(phases) or None)
+        res = run_replay(trace, dep, phases=list(phases) or None, progress=_progress())
     if out is not None:
         write_result(res, out, overwrite=force)
     if as_json:

@@ -12,7 +12,7 @@ ranks, ``S`` slots, ``P`` sequences per cell.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,6 +255,7 @@ def _replay_phase(
     source: RoutingSource,
     pool: str,
     collect_ranks: bool,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> _PhaseOut:
     hw, arch, dep = su.hw, su.arch, su.dep
     prec = dep.precision
@@ -596,8 +597,11 @@ def replay(
     phases: Iterable[str] | None = None,
     pool: str = "all",
     collect_ranks: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ReplayResult:
-    """Re-time ``trace`` under ``deployment``; see docs/replay.md for the model and the tables."""
+    """Re-time ``trace`` under ``deployment``; see docs/replay.md for the model and the tables.
+
+    ``progress(phase, steps_done, steps_total)`` is called before each window of replayed steps."""
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     su = _setup(tr, deployment)
     dep = su.dep
@@ -632,7 +636,10 @@ def replay(
             source=source,
             pool=pool,
             collect_ranks=collect_ranks,
+            progress=progress,
         )
+        if progress is not None:
+            progress(phase, schedule.num_steps, schedule.num_steps)
         steps = pl.concat(out.steps)
         steps = _attach_measured(su, steps, schedule)
         step_frames.append(steps)
