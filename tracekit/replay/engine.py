@@ -281,6 +281,8 @@ def _replay_phase(
     for lo in range(0, schedule.num_steps, wsize):
         hi = min(schedule.num_steps, lo + wsize)
         W = hi - lo
+        if progress is not None:
+            progress(phase, lo, schedule.num_steps)
         ew = expert_window(
             source,
             index,
