@@ -107,7 +107,8 @@ def test_dispatch_bytes_equal_per_peer_counts_of_routing_and_placement(
     got = peers["tokens"].to_numpy().reshape(2, R, R)
     np.testing.assert_array_equal(got, expected)
     per_token = 66  # fp8: 64 bytes of hidden state + one fp32 scale per 128 values (64 / 128 x 4 = 2)
-    assert (peers["dispatch_bytes"].to_numpy() == peers["tokens"].to_numpy() * per_token).all()
+    remote = (peers["src_rank"] != peers["dst_rank"]).to_numpy()
+    assert (peers["dispatch_bytes"].to_numpy() == peers["tokens"].to_numpy() * per_token * remote).all()
     off = expected * (1 - np.eye(R, dtype=np.int64))
     sent = (
         res.ranks.filter(pl.col("layer") >= 1).group_by("layer", "rank").agg(pl.col("dispatch_bytes").sum())

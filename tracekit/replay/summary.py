@@ -44,6 +44,7 @@ def peers_frame(su: _Setup, out: _PhaseOut, pool: str, phase: str) -> pl.DataFra
     ti, si, di = np.meshgrid(moe_t, np.arange(R), np.arange(R), indexing="ij")
     dom = su.hw.scaleup_size
     link = np.where(si == di, "local", np.where(si // dom == di // dom, "nvlink", "network"))
+    sent = si != di  # a rank does not send to itself: local pairs carry no bytes
     bpd = payload_bytes_per_token(su.dep.precision.dispatch, arch.hidden_size)
     bpc = payload_bytes_per_token(su.dep.precision.combine, arch.hidden_size)
     return pl.DataFrame(
@@ -54,8 +55,8 @@ def peers_frame(su: _Setup, out: _PhaseOut, pool: str, phase: str) -> pl.DataFra
             "src_rank": si.reshape(-1).astype(np.int32),
             "dst_rank": di.reshape(-1).astype(np.int32),
             "tokens": toks.reshape(-1).astype(np.int64),
-            "dispatch_bytes": (toks * bpd).reshape(-1).astype(np.int64),
-            "combine_bytes": (toks * bpc).reshape(-1).astype(np.int64),
+            "dispatch_bytes": (toks * sent * bpd).reshape(-1).astype(np.int64),
+            "combine_bytes": (toks * sent * bpc).reshape(-1).astype(np.int64),
             "link": link.reshape(-1),
         }
     )
