@@ -165,7 +165,7 @@ def test_part_files_flush_by_rows_and_memory_stays_bounded(tmp_path: Path) -> No
     model = ToyModel()
     out = tmp_path / "t"
     n_steps = 30
-    with RoutingCollector(model, out, rows_per_part=20) as col:
+    with RoutingCollector(model, out, rows_per_part=20, host_batch_steps=1) as col:
         for _ in range(n_steps):
             col.begin_step(phase="decode")
             with torch.no_grad():

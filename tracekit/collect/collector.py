@@ -30,6 +30,7 @@ from torch import nn
 
 from tracekit.collect import env
 from tracekit.collect.arch import model_arch
+from tracekit.collect.batching import ColumnBatcher
 from tracekit.collect.requests import RequestLog
 from tracekit.collect.sites import MoESite, find_moe_sites
 from tracekit.errors import CollectorError, UsageError
@@ -96,6 +97,8 @@ class RoutingCollector:
     :meth:`end_step` after it, then :meth:`close`. :func:`tracekit.collect.record` does this around
     each forward of a transformers model. ``rank``/``world_size`` make each expert-parallel rank write
     its own shard of one trace. ``top_k``/``num_experts`` are read from the model's config unless given.
+    Processed steps are handed to the writer every ``host_batch_steps`` steps (fewer, larger
+    conversions); parts are written every ``rows_per_part`` rows and every ``flush_interval_s``.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class RoutingCollector:
         overwrite: bool = False,
         rows_per_part: int | None = None,
         flush_interval_s: float = 30.0,
+        host_batch_steps: int = 32,
         trace_id: str | None = None,
         sites: Sequence[MoESite] | None = None,
     ) -> None:
@@ -188,6 +192,7 @@ class RoutingCollector:
         self._pinned: list[torch.Tensor | None] = [None, None]
         self._pinned_next = 0
         self._requests = RequestLog()
+        self._batch = ColumnBatcher(self._writer.append, max_steps=max(1, host_batch_steps))
         self._step_times: dict[int, tuple[int, int]] = {}
         self._padding_dropped = 0
         self._closed = False
@@ -426,6 +431,7 @@ class RoutingCollector:
             self._process(self._pending.popleft())
         now = time.monotonic_ns()
         if now - self._last_flush_ns >= self._flush_interval_ns:
+            self._batch.drain()
             self._writer.flush()  # part files on disk: a killed run keeps everything up to here
             self._last_flush_ns = now
 
@@ -487,8 +493,7 @@ class RoutingCollector:
         num_requests = int(np.unique(req).size) if req is not None else 0
         prefill_n = n if p.is_prefill else (0 if p.is_prefill is False else None)
         decode_n = None if prefill_n is None else n - prefill_n
-        w_ = self._writer
-        w_.append(
+        self._batch.add(
             "steps",
             {
                 "step": [p.step],
@@ -501,6 +506,7 @@ class RoutingCollector:
                 "duration_ns": [end_ns - start_ns],
                 "timing_source": ["cuda_event" if self._cuda else "host_timer"],
             },
+            1,
         )
         token_index = np.arange(n, dtype=np.int32)
         tokens: dict[str, np.ndarray] = {"step": np.full(n, p.step, np.int32), "token_index": token_index}
@@ -510,7 +516,7 @@ class RoutingCollector:
             tokens["position"] = pos[idx].astype(np.int32)
         if p.is_prefill is not None:
             tokens["is_prefill"] = np.full(n, p.is_prefill)
-        w_.append("tokens", tokens)
+        self._batch.add("tokens", tokens, n)
         layers = np.asarray(self.layers, dtype=np.int16)
         routing: dict[str, np.ndarray] = {
             "step": np.full(L * n, p.step, np.int32),
@@ -520,8 +526,8 @@ class RoutingCollector:
         }
         if w is not None:
             routing["gate_weights"] = w[:, idx].reshape(L * n, K)  # fancy indexing copies
-        w_.append("routing", routing)
-        w_.append(
+        self._batch.add("routing", routing, L * n)
+        self._batch.add(
             "expert_load",
             {
                 "step": np.full(L * E, p.step, np.int32),
@@ -529,9 +535,11 @@ class RoutingCollector:
                 "expert": np.tile(np.arange(E, dtype=np.int16), L),
                 "num_tokens": load.reshape(-1).astype(np.int64),
             },
+            L * E,
         )
         if req is not None:
             self._requests.note_step(p.step, req, p.is_prefill)
+        self._batch.end_step()
 
     def _check_values(self, step: int, ids: np.ndarray, w: np.ndarray | None) -> None:
         if ids.size and (ids.min() < 0 or ids.max() >= self.num_experts):
@@ -564,6 +572,7 @@ class RoutingCollector:
         """Process every step still in flight (synchronises with the device once)."""
         while self._pending:
             self._process(self._pending.popleft())
+        self._batch.drain()
 
     # -- closing ----------------------------------------------------------------------------------
     def close(self, error: str | None = None) -> Path:
@@ -576,6 +585,8 @@ class RoutingCollector:
             if error is None:
                 self.flush_pending()
                 self._write_requests()
+            else:  # keep the steps already processed: the failed trace stays readable up to them
+                self._batch.drain()
         finally:
             self._writer.close(error=error)
         if self.rank == 0 and error is None:
