@@ -244,7 +244,7 @@ def test_registration_api_reads_a_custom_router(tmp_path: Path) -> None:
 def test_swapped_arguments_are_refused_as_router_api_drift(tmp_path: Path) -> None:
     model = ToyModel(swap=True)
     with pytest.raises(CollectorError, match="router API"), RoutingCollector(model, tmp_path / "t") as col:
-        col.begin_step()
+        col.begin_step(phase="prefill")
         with torch.no_grad():
             model(torch.zeros((1, 2), dtype=torch.long))
     v = tracekit.validate(tmp_path / "t")
@@ -257,7 +257,7 @@ def test_wrong_top_k_is_refused(tmp_path: Path) -> None:
         pytest.raises(CollectorError, match="top_k"),
         RoutingCollector(model, tmp_path / "t", top_k=3) as col,
     ):
-        col.begin_step()
+        col.begin_step(phase="prefill")
         with torch.no_grad():
             model(torch.zeros((1, 2), dtype=torch.long))
 
@@ -268,8 +268,11 @@ def test_ids_outside_the_expert_range_are_refused(tmp_path: Path) -> None:
     hook = model.layers[1].experts.register_forward_pre_hook(
         lambda mod, args: (args[0], torch.full_like(args[1], E), args[2])
     )
-    with pytest.raises(CollectorError, match=r"outside 0\.\.5"), RoutingCollector(model, tmp_path / "t") as col:
-        col.begin_step()
+    with (
+        pytest.raises(CollectorError, match=r"outside 0\.\.5"),
+        RoutingCollector(model, tmp_path / "t") as col,
+    ):
+        col.begin_step(phase="prefill")
         with torch.no_grad():
             model(torch.zeros((1, 2), dtype=torch.long))
         col.end_step()
@@ -281,7 +284,7 @@ def test_an_experts_module_that_never_runs_is_an_error(tmp_path: Path) -> None:
     block = model.layers[2]
     block.forward = lambda x: x  # type: ignore[method-assign]  # a fused kernel bypassing the experts
     with pytest.raises(CollectorError, match="did not run"), RoutingCollector(model, tmp_path / "t") as col:
-        col.begin_step()
+        col.begin_step(phase="prefill")
         with torch.no_grad():
             model(torch.zeros((1, 2), dtype=torch.long))
         col.end_step()
@@ -300,7 +303,7 @@ def test_a_dense_model_has_no_moe_layer() -> None:
 def test_hooks_are_removed_after_recording(tmp_path: Path) -> None:
     model = ToyModel()
     with RoutingCollector(model, tmp_path / "t") as col:
-        col.begin_step()
+        col.begin_step(phase="prefill")
         with torch.no_grad():
             model(torch.zeros((1, 2), dtype=torch.long))
         col.end_step()
@@ -308,3 +311,10 @@ def test_hooks_are_removed_after_recording(tmp_path: Path) -> None:
     with torch.no_grad():
         model(torch.zeros((1, 2), dtype=torch.long))
     assert not model.layers[1].experts._forward_pre_hooks
+
+
+def test_begin_step_needs_a_phase(tmp_path: Path) -> None:
+    from tracekit.errors import UsageError
+
+    with RoutingCollector(ToyModel(), tmp_path / "t") as col, pytest.raises(UsageError, match="phase"):
+        col.begin_step()

@@ -319,6 +319,11 @@ class RoutingCollector:
         t0 = time.perf_counter_ns()
         if self._closed:
             raise UsageError(f"{self.out}: the collector is closed")
+        if phase is None and info is None:
+            raise UsageError(
+                "begin_step needs phase= (prefill, decode or mixed) or info= (a StepInfo the phase is "
+                "derived from); the collector does not guess a step's phase"
+            )
         if phase is not None and phase not in PHASES:
             raise UsageError(f"phase {phase!r} is not one of {', '.join(PHASES)}")
         self._open = _StepTokens(
@@ -407,7 +412,12 @@ class RoutingCollector:
             parts.append(st.positions.to(torch.int32))
         packed = torch.cat(parts)
         host, copy_done = self._to_host(packed)
-        phase = st.phase or default_phase(st.info or StepInfo(batch_size=1, seq_len=T, past_len=0))
+        if st.phase is not None:
+            phase = st.phase
+        elif st.info is not None:
+            phase = default_phase(st.info)
+        else:  # begin_step refuses this
+            raise UsageError("begin_step needs phase= or info=")
         self._pending.append(
             _Pending(
                 step=self._step,
