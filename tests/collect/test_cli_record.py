@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -147,18 +146,6 @@ def test_missing_prompt_file_and_bad_numbers(tmp_path: Path) -> None:
 
     if not torch.cuda.is_available():
         assert "--device cpu" in _one_line_error(CliRunner().invoke(cli, [*base, "--device", "cuda"]))
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("tracekit.collect.ep") is not None, reason="EP recorder installed"
-)
-def test_ep_without_the_ep_recorder_is_a_clear_error(tmp_path: Path) -> None:
-    err = _one_line_error(
-        CliRunner().invoke(
-            cli, ["record", "--model", "tiny-mixtral", "--ep", "2", "--out", str(tmp_path / "t")]
-        )
-    )
-    assert "--ep" in err
 
 
 def test_killed_mid_generation_leaves_a_readable_incomplete_trace(tmp_path: Path) -> None:

@@ -311,7 +311,7 @@ def run_rank(rank: int, world_size: int, job: EPJob) -> None:
             job.out,
         )
         collector = rec.collector
-        writer = getattr(collector, "writer", None) or collector._writer
+        writer = collector.writer
         ep = ExpertParallel(
             model,
             num_experts=job.num_experts,
@@ -320,7 +320,7 @@ def run_rank(rank: int, world_size: int, job: EPJob) -> None:
             sites=collector.sites,
         )
         stack.callback(ep.remove)
-        origin = collector._origin
+        origin = collector.clock_origin
         comm_kwargs: dict[str, Any] = (
             {"cuda_origin": origin} if device.startswith("cuda") else {"clock_origin_ns": origin}
         )
