@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.factories import tiny_arch
-from tracekit.schema import Manifest, ParallelLayout
+from tracekit.schema import Manifest, ModelArch, ParallelLayout
 from tracekit.trace import TraceWriter
 
 
@@ -20,15 +20,17 @@ def write_ranked_trace(
     duration_ns: int | None = None,
     device: str | None = None,
     prefill_tokens: int = 0,
+    arch: ModelArch | None = None,
 ) -> Manifest:
     """A decode trace on ``R`` ranks: ``expert_ids[rank, step, moe_layer, token, k]``.
 
     Every token is its own request at KV length ``position + 1``. With ``prefill_tokens > 0`` each
     rank also runs one prefill step (step 0) of that many prompt tokens of one request, routed like
-    its first decode tokens.
+    its first decode tokens. ``arch`` replaces the tiny model the manifest names (its MoE layers must
+    be ``1..L``).
     """
     R, S, L, N, K = expert_ids.shape
-    arch = tiny_arch(num_experts=num_experts, top_k=K, num_layers=L + 1)
+    arch = arch or tiny_arch(num_experts=num_experts, top_k=K, num_layers=L + 1)
     manifest = Manifest(
         model=arch,
         source="recorded",

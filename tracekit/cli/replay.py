@@ -124,6 +124,16 @@ def _summary_rows(s: dict[str, Any]) -> list[list[str]]:
         ["max batch per GPU", _fmt(s.get("max_batch_per_gpu"))],
         ["weights per GPU", _fmt((s.get("weight_bytes_per_gpu") or 0) / 1e9, " GB")],
     ]
+    if s.get("trace_steps_replayed"):
+        steps = f"{s['trace_step_first']}..{s['trace_step_last']} ({s['trace_steps_replayed']} steps)"
+        if s.get("placement_from_step"):
+            steps += f"; placement in force from step {s['placement_from_step']}"
+        rows.append(["trace steps replayed", steps])
+    if (s.get("placement_epochs") or 1) > 1:
+        rows.append(["placement epochs", _fmt(s["placement_epochs"])])
+        rows.append(
+            ["expert migration", f"{s['moved_experts']} experts, {_fmt(s['migration_bytes'] / 1e9, ' GB')}"]
+        )
     if s.get("measured_time_s") is not None:
         rows.append(["measured step time", _fmt(_ms(s["measured_time_s"]), " ms")])
     if s.get("disaggregated"):

@@ -11,6 +11,7 @@ ranks, ``S`` slots, ``P`` sequences per cell.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,10 @@ import polars as pl
 from tracekit.cost import EPTraffic, allreduce, attention, combine, dispatch, gemm, grouped_gemm, roofline
 from tracekit.errors import DeploymentError, UsageError
 from tracekit.hardware import HardwareSpec, get_hardware
+from tracekit.importers import is_unknown
 from tracekit.models import expert_weight_bytes, get_model, layer_window, shared_expert_params
 from tracekit.models.work import bytes_per_param, shared_expert_width
-from tracekit.placement import Placement, read_placement
+from tracekit.placement import Placement, read_placements
 from tracekit.replay.deployment import Deployment, payload_bytes_per_token
 from tracekit.replay.memory import MemoryPlan, check_weights_fit, memory_plan
 from tracekit.replay.summary import attach_measured, peers_frame, phase_summary, run_frame, summary_dict
@@ -87,7 +89,12 @@ class _Setup:
     arch: ModelArch  # target model
     trace_arch: ModelArch
     num_ranks: int
+    #: The first placement epoch (slots per rank and the slot count are the same in every epoch).
     placement: Placement
+    #: Placement epochs, ascending ``from_step`` (one unless a multi-epoch ``--placement`` file).
+    epochs: tuple[Placement, ...]
+    #: First trace step replayed: the placement file's first ``from_step`` (None: every step).
+    from_step: int | None
     plan: MemoryPlan
     #: per target layer: -1 for dense, else index into the trace's MoE layers
     source_of: np.ndarray
@@ -97,6 +104,22 @@ class _Setup:
 
 def _target_model(trace: Trace, name: str | None) -> ModelArch:
     own = trace.manifest.model
+    if is_unknown(own):
+        if name is None:
+            raise UsageError(
+                f"{trace.path}: the trace was imported without a model (its architecture is the "
+                "placeholder 'unknown'), so it cannot be re-timed; re-import it with --model NAME or pass "
+                "--model NAME to the replay"
+            )
+        arch = get_model(name)
+        # The routing itself says the top-k; the placeholder's expert count is the largest id + 1.
+        if arch.top_k != own.top_k or arch.num_experts < own.num_experts:
+            raise UsageError(
+                f"--model {name}: {arch.num_experts} experts top-{arch.top_k} does not match the trace's "
+                f"routing ({own.num_experts} experts seen, top-{own.top_k}); pick the model the trace was "
+                "recorded with"
+            )
+        return arch
     if name is None:
         return own
     arch = get_model(name)
@@ -109,34 +132,49 @@ def _target_model(trace: Trace, name: str | None) -> ModelArch:
     return arch
 
 
-def _placement(dep: Deployment, layers: tuple[int, ...], num_experts: int, num_ranks: int) -> Placement:
-    if dep.placement is not None:
-        p = read_placement(dep.placement)
+def _placements(
+    dep: Deployment, layers: tuple[int, ...], num_experts: int, num_ranks: int
+) -> tuple[Placement, ...]:
+    """The placement epochs of the deployment: the ``--placement`` file's (every epoch checked
+    against the trace and the deployment), or the contiguous layout."""
+    if dep.placement is None:
+        slots = num_experts + dep.redundant
+        slots += (-slots) % num_ranks
+        return (Placement.contiguous(layers, num_experts, num_ranks, num_redundant=slots - num_experts),)
+    epochs = tuple(read_placements(dep.placement))
+    for p in epochs:
+        at = f" (epoch from step {p.from_step})" if len(epochs) > 1 else ""
         if p.num_ranks != num_ranks:
             raise DeploymentError(
-                f"--placement {dep.placement} places experts on {p.num_ranks} ranks but the deployment has "
-                f"--ep {num_ranks}; compute the placement with tracekit place --ep {num_ranks}"
+                f"--placement {dep.placement}{at} places experts on {p.num_ranks} ranks but the deployment "
+                f"has --ep {num_ranks}; compute the placement with tracekit place --ep {num_ranks}"
             )
         missing = [x for x in layers if x not in p.layers]
         if missing:
             raise DeploymentError(
-                f"--placement {dep.placement} has no slots for trace layers {missing}; compute it from "
+                f"--placement {dep.placement}{at} has no slots for trace layers {missing}; compute it from "
                 "this trace with tracekit place"
             )
         if p.num_experts != num_experts:
             raise DeploymentError(
-                f"--placement {dep.placement} places {p.num_experts} experts; the trace has {num_experts}"
+                f"--placement {dep.placement}{at} places {p.num_experts} experts; the trace has {num_experts}"
             )
-        return p
-    slots = num_experts + dep.redundant
-    slots += (-slots) % num_ranks
-    return Placement.contiguous(layers, num_experts, num_ranks, num_redundant=slots - num_experts)
+        if p.slots_per_rank != epochs[0].slots_per_rank:
+            raise DeploymentError(
+                f"--placement {dep.placement}: epoch from step {p.from_step} has {p.slots_per_rank} slots "
+                f"per rank, the first epoch {epochs[0].slots_per_rank}; every epoch needs the same slot "
+                "count (compute the file again with tracekit place)"
+            )
+    return epochs
 
 
 def _setup(trace: Trace, dep: Deployment) -> _Setup:
     hw = get_hardware(dep.hw, dep.hw_overrides or None)
     trace_arch = trace.manifest.model
     arch = _target_model(trace, dep.model)
+    if is_unknown(trace_arch):
+        # The placeholder knows the routed layers and top-k; the expert count is the target's.
+        trace_arch = dataclasses.replace(trace_arch, num_experts=arch.num_experts)
     num_ranks = dep.ep or max(trace.manifest.parallel.world_size, len(trace.ranks), 1)
     if num_ranks % dep.tp:
         raise UsageError(
@@ -145,7 +183,8 @@ def _setup(trace: Trace, dep: Deployment) -> _Setup:
     src_layers = tuple(trace_arch.moe_layers)
     if not src_layers:
         raise DeploymentError(f"{trace.path}: the trace's model has no MoE layer; nothing to replay")
-    placement = _placement(dep, src_layers, trace_arch.num_experts, num_ranks)
+    epochs = _placements(dep, src_layers, trace_arch.num_experts, num_ranks)
+    placement = epochs[0]
     plan = memory_plan(
         arch, dep.precision, hbm_bytes=hw.hbm_bytes, slots_per_rank=placement.slots_per_rank, tp=dep.tp
     )
@@ -163,6 +202,8 @@ def _setup(trace: Trace, dep: Deployment) -> _Setup:
         trace_arch=trace_arch,
         num_ranks=num_ranks,
         placement=placement,
+        epochs=epochs,
+        from_step=placement.from_step if dep.placement is not None else None,
         plan=plan,
         source_of=source_of,
         windows=windows,
@@ -286,7 +327,7 @@ def _replay_phase(
             index,
             tokens,
             schedule,
-            su.placement,
+            su.epochs,
             step_lo=lo,
             step_hi=hi,
             ranks_per_node=hw.scaleup_size,
@@ -605,11 +646,17 @@ def replay(
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     su = _setup(tr, deployment)
     dep = su.dep
-    tokens, index = load_tokens(tr, kv_len=dep.kv_len)
+    tokens, index = load_tokens(tr, kv_len=dep.kv_len, min_step=su.from_step)
     wanted = tuple(phases) if phases is not None else tuple(tokens)
     wanted = tuple(p for p in ("prefill", "decode") if p in wanted and p in tokens)
     if not wanted:
         have = ", ".join(tokens) or "none"
+        if su.from_step:
+            raise UsageError(
+                f"{tr.path}: no {'/'.join(phases or [])} tokens at or after trace step {su.from_step}, where "
+                f"--placement {dep.placement} comes into force (the steps before it are the ones it was "
+                f"computed from and are not replayed); phases left to replay: {have}"
+            )
         raise UsageError(f"{tr.path}: no {'/'.join(phases or [])} tokens to replay (the trace has: {have})")
     source = RoutingSource(trace=tr, layers=tuple(su.trace_arch.moe_layers), top_k=su.trace_arch.top_k)
     R = su.num_ranks
@@ -617,6 +664,7 @@ def replay(
     as_recorded_ok = trace_ranks.size == R and trace_ranks.max() < R
     step_frames, layer_frames, rank_frames, summaries, peer_frames = [], [], [], [], []
     info: dict[str, Any] = {"rebatched": False, "token_reuse": 1.0, "batch": {}, "num_steps": 0}
+    replayed_steps: list[np.ndarray] = []
     for phase in wanted:
         ptok = tokens[phase]
         given = dep.prefill_tokens_per_gpu if phase == "prefill" else dep.batch_per_gpu
@@ -652,12 +700,15 @@ def replay(
         info["token_reuse"] = max(info["token_reuse"], schedule.token_reuse)
         info["batch"][phase] = schedule.batch_per_gpu
         info["num_steps"] += schedule.num_steps
+        replayed_steps.append(np.unique(ptok.trace_step[schedule.tokens[0]]))
+    info.update(_steps_and_migration(su, np.unique(np.concatenate(replayed_steps))))
     steps_df = pl.concat(step_frames)
     summary_table = pl.DataFrame(summaries)
     run = run_frame(su, info, str(tr.path))
     ranks_df = pl.concat(rank_frames) if rank_frames else pl.DataFrame()
     main = summaries[-1]
     summary = summary_dict(main, summaries)
+    summary.update({k: info[k] for k in RUN_STEP_FIELDS})
     return ReplayResult(
         deployment=dep,
         trace_path=str(tr.path),
@@ -669,6 +720,56 @@ def replay(
         summary_table=summary_table,
         summary=summary,
     )
+
+
+#: Fields of ``replay_run`` and the summary saying which trace steps were replayed and how the
+#: placement changed over them (docs/replay.md).
+RUN_STEP_FIELDS = (
+    "trace_step_first",
+    "trace_step_last",
+    "trace_steps_replayed",
+    "placement_from_step",
+    "placement_epochs",
+    "moved_experts",
+    "migration_bytes",
+)
+
+
+def epoch_of(from_steps: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Index of the placement epoch in force at each trace step (as ``placement_at``: the last
+    epoch with ``from_step <= step``, the first before any)."""
+    return np.maximum(np.searchsorted(from_steps, steps, side="right") - 1, 0)
+
+
+def _steps_and_migration(su: _Setup, trace_steps: np.ndarray) -> dict[str, Any]:
+    """Replayed trace steps, placement epochs in force over them and the expert weights moved
+    between consecutive ones.
+
+    Each (target MoE layer, rank) copies in one expert's weights per replica it gains at an epoch
+    change (as ``tracekit.placement.moved_replicas``); a target layer moves what its trace source
+    layer moves, at the target's expert size and ``--precision experts``."""
+    from_steps = np.array([p.from_step for p in su.epochs], dtype=np.int64)
+    used = np.unique(epoch_of(from_steps, trace_steps)) if trace_steps.size else np.zeros(1, np.int64)
+    src_layers = tuple(su.trace_arch.moe_layers)
+    per_source = np.zeros(len(src_layers), dtype=np.int64)
+    held = None
+    for e in used:
+        p = su.epochs[int(e)]
+        now = p.expert_ranks()[[p.layers.index(x) for x in src_layers]]  # [L, E, R]
+        if held is not None:
+            per_source += np.clip(now - held, 0, None).sum(axis=(1, 2))
+        held = now
+    moe_targets = su.source_of[su.source_of >= 0]
+    moved = int(per_source[moe_targets].sum())
+    return {
+        "trace_step_first": int(trace_steps.min()) if trace_steps.size else None,
+        "trace_step_last": int(trace_steps.max()) if trace_steps.size else None,
+        "trace_steps_replayed": int(trace_steps.size),
+        "placement_from_step": su.from_step,
+        "placement_epochs": int(used.size),
+        "moved_experts": moved,
+        "migration_bytes": moved * int(expert_weight_bytes(su.arch, su.dep.precision.experts)),
+    }
 
 
 def _check_kv(su: _Setup, phase: str, load: AttentionLoad) -> None:

@@ -194,6 +194,13 @@ def run_frame(su: _Setup, info: dict[str, Any], trace_path: str) -> pl.DataFrame
         "layer_map": "identity" if len(su.arch.moe_layers) == len(su.trace_arch.moe_layers) else "cyclic",
         "token_reuse": float(info["token_reuse"]),
         "num_steps": info["num_steps"],
+        "trace_step_first": info.get("trace_step_first"),
+        "trace_step_last": info.get("trace_step_last"),
+        "trace_steps_replayed": info.get("trace_steps_replayed"),
+        "placement_from_step": info.get("placement_from_step"),
+        "placement_epochs": info.get("placement_epochs", 1),
+        "moved_experts": info.get("moved_experts", 0),
+        "migration_bytes": info.get("migration_bytes", 0),
         "disaggregated": False,
         "prefill_hw": None,
         "prefill_ep": None,
@@ -204,6 +211,9 @@ def run_frame(su: _Setup, info: dict[str, Any], trace_path: str) -> pl.DataFrame
         "slots_per_rank": pl.Int32, "redundant_slots": pl.Int32, "batch_per_gpu": pl.Int32,
         "prefill_tokens_per_gpu": pl.Int32, "kv_len": pl.Int32, "trace_moe_layers": pl.Int32,
         "target_moe_layers": pl.Int32, "num_steps": pl.Int32, "prefill_hw": pl.String,
+        "trace_step_first": pl.Int32, "trace_step_last": pl.Int32, "trace_steps_replayed": pl.Int32,
+        "placement_from_step": pl.Int32, "placement_epochs": pl.Int32, "moved_experts": pl.Int64,
+        "migration_bytes": pl.Int64,
         "prefill_ep": pl.Int32, "prefill_gpus": pl.Int32,
     }  # fmt: skip
     return pl.DataFrame([row]).with_columns([pl.col(k).cast(v) for k, v in schema.items()])

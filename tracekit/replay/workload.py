@@ -20,6 +20,7 @@ trace's token stream. Everything is columnar: no Python loop runs per token or p
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -110,8 +111,13 @@ class TokenIndex:
         return np.where(ok, self.phase[flat], -1), self.position[flat]
 
 
-def load_tokens(trace: Trace, *, kv_len: int | None = None) -> tuple[dict[str, PhaseTokens], TokenIndex]:
-    """The trace's tokens split by phase, and the index that maps routing rows onto them."""
+def load_tokens(
+    trace: Trace, *, kv_len: int | None = None, min_step: int | None = None
+) -> tuple[dict[str, PhaseTokens], TokenIndex]:
+    """The trace's tokens split by phase, and the index that maps routing rows onto them.
+
+    ``min_step``: drop the tokens of trace steps before it (a placement's ``from_step``: the steps
+    it was computed from are not replayed); their routing rows then map to no token."""
     tok = _token_frame(trace)
     if tok.height == 0:
         raise TraceError(
@@ -143,6 +149,15 @@ def load_tokens(trace: Trace, *, kv_len: int | None = None) -> tuple[dict[str, P
         .fill_null(True)
         .alias("_last"),
     )
+    if min_step is not None:
+        last_step = int(tok["step"].max())  # type: ignore[arg-type]
+        tok = tok.filter(pl.col("step") >= min_step)
+        if tok.height == 0:
+            raise UsageError(
+                f"{trace.path}: every trace step (the last is {last_step}) comes before step {min_step}, "
+                "where the placement comes into force; nothing is left to replay: compute the placement "
+                "with a shorter --window, or replay without --placement"
+            )
     tok = tok.sort(["step", "rank", "token_index"])
     ranks = np.unique(tok["rank"].to_numpy()).astype(np.int64)
     step_min = int(tok["step"].min())  # type: ignore[arg-type]
@@ -514,7 +529,7 @@ def expert_window(
     index: TokenIndex,
     tokens: PhaseTokens,
     schedule: Schedule,
-    placement: Placement,
+    placement: Placement | Sequence[Placement],
     *,
     step_lo: int,
     step_hi: int,
@@ -522,9 +537,17 @@ def expert_window(
 ) -> ExpertWindow:
     """Count the routing of replayed steps ``step_lo .. step_hi - 1`` of one phase.
 
+    ``placement``: one placement, or placement epochs (ascending ``from_step``, same ranks, slots
+    and experts): each routing row then uses the epoch in force at its trace step (``placement_at``).
+
     Row groups are read and counted by ``WORKERS`` threads, each into its own counters (Parquet
     decoding and most numpy kernels release the GIL); the counters are summed at the end.
     """
+    epochs = (placement,) if isinstance(placement, Placement) else tuple(placement)
+    placement = epochs[0]
+    # Epoch of a trace step: the last with from_step <= step (the first before any), as placement_at.
+    from_steps = np.array([p.from_step for p in epochs], dtype=np.int64)
+    several = len(epochs) > 1
     W = step_hi - step_lo
     L = len(source.layers)
     R = schedule.num_ranks
@@ -536,17 +559,25 @@ def expert_window(
     layer_pos = np.full(max(source.layers) + 1, -1, dtype=np.int64)
     layer_pos[list(source.layers)] = np.arange(L)
     E = placement.num_experts
-    logcnt = placement.logcnt
-    sources = [placement.layers.index(layer) for layer in source.layers]
-    single = bool((logcnt[sources] == 1).all())
-    # Without replicas a slot lookup table per layer, slot_of[l * E + expert]; none at all when
-    # every layer's slots hold experts 0..E-1 in order (the contiguous layout).
-    identity = single and S == E and all((placement.phy2log[pi] == np.arange(E)).all() for pi in sources)
+    sources = [[p.layers.index(layer) for layer in source.layers] for p in epochs]
+    single = all(bool((p.logcnt[rows_of] == 1).all()) for p, rows_of in zip(epochs, sources, strict=True))
+    # Without replicas a slot lookup table per epoch and layer, slot_of[(epoch * L + l) * E + expert];
+    # none at all when every layer's slots hold experts 0..E-1 in order (the contiguous layout).
+    identity = (
+        single
+        and S == E
+        and all(
+            (p.phy2log[pi] == np.arange(E)).all()
+            for p, rows_of in zip(epochs, sources, strict=True)
+            for pi in rows_of
+        )
+    )
     slot_dtype = np.int16 if S < 2**15 else np.int32
-    slot_of = np.zeros(L * E, dtype=slot_dtype)
+    slot_of = np.zeros(len(epochs) * L * E, dtype=slot_dtype)
     if single:
-        for li, pi in enumerate(sources):
-            slot_of[li * E + placement.phy2log[pi]] = np.arange(S)
+        for ei, (p, rows_of) in enumerate(zip(epochs, sources, strict=True)):
+            for li, pi in enumerate(rows_of):
+                slot_of[(ei * L + li) * E + p.phy2log[pi]] = np.arange(S)
     shift = spr.bit_length() - 1 if spr & (spr - 1) == 0 else -1
 
     def new_counters() -> _Counters:
@@ -563,19 +594,24 @@ def expert_window(
             spr_shift=shift,
         )
 
-    def rows(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-        """(window step, layer position, replayed source rank, expert ids [n, K]) of a batch's rows."""
+    def rows(batch: pa.RecordBatch) -> _Rows | None:
+        """(window step, layer key, replayed source rank, expert ids [n, K]) of a batch's rows; the
+        layer key is ``epoch * L + layer position`` (the layer position with one epoch)."""
         layer = batch.column("layer").to_numpy()
         if int(layer.min()) < 0 or int(layer.max()) >= layer_pos.size:  # rows of layers not replayed
             inside = (layer >= 0) & (layer < layer_pos.size)
             lpos = np.where(inside, np.take(layer_pos, np.clip(layer, 0, layer_pos.size - 1)), -1)
         else:
             lpos = np.take(layer_pos, layer)
+        trace_step = batch.column("step").to_numpy()
         code, pos = index.lookup(
             batch.column("rank").to_numpy(),
-            batch.column("step").to_numpy(),
+            trace_step,
             batch.column("token_index").to_numpy(),
         )
+        if several:  # one searchsorted per batch: the epoch of each row's trace step
+            epoch = np.maximum(np.searchsorted(from_steps, trace_step, side="right") - 1, 0)
+            lpos = np.where(lpos >= 0, epoch * L + lpos, -1)
         keep = (code == phase_code) & (lpos >= 0)
         all_kept = bool(keep.all())
         if not all_kept:
@@ -611,7 +647,7 @@ def expert_window(
 
     local = threading.local()
     made: list[_Counters] = []
-    stash: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}
+    stash: dict[int, list[_Rows]] = {}
 
     def work(job: tuple[int, tuple[str, int]]) -> None:
         order, item = job
@@ -629,7 +665,7 @@ def expert_window(
                 made.append(counters)
             ids_t = np.ascontiguousarray(chosen.T)  # [K, n]: one contiguous column per choice
             slots_t = ids_t if identity else slot_of[(lrow * E)[None, :] + ids_t]
-            _count(counters, w, lrow, src, slots_t)
+            _count(counters, w, lrow % L if several else lrow, src, slots_t)
 
     ranges = _trace_step_ranges(tokens, schedule, step_lo, step_hi)
     jobs = list(enumerate(source.row_groups_in(ranges))) if ranges else []
@@ -644,18 +680,20 @@ def expert_window(
         for name in ("pairs", "dup_rank", "dup_node"):
             np.add(getattr(total, name), getattr(extra, name), out=getattr(total, name))
     if stash:
-        # Replicas: one route_to_slots call per (step, layer) dispatch with all of its tokens in
-        # (source rank, row) order, so the round-robin among replicas follows the documented rule.
+        # Replicas: one route_to_slots call per (step, epoch, layer) dispatch with all of its tokens
+        # in (source rank, row) order, so the round-robin among replicas follows the documented rule.
         ordered = [x for key in sorted(stash) for x in stash[key]]
-        w, lrow, src, chosen = (np.concatenate(x) for x in zip(*ordered, strict=True))
+        w, lkey, src, chosen = (np.concatenate(x) for x in zip(*ordered, strict=True))
         slots = np.empty(chosen.shape, dtype=np.int64)
-        order = np.lexsort((np.arange(w.size), src, lrow, w))
-        group = (w * L + lrow)[order]
+        order = np.lexsort((np.arange(w.size), src, lkey, w))
+        group = (w * len(epochs) * L + lkey)[order]
         cuts = np.flatnonzero(np.diff(group)) + 1
         for part in np.split(order, cuts):
-            layer_id = source.layers[int(lrow[part[0]])]
-            slots[part] = route_to_slots(placement, layer_id, chosen[part], src[part], ranks_per_node)
-        _count(total, w, lrow, src, np.ascontiguousarray(slots.T))
+            ei, li = divmod(int(lkey[part[0]]), L)
+            slots[part] = route_to_slots(
+                epochs[ei], source.layers[li], chosen[part], src[part], ranks_per_node
+            )
+        _count(total, w, lkey % L, src, np.ascontiguousarray(slots.T))
     return ExpertWindow(
         steps=np.arange(step_lo, step_hi),
         pairs=total.pairs.reshape(W, L, R, S),
@@ -665,6 +703,10 @@ def expert_window(
         ranks_per_node=ranks_per_node,
         top_k=K,
     )
+
+
+#: (window step, layer key, replayed source rank, expert ids [n, K]) of routing rows.
+_Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
