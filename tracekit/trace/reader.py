@@ -47,6 +47,7 @@ class Trace:
             raise SchemaError(f"{mpath}: not valid JSON ({exc}); the manifest is damaged") from None
         self.manifest = Manifest.from_dict(raw, where=str(mpath))
         self.shards = self._read_shards()
+        self._sound: set[Path] = set()
 
     def _read_shards(self) -> dict[int, ShardStatus]:
         shards: dict[int, ShardStatus] = {}
@@ -73,10 +74,21 @@ class Trace:
     def ranks(self) -> list[int]:
         return sorted(self.shards)
 
-    def files(self, table: str) -> list[Path]:
-        """Whole part files of ``table`` (temporary files of a killed writer are left out)."""
+    def files(self, table: str, *, check: bool = True) -> list[Path]:
+        """Whole part files of ``table`` (temporary files of a killed writer are left out).
+
+        With ``check`` (the default) each file's Parquet head and footer magic is checked once, so a
+        truncated or overwritten part is reported by name here instead of failing deep inside a
+        query; ``tracekit validate`` passes ``check=False`` to list every problem instead.
+        """
         table_spec(table)
-        return sorted((self.path / table).glob(layout.PART_GLOB))
+        found = sorted((self.path / table).glob(layout.PART_GLOB))
+        if check:
+            for f in found:
+                if f not in self._sound:
+                    _check_part(f, self.path)
+                    self._sound.add(f)
+        return found
 
     def has(self, table: str) -> bool:
         return bool(self.files(table))
@@ -151,6 +163,28 @@ class Trace:
 
     def __repr__(self) -> str:
         return f"Trace({str(self.path)!r}, model={self.manifest.model.name!r}, tables={self.tables})"
+
+
+_MAGIC = b"PAR1"
+
+
+def _check_part(part: Path, trace_path: Path) -> None:
+    """Raise SchemaError naming ``part`` unless it starts and ends with the Parquet magic bytes."""
+    try:
+        size = part.stat().st_size
+        with part.open("rb") as fh:
+            head = fh.read(4)
+            fh.seek(max(size - 4, 0))
+            tail = fh.read(4)
+    except OSError as exc:
+        raise SchemaError(
+            f"{part}: cannot be read ({exc.strerror}); check its permissions or re-record the trace"
+        ) from None
+    if size < 12 or head != _MAGIC or tail != _MAGIC:
+        raise SchemaError(
+            f"{part}: not a readable Parquet file (truncated or corrupted); run tracekit validate "
+            f"{trace_path} to list every damaged part, then delete it or re-record the trace"
+        )
 
 
 def open_trace(path: str | os.PathLike[str]) -> Trace:
