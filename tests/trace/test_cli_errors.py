@@ -46,3 +46,38 @@ def test_validate_still_lists_the_damaged_part(trace: Path) -> None:
     r = CliRunner().invoke(cli, ["validate", str(trace)])
     assert r.exit_code == 2
     assert str(part) in r.output and "not a readable Parquet file" in r.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("stats", "{trace}", "--out", "{out}"),
+        ("replay", "{trace}", "--hw", "h200-sxm", "--out", "{out}"),
+        ("place", "{trace}", "--ep", "2", "--out", "{out}/p.parquet"),
+        (
+            "synth",
+            "--model",
+            "mixtral-8x7b",
+            "--phase",
+            "decode",
+            "--steps",
+            "2",
+            "--tokens-per-step",
+            "4",
+            "--out",
+            "{out}",
+        ),
+    ],
+)
+def test_output_that_cannot_be_created_is_one_line(
+    trace: Path, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me\n")
+    out = blocker / "sub"
+    argv = [a.format(trace=trace, out=out) for a in args]
+    r = CliRunner().invoke(cli, argv)
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--out" in lines[0] and "writable" in lines[0], lines
+    assert blocker.read_text() == "keep me\n"

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from tracekit.errors import SchemaError, UsageError
 from tracekit.schema.tables import table_spec
+from tracekit.trace.layout import make_output_dir
 
 #: Parquet key-value metadata key naming the policy that produced a placement file.
 META_POLICY_KEY = b"tracekit.placement.policy"
@@ -279,7 +280,7 @@ def write_placements(path: str | os.PathLike[str], epochs: list[Placement]) -> P
             raise UsageError("placement epochs must share ranks, slots per rank and expert count")
     out = Path(path)
     if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_output_dir(out.parent)
     pq.write_table(_epochs_to_arrow(epochs), out)
     return out
 

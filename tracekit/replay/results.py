@@ -12,6 +12,7 @@ from typing import Any
 import polars as pl
 
 from tracekit.errors import UsageError
+from tracekit.trace.layout import make_output_dir
 
 RESULT_JSON = "result.json"
 
@@ -42,7 +43,7 @@ def prepare_dir(out: str | Path, *, overwrite: bool = False) -> Path:
         if not (path / RESULT_JSON).exists():
             raise UsageError(f"{path}: not empty and not a tracekit result directory; refusing to delete it")
         shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    make_output_dir(path)
     return path
 
 

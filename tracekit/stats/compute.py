@@ -24,6 +24,7 @@ import pyarrow as pa
 from tracekit.errors import NotATraceError, SchemaError, UsageError
 from tracekit.stats import metrics as m
 from tracekit.trace import Trace, open_trace
+from tracekit.trace.layout import make_output_dir
 
 #: File names of the tables ``write`` produces (views named by the file stem).
 TABLE_FILES = {
@@ -79,7 +80,7 @@ class RoutingStats:
             if not (path / META_FILE).exists():
                 raise UsageError(f"{path}: not empty and holds no statistics; choose another --out")
             raise UsageError(f"{path}: already holds statistics; pass --force to replace them")
-        path.mkdir(parents=True, exist_ok=True)
+        make_output_dir(path)
         for name, df in self.tables().items():
             df.write_parquet(path / TABLE_FILES[name], compression="zstd", statistics=True)
         (path / META_FILE).write_text(json.dumps(dict(self.meta), indent=2, sort_keys=True) + "\n")

@@ -9,7 +9,10 @@ TRACE/
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from tracekit.errors import UsageError
 
 MANIFEST = "manifest.json"
 SHARDS = "_shards"
@@ -27,3 +30,16 @@ def part_path(root: Path, table: str, rank: int, index: int) -> Path:
 
 def tmp_path(final: Path) -> Path:
     return final.with_name("." + final.name + TMP_SUFFIX)
+
+
+def make_output_dir(path: Path, option: str = "--out") -> None:
+    """Create output directory ``path`` (and its parents); one-line UsageError when that fails."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"{option} {path}: cannot create the directory ({exc.strerror}); "
+            f"give a {option} in a writable location"
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path}: directory is not writable; give a {option} you can write to")

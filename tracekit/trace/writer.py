@@ -107,10 +107,10 @@ class TraceWriter:
                         f"{self.path}: not empty and not a tracekit trace; refusing to delete it"
                     )
                 shutil.rmtree(self.path)
-            self.path.mkdir(parents=True, exist_ok=True)
+            layout.make_output_dir(self.path)
             _write_json_atomic(self.path / layout.MANIFEST, self.manifest.to_dict())
         else:
-            self.path.mkdir(parents=True, exist_ok=True)
+            layout.make_output_dir(self.path)
         self._started_at = time.time()
         self._write_status(complete=False)
 
