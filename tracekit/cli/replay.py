@@ -431,10 +431,14 @@ def _parse_deploys(items: tuple[str, ...], hws: tuple[str, ...]) -> dict[str, di
 def _apply(dep: Any, over: dict[str, str]) -> Any:
     changes: dict[str, Any] = {}
     for key, value in over.items():
-        if key in ("ep", "tp", "redundant", "kv_len", "steps"):
-            changes[key] = int(value)
-        elif key in ("batch", "batch_per_gpu"):
-            changes["batch_per_gpu"] = int(value)
+        if key in ("ep", "tp", "redundant", "kv_len", "steps", "batch", "batch_per_gpu"):
+            try:
+                number = int(value)
+            except ValueError:
+                raise UsageError(
+                    f"--deploy {key}={value!r}: {key} must be an integer, e.g. {key}=8"
+                ) from None
+            changes["batch_per_gpu" if key == "batch" else key] = number
         elif key == "impl":
             changes["impl"] = value
         elif key == "tbo":
@@ -494,6 +498,16 @@ def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tupl
         tbos=tbos,
         impls=list(impls) or [base.impl],
     )
+    # user mistakes fail here in one line, not as a sweep whose every point failed
+    from tracekit.hardware import get_hardware
+    from tracekit.replay.engine import _target_model
+    from tracekit.replay.results import check_out_dir
+    from tracekit.trace import open_trace
+
+    check_out_dir(out, overwrite=force)
+    for hw in dict.fromkeys(hws):
+        get_hardware(hw, base.hw_overrides or None)
+    _target_model(open_trace(trace), base.model)
     click.echo(f"sweeping {len(points)} deployments ...", err=True)
     df = run_sweep(trace, points, jobs=jobs)
     write_sweep(out, trace, df, overwrite=force, plot=not no_plot)

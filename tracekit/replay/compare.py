@@ -10,9 +10,8 @@ from typing import Any
 
 from tracekit.errors import DeploymentError, TracekitError, UsageError
 from tracekit.hardware import get_hardware
-from tracekit.models import get_model
 from tracekit.replay.deployment import Deployment, Precision
-from tracekit.replay.engine import ReplayResult, replay
+from tracekit.replay.engine import ReplayResult, _target_model, replay
 from tracekit.replay.memory import memory_plan
 from tracekit.schema import ModelArch
 from tracekit.trace.reader import Trace, open_trace
@@ -26,7 +25,8 @@ MAX_DEFAULT_EP = 256
 
 
 def _target(trace: Trace, model: str | None) -> ModelArch:
-    return get_model(model) if model else trace.manifest.model
+    # the replay's own check: refuses an imported trace without a model in one line
+    return _target_model(trace, model)
 
 
 def _fits(arch: ModelArch, dep: Deployment, ep: int) -> bool:

@@ -30,8 +30,8 @@ def jsonable(v: Any) -> Any:
     return v
 
 
-def prepare_dir(out: str | Path, *, overwrite: bool = False) -> Path:
-    """Create ``out`` (empty); refuse a non-empty directory unless it is a result and ``overwrite``."""
+def check_out_dir(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse ``out`` as :func:`prepare_dir` would, without touching it (call before long work)."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path}: exists and is not a directory; choose another --out")
@@ -42,6 +42,13 @@ def prepare_dir(out: str | Path, *, overwrite: bool = False) -> Path:
             )
         if not (path / RESULT_JSON).exists():
             raise UsageError(f"{path}: not empty and not a tracekit result directory; refusing to delete it")
+    return path
+
+
+def prepare_dir(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Create ``out`` (empty); refuse a non-empty directory unless it is a result and ``overwrite``."""
+    path = check_out_dir(out, overwrite=overwrite)
+    if path.is_dir() and any(path.iterdir()):
         shutil.rmtree(path)
     make_output_dir(path)
     return path
