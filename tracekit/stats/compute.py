@@ -137,6 +137,11 @@ def compute_stats(
         ep = recorded if recorded >= 1 and num_experts % recorded == 0 else 1
     if ep < 1:
         raise UsageError(f"--ep must be at least 1, got {ep}")
+    if max_routing_tokens < 1:
+        raise UsageError(
+            f"--max-routing-tokens must be at least 1, got {max_routing_tokens}; "
+            f"leave it out for the default ({DEFAULT_MAX_ROUTING_TOKENS})"
+        )
     has_load, has_routing = tr.has("expert_load"), tr.has("routing")
     if not has_load and not has_routing:
         raise UsageError(f"{tr.path}: has neither routing nor expert_load rows; statistics need one of them")
