@@ -279,6 +279,16 @@ def write_placements(path: str | os.PathLike[str], epochs: list[Placement]) -> P
         ):
             raise UsageError("placement epochs must share ranks, slots per rank and expert count")
     out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a directory; give a file name such as {out / 'placement.parquet'}")
+    if out.exists():
+        try:
+            read_placements(out)
+        except (SchemaError, UsageError):
+            raise UsageError(
+                f"--out {out}: exists and is not a placement file; choose another --out "
+                "(only an earlier placement file is replaced)"
+            ) from None
     if out.parent and not out.parent.exists():
         make_output_dir(out.parent)
     pq.write_table(_epochs_to_arrow(epochs), out)
