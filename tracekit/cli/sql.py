@@ -24,7 +24,12 @@ def _catalog(inputs: tuple[str, ...]) -> Any:
 
 def _echo(text: str, out: str | None) -> None:
     if out:
-        Path(out).write_text(text + "\n", encoding="utf-8")
+        try:
+            Path(out).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(
+                f"--out {out}: cannot write the file ({exc.strerror}); give a --out in a writable folder"
+            ) from None
         click.echo(f"wrote {out}", err=True)
     else:
         click.echo(text)

@@ -53,6 +53,13 @@ def export_perfetto(source: str | Path, out: str | Path, *, overwrite: bool = Fa
     src, dst = Path(source), Path(out)
     if dst.exists() and not overwrite:
         raise UsageError(f"{dst}: exists; choose another --out or pass --force to replace it")
+    if dst.is_dir():
+        raise UsageError(f"--out {dst}: is a directory; give a file name such as {dst / 'timeline.json'}")
+    if not dst.parent.is_dir() or not os.access(dst.parent, os.W_OK):
+        raise UsageError(
+            f"--out {dst}: folder {dst.parent} does not exist or is not writable; "
+            "create it or give a --out in a writable folder"
+        )
     if (src / "result.json").is_file():
         return _export_replay(src, dst)
     if (src / "manifest.json").is_file():
