@@ -209,6 +209,8 @@ def synth(
         gate_weights=not no_gate_weights,
     )
     config.check()
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory; choose another --out for the trace")
     if Path(out).exists() and any(Path(out).iterdir()) and not force:
         raise UsageError(
             f"{out}: already exists and is not empty; pass --force to replace it or choose another --out"
