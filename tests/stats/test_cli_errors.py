@@ -26,3 +26,12 @@ def test_max_routing_tokens_below_one(tmp_path: Path, value: str) -> None:
         f"tracekit: error: --max-routing-tokens must be at least 1, got {value}; "
         f"leave it out for the default ({DEFAULT_MAX_ROUTING_TOKENS})"
     ]
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_synth_ep_below_one_names_the_option(tmp_path: Path, value: str) -> None:
+    argv = ["synth", "--model", "mixtral-8x7b", "--phase", "decode", "--steps", "2", "--tokens-per-step", "4"]
+    r = CliRunner().invoke(cli, [*argv, "--ep", value, "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip().splitlines() == [f"tracekit: error: --ep must be at least 1, got {value}"]
+    assert not (tmp_path / "s").exists()

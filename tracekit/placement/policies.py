@@ -46,7 +46,11 @@ class PlacementProblem:
             raise UsageError("expert loads must be finite and non-negative")
         object.__setattr__(self, "loads", loads)
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        if self.num_ranks < 1 or self.num_nodes < 1 or self.num_ranks % self.num_nodes:
+        if self.num_ranks < 1:
+            raise UsageError(f"--ep must be at least 1 rank, got {self.num_ranks}")
+        if self.num_nodes < 1:
+            raise UsageError(f"--nodes must be at least 1, got {self.num_nodes}")
+        if self.num_ranks % self.num_nodes:
             raise UsageError(
                 f"--ep {self.num_ranks} ranks do not split over --nodes {self.num_nodes}; "
                 "give a node count that divides the EP size"

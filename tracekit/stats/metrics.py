@@ -87,7 +87,9 @@ def rank_loads(load_E: npt.ArrayLike, slot_experts: npt.ArrayLike, num_ranks: in
 
 def contiguous_slots(num_experts: int, num_ranks: int) -> npt.NDArray[np.int64]:
     """The slot map of contiguous placement: rank r holds experts r*E/R .. (r+1)*E/R - 1."""
-    if num_ranks < 1 or num_experts % num_ranks:
+    if num_ranks < 1:
+        raise UsageError(f"--ep must be at least 1, got {num_ranks}")
+    if num_experts % num_ranks:
         raise UsageError(
             f"--ep {num_ranks} does not divide the {num_experts} experts evenly; "
             "pick an EP degree that divides the expert count or give a placement"
