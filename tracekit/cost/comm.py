@@ -206,7 +206,7 @@ def alltoall(hw: HardwareSpec, *, nbytes: ArrayLike, ranks: int, impl: str = "nc
         raise UsageError(f"ranks must be >= 1, got {ranks}")
     b = np.asarray(nbytes, dtype=np.float64)
     if np.any(b < 0):
-        raise UsageError("nbytes must be >= 0")
+        raise UsageError(f"--bytes must be >= 0, got {float(b.min()):g}; give a byte count per rank")
     m = np.broadcast_to(b[..., None, None] / ranks, (*b.shape, ranks, ranks))
     return dispatch(hw, EPTraffic.from_rank_matrix(m, hw.scaleup_size), impl=impl)
 
@@ -216,7 +216,7 @@ def _collective(hw: HardwareSpec, nbytes: ArrayLike, ranks: int, impl: str, kind
         raise UsageError(f"ranks must be >= 1, got {ranks}")
     b = np.asarray(nbytes, dtype=np.float64)
     if np.any(b < 0):
-        raise UsageError("nbytes must be >= 0")
+        raise UsageError(f"--bytes must be >= 0, got {float(b.min()):g}; give a byte count per rank")
     p = hw.comm_params(impl)
     s = min(ranks, hw.scaleup_size)
     n = num_domains(ranks, hw.scaleup_size)
