@@ -75,7 +75,14 @@ def _read_parquet(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
         raise InputFormatError(
             f"{path}: missing; the replay result is incomplete, run 'tracekit replay' again"
         )
-    df = pl.read_parquet(path)
+    try:
+        df = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise InputFormatError(
+            f"{path}: not a readable Parquet file (truncated or corrupted: {reason}); "
+            "run 'tracekit replay' again to rewrite the result"
+        ) from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise InputFormatError(
