@@ -81,3 +81,12 @@ def test_output_that_cannot_be_created_is_one_line(
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--out" in lines[0] and "writable" in lines[0], lines
     assert blocker.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("manifest", ['{"a": 1}', '{"schema_version": "x.y"}', '{"schema_version": "0.9"}'])
+def test_manifest_without_a_usable_version_says_what_to_do(trace: Path, manifest: str) -> None:
+    (trace / "manifest.json").write_text(manifest)
+    r = CliRunner().invoke(cli, ["info", str(trace)])
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(trace / "manifest.json") in lines[0] and "re-record the trace" in lines[0]

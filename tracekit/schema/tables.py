@@ -140,14 +140,20 @@ def check_version(version: str, where: str) -> None:
     try:
         major = int(version.split(".")[0])
     except ValueError:
-        raise SchemaVersionError(f"{where}: unreadable schema version {version!r}") from None
+        raise SchemaVersionError(
+            f"{where}: unreadable schema version {version!r} (expected MAJOR.MINOR such as "
+            f"{SCHEMA_VERSION}); the file is damaged or not written by tracekit, re-record the trace"
+        ) from None
     if major > SCHEMA_MAJOR:
         raise SchemaVersionError(
             f"{where}: written with trace schema {version}, newer than this tracekit reads "
             f"({SCHEMA_VERSION}); upgrade tracekit"
         )
     if major < 1:
-        raise SchemaVersionError(f"{where}: unknown schema version {version!r}")
+        raise SchemaVersionError(
+            f"{where}: unknown schema version {version!r} (this tracekit reads {SCHEMA_VERSION}); "
+            "the file is damaged or not written by tracekit, re-record the trace"
+        )
 
 
 @cache
