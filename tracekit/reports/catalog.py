@@ -305,6 +305,12 @@ class Catalog:
         """
         config: dict[str, Any] = {}
         if memory_limit:
+            try:
+                duckdb.connect(config={"memory_limit": memory_limit}).close()
+            except duckdb.Error as exc:
+                raise UsageError(
+                    f"--memory-limit {memory_limit!r}: {_first_line(exc)}; give a size such as 2GB or 500MB"
+                ) from None
             config["memory_limit"] = memory_limit
         if threads:
             config["threads"] = threads
