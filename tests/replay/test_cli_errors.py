@@ -81,3 +81,23 @@ def test_sweep_refuses_an_existing_out_before_sweeping(trace: Path, tmp_path: Pa
     line = one_line_error(argv)
     assert str(out) in line and "--force" in line
     assert (out / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("option", ["--ep", "--batch-per-gpu"])
+def test_sweep_empty_list_is_refused(trace: Path, tmp_path: Path, option: str) -> None:
+    out = tmp_path / "sw"
+    argv = [
+        "sweep",
+        str(trace),
+        "--hw",
+        "h200-sxm",
+        option,
+        ",",
+        "--out",
+        str(out),
+        "--no-plot",
+        "--jobs",
+        "1",
+    ]
+    line = one_line_error(argv)
+    assert f"{option} ','" in line and "no number given" in line and not out.exists()

@@ -30,6 +30,10 @@ def _ints(values: tuple[str, ...], name: str) -> list[int]:
             if n < 1:
                 raise UsageError(f"{name} {n}: must be >= 1")
             out.append(n)
+    if values and not out:
+        raise UsageError(
+            f"{name} {','.join(values)!r}: no number given; write e.g. {name} 8,16 or leave it out"
+        )
     return out
 
 
