@@ -21,13 +21,14 @@ def write_ranked_trace(
     device: str | None = None,
     prefill_tokens: int = 0,
     arch: ModelArch | None = None,
+    rows_per_part: int | None = None,
 ) -> Manifest:
     """A decode trace on ``R`` ranks: ``expert_ids[rank, step, moe_layer, token, k]``.
 
     Every token is its own request at KV length ``position + 1``. With ``prefill_tokens > 0`` each
     rank also runs one prefill step (step 0) of that many prompt tokens of one request, routed like
     its first decode tokens. ``arch`` replaces the tiny model the manifest names (its MoE layers must
-    be ``1..L``).
+    be ``1..L``). ``rows_per_part``: the writer's part size (small: many routing row groups).
     """
     R, S, L, N, K = expert_ids.shape
     arch = arch or tiny_arch(num_experts=num_experts, top_k=K, num_layers=L + 1)
@@ -40,7 +41,7 @@ def write_ranked_trace(
     pos = np.broadcast_to(np.asarray(position, dtype=np.int32), (N,))
     first = 1 if prefill_tokens else 0
     for r in range(R):
-        with TraceWriter(path, manifest, rank=r) as w:
+        with TraceWriter(path, manifest, rank=r, rows_per_part=rows_per_part) as w:
             if prefill_tokens:
                 P = prefill_tokens
                 w.append("steps", {"step": [0], "phase": ["prefill"], "num_tokens": [P], "num_requests": [1]})

@@ -331,6 +331,7 @@ def _replay_phase(
             step_lo=lo,
             step_hi=hi,
             ranks_per_node=hw.scaleup_size,
+            prefetch_next=True,
         )
         # -- routed experts, per trace MoE layer [W, L, R]
         local = ew.recv.reshape(W, L, R, spr)

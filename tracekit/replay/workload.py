@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -412,11 +412,15 @@ class ExpertWindow:
         """[W, L, S] token-expert pairs per physical slot."""
         return self.pairs.sum(axis=2)
 
-    @property
+    @cached_property
     def rank_pairs(self) -> np.ndarray:
-        """[W, L, R, R] token-expert pairs from source rank to destination rank."""
+        """[W, L, R, R] token-expert pairs from source rank to destination rank (computed once:
+        the per-peer token and domain counts derive from it)."""
         W, L, R, _ = self.pairs.shape
-        return self.pairs.reshape(W, L, R, R, self.slots_per_rank).sum(axis=-1)
+        flat = self.pairs.reshape(-1)
+        # one reduceat over each rank's consecutive slots: faster than a sum over a short last axis
+        out = np.add.reduceat(flat, np.arange(0, flat.size, self.slots_per_rank)) if flat.size else flat
+        return out.reshape(W, L, R, R)
 
     @property
     def peer_tokens(self) -> np.ndarray:
@@ -504,24 +508,62 @@ class RoutingSource:
     def _recent(self) -> tuple[threading.Lock, dict[tuple[str, int], list[pa.RecordBatch]]]:
         return threading.Lock(), {}
 
+    @cached_property
+    def _pending(self) -> dict[tuple[str, int], Future[list[pa.RecordBatch]]]:
+        """Row groups handed to a prefetch thread, not yet taken by :meth:`read` (under the lock)."""
+        return {}
+
+    def _decode(self, item: tuple[str, int]) -> list[pa.RecordBatch]:
+        cols = ["rank", "step", "layer", "token_index", "expert_ids"]
+        table = pq.ParquetFile(item[0]).read_row_group(item[1], columns=cols, use_threads=False)
+        return table.combine_chunks().to_batches(max_chunksize=ROWS_PER_BATCH)
+
     def read(self, item: tuple[str, int]) -> list[pa.RecordBatch]:
         """The routing columns of one row group, in batches of at most ``ROWS_PER_BATCH`` rows.
 
         The last few row groups read are kept: a row group that straddles two windows of replayed
-        steps is decoded once, not once per window."""
+        steps is decoded once, not once per window. A row group being prefetched is waited for; one
+        queued for prefetch but not started is taken back and decoded here."""
         lock, recent = self._recent
         with lock:
             hit = recent.get(item)
+            fut = self._pending.pop(item, None) if hit is None else None
+            # not started yet: cancel it (the prefetch thread then skips it) and decode here
+            wait = fut is not None and not fut.cancel()
         if hit is not None:
             return hit
-        cols = ["rank", "step", "layer", "token_index", "expert_ids"]
-        table = pq.ParquetFile(item[0]).read_row_group(item[1], columns=cols, use_threads=False)
-        batches = table.combine_chunks().to_batches(max_chunksize=ROWS_PER_BATCH)
+        batches = fut.result() if wait and fut is not None else self._decode(item)
         with lock:
             recent[item] = batches
             while len(recent) > 2 * WORKERS:
                 recent.pop(next(iter(recent)))
         return batches
+
+    def prefetch(self, items: list[tuple[str, int]]) -> None:
+        """Decode ``items`` on a background thread, in order, for later :meth:`read` calls (the next
+        window's row groups, decoded while this window is counted and timed)."""
+        lock, recent = self._recent
+        todo: list[tuple[tuple[str, int], Future[list[pa.RecordBatch]]]] = []
+        with lock:
+            for item in items:
+                if item not in recent and item not in self._pending:
+                    fut: Future[list[pa.RecordBatch]] = Future()
+                    self._pending[item] = fut
+                    todo.append((item, fut))
+        if not todo:
+            return
+
+        def run() -> None:
+            for item, fut in todo:
+                with lock:  # read() cancels a future it takes back before this starts it
+                    if not fut.set_running_or_notify_cancel():
+                        continue
+                try:
+                    fut.set_result(self._decode(item))
+                except BaseException as exc:  # handed to the read() that waits for it
+                    fut.set_exception(exc)
+
+        threading.Thread(target=run, name="tracekit-routing-prefetch", daemon=True).start()
 
 
 def expert_window(
@@ -534,11 +576,15 @@ def expert_window(
     step_lo: int,
     step_hi: int,
     ranks_per_node: int,
+    prefetch_next: bool = False,
 ) -> ExpertWindow:
     """Count the routing of replayed steps ``step_lo .. step_hi - 1`` of one phase.
 
     ``placement``: one placement, or placement epochs (ascending ``from_step``, same ranks, slots
     and experts): each routing row then uses the epoch in force at its trace step (``placement_at``).
+
+    ``prefetch_next``: start decoding the row groups of the next window of as many steps
+    (``step_hi .. 2 * step_hi - step_lo - 1``) on a background thread, for the next call.
 
     Row groups are read and counted by ``WORKERS`` threads, each into its own counters (Parquet
     decoding and most numpy kernels release the GIL); the counters are summed at the end.
@@ -669,6 +715,11 @@ def expert_window(
 
     ranges = _trace_step_ranges(tokens, schedule, step_lo, step_hi)
     jobs = list(enumerate(source.row_groups_in(ranges))) if ranges else []
+    if prefetch_next and step_hi < schedule.num_steps:  # the next window's row groups, in background
+        ahead = _trace_step_ranges(tokens, schedule, step_hi, min(schedule.num_steps, step_hi + W))
+        if ahead:
+            mine = {item for _, item in jobs}
+            source.prefetch([item for item in source.row_groups_in(ahead) if item not in mine])
     if len(jobs) > 1 and WORKERS > 1:
         with ThreadPoolExecutor(max_workers=WORKERS) as pool:
             list(pool.map(work, jobs))
@@ -735,14 +786,16 @@ def _count(c: _Counters, w: np.ndarray, lrow: np.ndarray, src: np.ndarray, slots
     # column is a pair the per-rank (and, for domains, per-node) deduplication removes.
     dst = np.right_shift(slots_t, c.spr_shift) if c.spr_shift >= 0 else np.take(c.dst_of_slot, slots_t)
     dst = np.stack(_sort_columns(list(dst)))
-    k_i, t_i = np.nonzero(dst[1:] == dst[:-1])
-    if t_i.size:
-        _add_counts(c.dup_rank, rel[t_i] * c.R + dst[1:][k_i, t_i], lo * c.R, hi * c.R)
+    n = rel.size
+    # flat positions of the repeats in dst[1:] (one flatnonzero: cheaper than a 2-D nonzero)
+    at = np.flatnonzero(dst[1:] == dst[:-1])
+    if at.size:
+        _add_counts(c.dup_rank, rel[at % n] * c.R + dst[1:].reshape(-1)[at], lo * c.R, hi * c.R)
     if c.Q > 1:
         node = np.take(c.node_of_rank, dst)
-        k_i, t_i = np.nonzero(node[1:] == node[:-1])
-        if t_i.size:
-            _add_counts(c.dup_node, rel[t_i] * c.Q + node[1:][k_i, t_i], lo * c.Q, hi * c.Q)
+        at = np.flatnonzero(node[1:] == node[:-1])
+        if at.size:
+            _add_counts(c.dup_node, rel[at % n] * c.Q + node[1:].reshape(-1)[at], lo * c.Q, hi * c.Q)
 
 
 def _add_counts(acc: np.ndarray, keys: np.ndarray, lo: int, hi: int) -> None:
