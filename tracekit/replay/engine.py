@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from tracekit.replay.memory import MemoryPlan, check_weights_fit, memory_plan
 from tracekit.replay.summary import attach_measured, peers_frame, phase_summary, run_frame, summary_dict
 from tracekit.replay.workload import (
     AttentionLoad,
+    ExpertWindow,
     PhaseTokens,
     RoutingSource,
     Schedule,
@@ -317,298 +319,316 @@ def _replay_phase(
     rep_layer = {w: su.windows.index(w) for w in distinct_windows}
     win_idx = np.array([distinct_windows.index(w) for w in su.windows])
     shared_ffn = shared_expert_width(arch)
-    for lo in range(0, schedule.num_steps, wsize):
-        hi = min(schedule.num_steps, lo + wsize)
-        W = hi - lo
-        if progress is not None:
-            progress(phase, lo, schedule.num_steps)
-        ew = expert_window(
+
+    def count(step_lo: int) -> ExpertWindow:
+        return expert_window(
             source,
             index,
             tokens,
             schedule,
             su.epochs,
-            step_lo=lo,
-            step_hi=hi,
+            step_lo=step_lo,
+            step_hi=min(schedule.num_steps, step_lo + wsize),
             ranks_per_node=hw.scaleup_size,
             prefetch_next=True,
         )
-        # -- routed experts, per trace MoE layer [W, L, R]
-        local = ew.recv.reshape(W, L, R, spr)
-        gg_kw: dict[str, Any] = {
-            "hidden_size": hidden,
-            "ffn_size": arch.moe_intermediate_size,
-            "precision": prec.experts,
-            "weight_precision": prec.experts,
-            "expert_weight_bytes": ewb,
-        }
-        gg_full = grouped_gemm(hw, tokens_per_expert=local, **gg_kw)
-        if tbo:
-            a, b = _halves(local)
-            ga, gb = (
-                grouped_gemm(hw, tokens_per_expert=a, **gg_kw),
-                grouped_gemm(hw, tokens_per_expert=b, **gg_kw),
-            )
-            g_t = _sum_timed(ga, gb)
-            weight_read = ga.weight_bytes + gb.weight_bytes
-        else:
-            g_t = _one(gg_full)
-            weight_read = gg_full.weight_bytes
-        peer = ew.peer_tokens.astype(np.float64)
-        pairs = ew.rank_pairs.astype(np.float64)
-        traffic = EPTraffic(
-            rank_tokens=peer,
-            expert_tokens=pairs,
-            domain_tokens=ew.node_tokens.astype(np.float64),
-            domain_size=hw.scaleup_size,
-        )
-        out.peer_tokens += peer.sum(axis=0)  # type: ignore[operator]
-        out.peer_pairs += pairs.sum(axis=0)  # type: ignore[operator]
-        if tbo:
-            half = traffic.scaled(0.5)
-            d1 = dispatch(hw, half, impl=impl, bytes_per_token=bpt_dispatch)
-            c1 = combine(hw, half, impl=impl, bytes_per_token=bpt_combine)
-            d_t = _Timed(time=2 * d1.time_s, bound=_bound_codes(d1.bound))
-            c_t = _Timed(time=2 * c1.time_s, bound=_bound_codes(c1.bound))
-            net_sent = 2 * (d1.network_bytes_sent + c1.network_bytes_sent)
-        else:
-            d1 = dispatch(hw, traffic, impl=impl, bytes_per_token=bpt_dispatch)
-            c1 = combine(hw, traffic, impl=impl, bytes_per_token=bpt_combine)
-            d_t, c_t = _one(d1), _one(c1)
-            net_sent = d1.network_bytes_sent + c1.network_bytes_sent
-        off = 1.0 - np.eye(R)
-        disp_sent = (peer * off).sum(axis=-1) * bpt_dispatch
-        disp_recv = (peer * off).sum(axis=-2) * bpt_dispatch
-        comb_sent = disp_recv / bpt_dispatch * bpt_combine
-        recv = local.sum(axis=-1)
-        active = (local > 0).sum(axis=-1)
 
-        # -- per (W, R): attention per window class, shared experts, dense FFN, TP all-reduce
-        tok = load.tokens[lo:hi].astype(np.float64)  # [W, R]
-        outputs = load.outputs[lo:hi].astype(np.float64)
-        new, ctx, mb = _sequences(tokens, schedule, lo, hi)
-        dp_groups = R // tp
-        if tp > 1:
-            # A DP group's ranks compute attention over the group's sequences, heads split tp ways.
-            new_g = new.reshape(W, dp_groups, tp * new.shape[-1])
-            ctx_g = ctx.reshape(W, dp_groups, tp * ctx.shape[-1])
-            mb_g = np.broadcast_to((np.arange(new_g.shape[-1]) % 2)[None, None, :], new_g.shape)
-            tok_g = np.repeat(tok.reshape(W, dp_groups, tp).sum(axis=-1), tp, axis=-1)
-            out_g = np.repeat(outputs.reshape(W, dp_groups, tp).sum(axis=-1), tp, axis=-1)
-        else:
-            new_g, ctx_g, mb_g, tok_g, out_g = new, ctx, mb, tok, outputs
-        attn_by_window = []
-        for w in distinct_windows:
-            kw: dict[str, Any] = {
-                "phase": phase,
-                "kv_precision": prec.kv_cache,
-                "weight_precision": prec.attention,
-                "precision": prec.attention,
-                "layer": rep_layer[w],
-                "tp": tp,
+    # Routing is counted one window ahead on a helper thread (itself using the counting workers),
+    # so the timing and tables of a window overlap the counting of the next.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracekit-window") as ahead:
+        counted = ahead.submit(count, 0) if schedule.num_steps > 0 else None
+        for lo in range(0, schedule.num_steps, wsize):
+            hi = min(schedule.num_steps, lo + wsize)
+            W = hi - lo
+            if progress is not None:
+                progress(phase, lo, schedule.num_steps)
+            if counted is None:  # submitted for every window before the loop reaches it
+                raise RuntimeError("replay: window routing was not counted")
+            ew = counted.result()
+            if hi < schedule.num_steps:  # the next window's routing, counted while this one is timed
+                counted = ahead.submit(count, hi)
+            # -- routed experts, per trace MoE layer [W, L, R]
+            local = ew.recv.reshape(W, L, R, spr)
+            gg_kw: dict[str, Any] = {
+                "hidden_size": hidden,
+                "ffn_size": arch.moe_intermediate_size,
+                "precision": prec.experts,
+                "weight_precision": prec.experts,
+                "expert_weight_bytes": ewb,
             }
+            gg_full = grouped_gemm(hw, tokens_per_expert=local, **gg_kw)
             if tbo:
-                a1 = attention(
-                    hw, arch, new_tokens=new_g * (mb_g == 0), context_tokens=ctx_g * (mb_g == 0), **kw
+                a, b = _halves(local)
+                ga, gb = (
+                    grouped_gemm(hw, tokens_per_expert=a, **gg_kw),
+                    grouped_gemm(hw, tokens_per_expert=b, **gg_kw),
                 )
-                a2 = attention(
-                    hw, arch, new_tokens=new_g * (mb_g == 1), context_tokens=ctx_g * (mb_g == 1), **kw
-                )
-                at = _sum_timed(a1, a2)
+                g_t = _sum_timed(ga, gb)
+                weight_read = ga.weight_bytes + gb.weight_bytes
             else:
-                at = _one(attention(hw, arch, new_tokens=new_g, context_tokens=ctx_g, **kw))
-            if tp > 1:
-                at = _Timed(time=np.repeat(at.time, tp, axis=-1), bound=np.repeat(at.bound, tp, axis=-1))
-            attn_by_window.append(at)
-        attn_t = np.stack([a.time for a in attn_by_window])[win_idx]  # [T, W, R]
-        attn_b = np.stack([a.bound for a in attn_by_window])[win_idx]
-
-        def ffn(width: int, m: np.ndarray) -> _Timed:
-            if width == 0:
-                return _zero(m.shape)
-
-            def one(rows: np.ndarray) -> _Timed:
-                up = gemm(hw, m=rows, n=2 * width // tp, k=hidden, precision=prec.dense)
-                down = gemm(hw, m=rows, n=hidden, k=width // tp, precision=prec.dense)
-                return _sum_timed(up, down)
-
+                g_t = _one(gg_full)
+                weight_read = gg_full.weight_bytes
+            peer = ew.peer_tokens.astype(np.float64)
+            pairs = ew.rank_pairs.astype(np.float64)
+            traffic = EPTraffic(
+                rank_tokens=peer,
+                expert_tokens=pairs,
+                domain_tokens=ew.node_tokens.astype(np.float64),
+                domain_size=hw.scaleup_size,
+            )
+            out.peer_tokens += peer.sum(axis=0)  # type: ignore[operator]
+            out.peer_pairs += pairs.sum(axis=0)  # type: ignore[operator]
             if tbo:
-                a, b = _halves(m)
-                ta, tb = one(a), one(b)
-                return _Timed(time=ta.time + tb.time, bound=np.where(ta.time >= tb.time, ta.bound, tb.bound))
-            return one(m)
+                half = traffic.scaled(0.5)
+                d1 = dispatch(hw, half, impl=impl, bytes_per_token=bpt_dispatch)
+                c1 = combine(hw, half, impl=impl, bytes_per_token=bpt_combine)
+                d_t = _Timed(time=2 * d1.time_s, bound=_bound_codes(d1.bound))
+                c_t = _Timed(time=2 * c1.time_s, bound=_bound_codes(c1.bound))
+                net_sent = 2 * (d1.network_bytes_sent + c1.network_bytes_sent)
+            else:
+                d1 = dispatch(hw, traffic, impl=impl, bytes_per_token=bpt_dispatch)
+                c1 = combine(hw, traffic, impl=impl, bytes_per_token=bpt_combine)
+                d_t, c_t = _one(d1), _one(c1)
+                net_sent = d1.network_bytes_sent + c1.network_bytes_sent
+            off = 1.0 - np.eye(R)
+            disp_sent = (peer * off).sum(axis=-1) * bpt_dispatch
+            disp_recv = (peer * off).sum(axis=-2) * bpt_dispatch
+            comb_sent = disp_recv / bpt_dispatch * bpt_combine
+            recv = local.sum(axis=-1)
+            active = (local > 0).sum(axis=-1)
 
-        router = gemm(hw, m=tok, n=arch.num_experts, k=hidden, precision="bf16")
-        shared = ffn(shared_ffn, tok_g) if shared_expert_params(arch) else _zero(tok.shape)
-        moe_dense = _Timed(
-            time=shared.time + router.time_s,
-            bound=np.where(shared.time >= router.time_s, shared.bound, _bound_codes(router.bound)),
-        )
-        dense_ffn = ffn(arch.intermediate_size or 0, tok_g)
-        if tp > 1:
-            ar = allreduce(hw, nbytes=tok_g * hidden * 2.0, ranks=tp)
-            ar_t = _Timed(time=np.asarray(ar.time_s), bound=_bound_codes(np.asarray(ar.bound)))
-        else:
-            ar_t = _zero(tok.shape)
-
-        # -- assemble per target layer [W, T, R]
-        def by_layer(moe_arr: np.ndarray, fill: float, shape: tuple[int, int, int] = (W, T, R)) -> np.ndarray:
-            # [W, L, R] per trace MoE layer -> [W, T, R] per target layer (fill for dense layers)
-            return np.where(moe_mask[None, :, None], moe_arr[:, src_idx, :], np.full(shape, fill))
-
-        def wtr(x: np.ndarray, shape: tuple[int, int, int] = (W, T, R)) -> np.ndarray:  # [W, R] -> [W, T, R]
-            return np.broadcast_to(x[:, None, :], shape)
-
-        times = {
-            "attention": np.moveaxis(attn_t, 0, 1),
-            "expert_gemm": by_layer(g_t.time, 0.0),
-            "dense": np.where(moe_mask[None, :, None], wtr(moe_dense.time), wtr(dense_ffn.time)),
-            "dispatch": by_layer(d_t.time, 0.0),
-            "combine": by_layer(c_t.time, 0.0),
-            "tp_comm": wtr(ar_t.time) * np.where(moe_mask, 1.0, 2.0)[None, :, None],
-        }
-        bounds = {
-            "attention": np.moveaxis(attn_b, 0, 1),
-            "expert_gemm": by_layer(g_t.bound, 3).astype(np.int8),
-            "dense": np.where(moe_mask[None, :, None], wtr(moe_dense.bound), wtr(dense_ffn.bound)),
-            "dispatch": by_layer(d_t.bound, 3).astype(np.int8),
-            "combine": by_layer(c_t.bound, 3).astype(np.int8),
-            "tp_comm": wtr(ar_t.bound),
-        }
-        compute = times["attention"] + times["expert_gemm"] + times["dense"]
-        comm = times["dispatch"] + times["combine"] + times["tp_comm"]
-        exposed = np.maximum(comm - compute, 0.0) if tbo else comm
-        total = compute + exposed
-        stack = np.stack([times[c] for c in COMPONENTS])  # [6, W, T, R]
-        largest = stack.argmax(axis=0)
-        bstack = np.stack([bounds[c] for c in COMPONENTS])
-        rank_bound = np.take_along_axis(bstack, largest[None], axis=0)[0]
-
-        # layer level
-        layer_time = total.max(axis=-1)
-        slowest = total.argmax(axis=-1)
-        mean_load = total.mean(axis=-1)
-        straggler = layer_time - mean_load
-        share = np.divide(exposed, comm, out=np.zeros_like(comm), where=comm > 0)
-        exposed_parts = {c: times[c] * share for c in ("dispatch", "combine", "tp_comm")}
-        layer_bound = np.take_along_axis(rank_bound, slowest[..., None], axis=-1)[..., 0]
-        recv_t = by_layer(recv.astype(np.float64), 0.0)
-        sent_t = by_layer(disp_sent, 0.0)
-        net_t = by_layer(net_sent, 0.0)
-
-        # embedding and LM head, per rank
-        emb = roofline(hw, flops=0.0, hbm_bytes=tok * hidden * bytes_per_param(prec.dense) * 2.0)
-        head = gemm(hw, m=out_g, n=arch.vocab_size // tp, k=hidden, precision=prec.dense)
-        edge = emb.time_s + head.time_s
-        edge_mean = edge.mean(axis=-1)
-        step_time = layer_time.sum(axis=-1) + edge.max(axis=-1)
-        step_bound = _step_bound(
-            layer_time, layer_bound, edge.max(axis=-1), _bound_codes(head.bound).max(axis=-1)
-        )
-
-        steps_idx = np.arange(lo, hi, dtype=np.int32)
-        mean = {c: times[c].mean(axis=-1).sum(axis=-1) for c in ("attention", "expert_gemm", "dense")}
-        mexp = {c: exposed_parts[c].mean(axis=-1).sum(axis=-1) for c in exposed_parts}
-        out.steps.append(
-            pl.DataFrame(
-                {
-                    "pool": [pool] * W,
-                    "step": steps_idx,
-                    "phase": [phase] * W,
-                    "trace_step_first": load.trace_step_first[lo:hi].astype(np.int32),
-                    "trace_step_last": load.trace_step_last[lo:hi].astype(np.int32),
-                    "num_tokens": tok.sum(axis=-1).astype(np.int64),
-                    "num_requests": load.requests[lo:hi].astype(np.int64),
-                    "output_tokens": outputs.sum(axis=-1).astype(np.int64),
-                    "kv_len_mean": np.divide(
-                        load.pairs[None][lo:hi].sum(axis=-1),
-                        tok.sum(axis=-1),
-                        out=np.zeros(W),
-                        where=tok.sum(axis=-1) > 0,
-                    ),
-                    "step_time_s": step_time,
-                    "attention_s": mean["attention"],
-                    "expert_gemm_s": mean["expert_gemm"],
-                    "dense_s": mean["dense"],
-                    "dispatch_s": mexp["dispatch"],
-                    "combine_s": mexp["combine"],
-                    "tp_comm_s": mexp["tp_comm"],
-                    "straggler_s": straggler.sum(axis=-1) + edge.max(axis=-1) - edge_mean,
-                    "embedding_s": emb.time_s.mean(axis=-1),
-                    "lm_head_s": head.time_s.mean(axis=-1),
-                    "hidden_comm_s": (comm - exposed).mean(axis=-1).sum(axis=-1),
-                    "dispatch_bytes": sent_t.sum(axis=(-1, -2)).astype(np.int64),
-                    "network_bytes": net_t.sum(axis=(-1, -2)).astype(np.int64),
-                    "bound": np.asarray(BOUND_NAMES)[step_bound],
+            # -- per (W, R): attention per window class, shared experts, dense FFN, TP all-reduce
+            tok = load.tokens[lo:hi].astype(np.float64)  # [W, R]
+            outputs = load.outputs[lo:hi].astype(np.float64)
+            new, ctx, mb = _sequences(tokens, schedule, lo, hi)
+            dp_groups = R // tp
+            if tp > 1:
+                # A DP group's ranks compute attention over the group's sequences, heads split tp ways.
+                new_g = new.reshape(W, dp_groups, tp * new.shape[-1])
+                ctx_g = ctx.reshape(W, dp_groups, tp * ctx.shape[-1])
+                mb_g = np.broadcast_to((np.arange(new_g.shape[-1]) % 2)[None, None, :], new_g.shape)
+                tok_g = np.repeat(tok.reshape(W, dp_groups, tp).sum(axis=-1), tp, axis=-1)
+                out_g = np.repeat(outputs.reshape(W, dp_groups, tp).sum(axis=-1), tp, axis=-1)
+            else:
+                new_g, ctx_g, mb_g, tok_g, out_g = new, ctx, mb, tok, outputs
+            attn_by_window = []
+            for w in distinct_windows:
+                kw: dict[str, Any] = {
+                    "phase": phase,
+                    "kv_precision": prec.kv_cache,
+                    "weight_precision": prec.attention,
+                    "precision": prec.attention,
+                    "layer": rep_layer[w],
+                    "tp": tp,
                 }
+                if tbo:
+                    a1 = attention(
+                        hw, arch, new_tokens=new_g * (mb_g == 0), context_tokens=ctx_g * (mb_g == 0), **kw
+                    )
+                    a2 = attention(
+                        hw, arch, new_tokens=new_g * (mb_g == 1), context_tokens=ctx_g * (mb_g == 1), **kw
+                    )
+                    at = _sum_timed(a1, a2)
+                else:
+                    at = _one(attention(hw, arch, new_tokens=new_g, context_tokens=ctx_g, **kw))
+                if tp > 1:
+                    at = _Timed(time=np.repeat(at.time, tp, axis=-1), bound=np.repeat(at.bound, tp, axis=-1))
+                attn_by_window.append(at)
+            attn_t = np.stack([a.time for a in attn_by_window])[win_idx]  # [T, W, R]
+            attn_b = np.stack([a.bound for a in attn_by_window])[win_idx]
+
+            def ffn(width: int, m: np.ndarray) -> _Timed:
+                if width == 0:
+                    return _zero(m.shape)
+
+                def one(rows: np.ndarray) -> _Timed:
+                    up = gemm(hw, m=rows, n=2 * width // tp, k=hidden, precision=prec.dense)
+                    down = gemm(hw, m=rows, n=hidden, k=width // tp, precision=prec.dense)
+                    return _sum_timed(up, down)
+
+                if tbo:
+                    a, b = _halves(m)
+                    ta, tb = one(a), one(b)
+                    return _Timed(
+                        time=ta.time + tb.time, bound=np.where(ta.time >= tb.time, ta.bound, tb.bound)
+                    )
+                return one(m)
+
+            router = gemm(hw, m=tok, n=arch.num_experts, k=hidden, precision="bf16")
+            shared = ffn(shared_ffn, tok_g) if shared_expert_params(arch) else _zero(tok.shape)
+            moe_dense = _Timed(
+                time=shared.time + router.time_s,
+                bound=np.where(shared.time >= router.time_s, shared.bound, _bound_codes(router.bound)),
             )
-        )
-        wi, ti = np.meshgrid(np.arange(W), np.arange(T), indexing="ij")
-        recv_mean = recv_t.mean(axis=-1)
-        recv_max = recv_t.max(axis=-1)
-        out.layers.append(
-            pl.DataFrame(
-                {
-                    "pool": [pool] * (W * T),
-                    "step": (steps_idx[wi]).reshape(-1),
-                    "phase": [phase] * (W * T),
-                    "layer": ti.reshape(-1).astype(np.int16),
-                    "kind": np.where(moe_mask[ti], "moe", "dense").reshape(-1),
-                    "source_layer": pl.Series(
-                        np.where(moe_mask, np.asarray(source.layers)[src_idx], -1)[ti]
-                        .reshape(-1)
-                        .astype(np.int16)
-                    ).replace(-1, None),
-                    "time_s": layer_time.reshape(-1),
-                    "mean_load_s": mean_load.reshape(-1),
-                    "straggler_s": straggler.reshape(-1),
-                    "exposed_comm_s": exposed.mean(axis=-1).reshape(-1),
-                    "hidden_comm_s": (comm - exposed).mean(axis=-1).reshape(-1),
-                    **{f"{c}_s": times[c].mean(axis=-1).reshape(-1) for c in COMPONENTS},
-                    "slowest_rank": slowest.reshape(-1).astype(np.int32),
-                    "tokens_recv_max": recv_max.reshape(-1).astype(np.int64),
-                    "tokens_recv_mean": recv_mean.reshape(-1),
-                    "imbalance": np.divide(
-                        recv_max - recv_mean, recv_mean, out=np.zeros_like(recv_mean), where=recv_mean > 0
-                    ).reshape(-1),
-                    "dispatch_bytes": sent_t.sum(axis=-1).reshape(-1).astype(np.int64),
-                    "network_bytes": net_t.sum(axis=-1).reshape(-1).astype(np.int64),
-                    "bound": np.asarray(BOUND_NAMES)[layer_bound].reshape(-1),
-                }
+            dense_ffn = ffn(arch.intermediate_size or 0, tok_g)
+            if tp > 1:
+                ar = allreduce(hw, nbytes=tok_g * hidden * 2.0, ranks=tp)
+                ar_t = _Timed(time=np.asarray(ar.time_s), bound=_bound_codes(np.asarray(ar.bound)))
+            else:
+                ar_t = _zero(tok.shape)
+
+            # -- assemble per target layer [W, T, R]
+            def by_layer(
+                moe_arr: np.ndarray, fill: float, shape: tuple[int, int, int] = (W, T, R)
+            ) -> np.ndarray:
+                # [W, L, R] per trace MoE layer -> [W, T, R] per target layer (fill for dense layers)
+                return np.where(moe_mask[None, :, None], moe_arr[:, src_idx, :], np.full(shape, fill))
+
+            def wtr(
+                x: np.ndarray, shape: tuple[int, int, int] = (W, T, R)
+            ) -> np.ndarray:  # [W, R] -> [W, T, R]
+                return np.broadcast_to(x[:, None, :], shape)
+
+            times = {
+                "attention": np.moveaxis(attn_t, 0, 1),
+                "expert_gemm": by_layer(g_t.time, 0.0),
+                "dense": np.where(moe_mask[None, :, None], wtr(moe_dense.time), wtr(dense_ffn.time)),
+                "dispatch": by_layer(d_t.time, 0.0),
+                "combine": by_layer(c_t.time, 0.0),
+                "tp_comm": wtr(ar_t.time) * np.where(moe_mask, 1.0, 2.0)[None, :, None],
+            }
+            bounds = {
+                "attention": np.moveaxis(attn_b, 0, 1),
+                "expert_gemm": by_layer(g_t.bound, 3).astype(np.int8),
+                "dense": np.where(moe_mask[None, :, None], wtr(moe_dense.bound), wtr(dense_ffn.bound)),
+                "dispatch": by_layer(d_t.bound, 3).astype(np.int8),
+                "combine": by_layer(c_t.bound, 3).astype(np.int8),
+                "tp_comm": wtr(ar_t.bound),
+            }
+            compute = times["attention"] + times["expert_gemm"] + times["dense"]
+            comm = times["dispatch"] + times["combine"] + times["tp_comm"]
+            exposed = np.maximum(comm - compute, 0.0) if tbo else comm
+            total = compute + exposed
+            stack = np.stack([times[c] for c in COMPONENTS])  # [6, W, T, R]
+            largest = stack.argmax(axis=0)
+            bstack = np.stack([bounds[c] for c in COMPONENTS])
+            rank_bound = np.take_along_axis(bstack, largest[None], axis=0)[0]
+
+            # layer level
+            layer_time = total.max(axis=-1)
+            slowest = total.argmax(axis=-1)
+            mean_load = total.mean(axis=-1)
+            straggler = layer_time - mean_load
+            share = np.divide(exposed, comm, out=np.zeros_like(comm), where=comm > 0)
+            exposed_parts = {c: times[c] * share for c in ("dispatch", "combine", "tp_comm")}
+            layer_bound = np.take_along_axis(rank_bound, slowest[..., None], axis=-1)[..., 0]
+            recv_t = by_layer(recv.astype(np.float64), 0.0)
+            sent_t = by_layer(disp_sent, 0.0)
+            net_t = by_layer(net_sent, 0.0)
+
+            # embedding and LM head, per rank
+            emb = roofline(hw, flops=0.0, hbm_bytes=tok * hidden * bytes_per_param(prec.dense) * 2.0)
+            head = gemm(hw, m=out_g, n=arch.vocab_size // tp, k=hidden, precision=prec.dense)
+            edge = emb.time_s + head.time_s
+            edge_mean = edge.mean(axis=-1)
+            step_time = layer_time.sum(axis=-1) + edge.max(axis=-1)
+            step_bound = _step_bound(
+                layer_time, layer_bound, edge.max(axis=-1), _bound_codes(head.bound).max(axis=-1)
             )
-        )
-        if collect_ranks:
-            n = W * T * R
-            wi3, ti3, ri3 = np.meshgrid(np.arange(W), np.arange(T), np.arange(R), indexing="ij")
-            kv_sum = np.stack([load.pairs[w][lo:hi] for w in distinct_windows])[win_idx]  # [T, W, R]
-            out.ranks.append(
+
+            steps_idx = np.arange(lo, hi, dtype=np.int32)
+            mean = {c: times[c].mean(axis=-1).sum(axis=-1) for c in ("attention", "expert_gemm", "dense")}
+            mexp = {c: exposed_parts[c].mean(axis=-1).sum(axis=-1) for c in exposed_parts}
+            out.steps.append(
                 pl.DataFrame(
                     {
-                        "pool": [pool] * n,
-                        "step": steps_idx[wi3].reshape(-1),
-                        "phase": [phase] * n,
-                        "layer": ti3.reshape(-1).astype(np.int16),
-                        "rank": ri3.reshape(-1).astype(np.int32),
-                        "tokens": wtr(tok).reshape(-1).astype(np.int64),
-                        "kv_tokens": np.moveaxis(kv_sum, 0, 1).reshape(-1).astype(np.int64),
-                        "tokens_recv": recv_t.reshape(-1).astype(np.int64),
-                        "active_experts": by_layer(active.astype(np.float64), 0.0)
-                        .reshape(-1)
-                        .astype(np.int32),
-                        "weight_bytes": by_layer(weight_read, 0.0).reshape(-1).astype(np.int64),
-                        "dispatch_bytes": sent_t.reshape(-1).astype(np.int64),
-                        "dispatch_recv_bytes": by_layer(disp_recv, 0.0).reshape(-1).astype(np.int64),
-                        "network_bytes": net_t.reshape(-1).astype(np.int64),
-                        "combine_bytes": by_layer(comb_sent, 0.0).reshape(-1).astype(np.int64),
-                        **{f"{c}_s": times[c].reshape(-1) for c in COMPONENTS},
-                        "compute_s": compute.reshape(-1),
-                        "comm_s": comm.reshape(-1),
-                        "exposed_comm_s": exposed.reshape(-1),
-                        "total_s": total.reshape(-1),
-                        "bound": np.asarray(BOUND_NAMES)[rank_bound].reshape(-1),
+                        "pool": [pool] * W,
+                        "step": steps_idx,
+                        "phase": [phase] * W,
+                        "trace_step_first": load.trace_step_first[lo:hi].astype(np.int32),
+                        "trace_step_last": load.trace_step_last[lo:hi].astype(np.int32),
+                        "num_tokens": tok.sum(axis=-1).astype(np.int64),
+                        "num_requests": load.requests[lo:hi].astype(np.int64),
+                        "output_tokens": outputs.sum(axis=-1).astype(np.int64),
+                        "kv_len_mean": np.divide(
+                            load.pairs[None][lo:hi].sum(axis=-1),
+                            tok.sum(axis=-1),
+                            out=np.zeros(W),
+                            where=tok.sum(axis=-1) > 0,
+                        ),
+                        "step_time_s": step_time,
+                        "attention_s": mean["attention"],
+                        "expert_gemm_s": mean["expert_gemm"],
+                        "dense_s": mean["dense"],
+                        "dispatch_s": mexp["dispatch"],
+                        "combine_s": mexp["combine"],
+                        "tp_comm_s": mexp["tp_comm"],
+                        "straggler_s": straggler.sum(axis=-1) + edge.max(axis=-1) - edge_mean,
+                        "embedding_s": emb.time_s.mean(axis=-1),
+                        "lm_head_s": head.time_s.mean(axis=-1),
+                        "hidden_comm_s": (comm - exposed).mean(axis=-1).sum(axis=-1),
+                        "dispatch_bytes": sent_t.sum(axis=(-1, -2)).astype(np.int64),
+                        "network_bytes": net_t.sum(axis=(-1, -2)).astype(np.int64),
+                        "bound": np.asarray(BOUND_NAMES)[step_bound],
                     }
                 )
             )
+            wi, ti = np.meshgrid(np.arange(W), np.arange(T), indexing="ij")
+            recv_mean = recv_t.mean(axis=-1)
+            recv_max = recv_t.max(axis=-1)
+            out.layers.append(
+                pl.DataFrame(
+                    {
+                        "pool": [pool] * (W * T),
+                        "step": (steps_idx[wi]).reshape(-1),
+                        "phase": [phase] * (W * T),
+                        "layer": ti.reshape(-1).astype(np.int16),
+                        "kind": np.where(moe_mask[ti], "moe", "dense").reshape(-1),
+                        "source_layer": pl.Series(
+                            np.where(moe_mask, np.asarray(source.layers)[src_idx], -1)[ti]
+                            .reshape(-1)
+                            .astype(np.int16)
+                        ).replace(-1, None),
+                        "time_s": layer_time.reshape(-1),
+                        "mean_load_s": mean_load.reshape(-1),
+                        "straggler_s": straggler.reshape(-1),
+                        "exposed_comm_s": exposed.mean(axis=-1).reshape(-1),
+                        "hidden_comm_s": (comm - exposed).mean(axis=-1).reshape(-1),
+                        **{f"{c}_s": times[c].mean(axis=-1).reshape(-1) for c in COMPONENTS},
+                        "slowest_rank": slowest.reshape(-1).astype(np.int32),
+                        "tokens_recv_max": recv_max.reshape(-1).astype(np.int64),
+                        "tokens_recv_mean": recv_mean.reshape(-1),
+                        "imbalance": np.divide(
+                            recv_max - recv_mean, recv_mean, out=np.zeros_like(recv_mean), where=recv_mean > 0
+                        ).reshape(-1),
+                        "dispatch_bytes": sent_t.sum(axis=-1).reshape(-1).astype(np.int64),
+                        "network_bytes": net_t.sum(axis=-1).reshape(-1).astype(np.int64),
+                        "bound": np.asarray(BOUND_NAMES)[layer_bound].reshape(-1),
+                    }
+                )
+            )
+            if collect_ranks:
+                n = W * T * R
+                wi3, ti3, ri3 = np.meshgrid(np.arange(W), np.arange(T), np.arange(R), indexing="ij")
+                kv_sum = np.stack([load.pairs[w][lo:hi] for w in distinct_windows])[win_idx]  # [T, W, R]
+                out.ranks.append(
+                    pl.DataFrame(
+                        {
+                            "pool": [pool] * n,
+                            "step": steps_idx[wi3].reshape(-1),
+                            "phase": [phase] * n,
+                            "layer": ti3.reshape(-1).astype(np.int16),
+                            "rank": ri3.reshape(-1).astype(np.int32),
+                            "tokens": wtr(tok).reshape(-1).astype(np.int64),
+                            "kv_tokens": np.moveaxis(kv_sum, 0, 1).reshape(-1).astype(np.int64),
+                            "tokens_recv": recv_t.reshape(-1).astype(np.int64),
+                            "active_experts": by_layer(active.astype(np.float64), 0.0)
+                            .reshape(-1)
+                            .astype(np.int32),
+                            "weight_bytes": by_layer(weight_read, 0.0).reshape(-1).astype(np.int64),
+                            "dispatch_bytes": sent_t.reshape(-1).astype(np.int64),
+                            "dispatch_recv_bytes": by_layer(disp_recv, 0.0).reshape(-1).astype(np.int64),
+                            "network_bytes": net_t.reshape(-1).astype(np.int64),
+                            "combine_bytes": by_layer(comb_sent, 0.0).reshape(-1).astype(np.int64),
+                            **{f"{c}_s": times[c].reshape(-1) for c in COMPONENTS},
+                            "compute_s": compute.reshape(-1),
+                            "comm_s": comm.reshape(-1),
+                            "exposed_comm_s": exposed.reshape(-1),
+                            "total_s": total.reshape(-1),
+                            "bound": np.asarray(BOUND_NAMES)[rank_bound].reshape(-1),
+                        }
+                    )
+                )
     return out
 
 
