@@ -17,6 +17,19 @@ from tracekit.replay.workload import AttentionLoad, PhaseTokens, Schedule
 if TYPE_CHECKING:
     from tracekit.replay.engine import _PhaseOut, _Setup
 
+#: Components of a step's time, in the order the summary and breakdown list them.
+BREAKDOWN = (
+    "attention",
+    "expert_gemm",
+    "dense",
+    "dispatch",
+    "combine",
+    "tp_comm",
+    "straggler",
+    "embedding",
+    "lm_head",
+)
+
 
 def device_matches(su: _Setup) -> bool:
     device = str(su.trace.manifest.hardware.get("device", "")).lower()
@@ -113,17 +126,7 @@ def phase_summary(
         "tpot_s": mean_step if decode else None,
         "ttft_s": None if decode else _ttft(steps, tokens, schedule),
     }
-    for c in (
-        "attention",
-        "expert_gemm",
-        "dense",
-        "dispatch",
-        "combine",
-        "tp_comm",
-        "straggler",
-        "embedding",
-        "lm_head",
-    ):
+    for c in BREAKDOWN:
         row[f"{c}_s"] = float(steps[f"{c}_s"].mean()) if n else 0.0  # type: ignore[arg-type]
     row.update(
         {
@@ -138,17 +141,7 @@ def phase_summary(
 
 
 def summary_dict(main: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    comps = (
-        "attention",
-        "expert_gemm",
-        "dense",
-        "dispatch",
-        "combine",
-        "tp_comm",
-        "straggler",
-        "embedding",
-        "lm_head",
-    )
+    comps = BREAKDOWN
     out = {k: v for k, v in main.items() if not (k.endswith("_s") and k[:-2] in comps)}
     out["breakdown"] = {c: main[f"{c}_s"] for c in comps}
     prefill = [r for r in rows if r["phase"] == "prefill"]
