@@ -156,6 +156,11 @@ def dispatch(
     time, bound, link = _time(
         hw, p, loads, t.num_ranks, latency_s=p.dispatch_latency_s, floor_s=p.dispatch_floor_s
     )
+    return _comm_cost(time, bound, link, loads)
+
+
+def _comm_cost(time: F64, bound: Any, link: Any, loads: dict[str, F64]) -> CommCost:
+    """A CommCost from the times and this rank's link loads (sent / received per link)."""
     return CommCost(
         time_s=time,
         bound=bound,
@@ -188,15 +193,7 @@ def combine(
     time, bound, link = _time(
         hw, p, loads, t.num_ranks, latency_s=p.combine_latency_s, floor_s=p.combine_floor_s
     )
-    return CommCost(
-        time_s=time,
-        bound=bound,
-        link=link,
-        nvlink_bytes_sent=loads["nvlink_sent"],
-        nvlink_bytes_recv=loads["nvlink_recv"],
-        network_bytes_sent=loads["network_sent"],
-        network_bytes_recv=loads["network_recv"],
-    )
+    return _comm_cost(time, bound, link, loads)
 
 
 def alltoall(hw: HardwareSpec, *, nbytes: ArrayLike, ranks: int, impl: str = "nccl") -> CommCost:
