@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -30,21 +31,34 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {what}" for what, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def _import_inputs(fn: Callable[..., None]) -> Callable[..., None]:
+    """FILES, --out and --model: the arguments every importer takes."""
+    for decorate in reversed(
+        (
+            click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path)),
+            click.option(
+                "--out", required=True, type=click.Path(path_type=Path), help="Trace directory to write."
+            ),
+            click.option(
+                "--model",
+                "model_name",
+                default=None,
+                help="Model that ran (catalog name or config.json path); "
+                "without it the manifest records the placeholder architecture 'unknown'.",
+            ),
+        )
+    ):
+        fn = decorate(fn)
+    return fn
+
+
 @click.group("import")
 def import_() -> None:
     """Import traces from profilers and serving engines (Kineto JSON, SGLang dumps)."""
 
 
 @import_.command("kineto")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace directory to write.")
-@click.option(
-    "--model",
-    "model_name",
-    default=None,
-    help="Model that ran (catalog name or config.json path); "
-    "without it the manifest records the placeholder architecture 'unknown'.",
-)
+@_import_inputs
 @click.option(
     "--rank-from",
     type=click.Choice(RANK_SOURCES),
@@ -114,15 +128,7 @@ def kineto(
 
 
 @import_.command("sglang")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace directory to write.")
-@click.option(
-    "--model",
-    "model_name",
-    default=None,
-    help="Model that ran (catalog name or config.json path); "
-    "without it the manifest records the placeholder architecture 'unknown'.",
-)
+@_import_inputs
 @click.option(
     "--world-size",
     type=int,
