@@ -126,7 +126,7 @@ def test_prefetched_windows_count_like_unprefetched_ones(tmp_path_factory: pytes
         ew = expert_window(fetched, index, tokens["decode"], sch, placement, prefetch_next=True, **kw)
         plain = RoutingSource(trace=tr, layers=(1,), top_k=K)
         ref_ew = expert_window(plain, index, tokens["decode"], sch, placement, **kw)
-        for name in ("pairs", "dup_rank", "dup_node"):
+        for name in ("recv", "rank_pairs", "dup_rank", "dup_node"):
             np.testing.assert_array_equal(getattr(ew, name), getattr(ref_ew, name))
         ref = ep_traffic(
             dst_rank=(ids[:, s, 0] // spr).reshape(-1, K),
@@ -150,3 +150,67 @@ def test_a_row_group_queued_for_prefetch_reads_the_same_batches(tmp_path: Path) 
         got = pa.Table.from_batches(src.read(item))
         want = pq.ParquetFile(item[0]).read_row_group(item[1], columns=got.column_names)
         assert got.equals(want)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), ranks=st.sampled_from([2, 4]), rpn=st.sampled_from([1, 2, 4]))
+def test_rows_in_any_order_without_statistics_count_like_the_writers_files(tmp_path_factory: pytest.TempPathFactory, seed: int, ranks: int, rpn: int) -> None:  # fmt: skip
+    """The routing rows rewritten as one file in random order, in row groups that mix ranks, steps
+    and layers, without Parquet statistics, and with rows the replay must drop (a token index past
+    the step's tokens, a step and a rank without tokens, a dense layer, a layer past the model):
+    every window counts exactly what it counts from the writer's files, and what the cost model's
+    own traffic counter gives."""
+    rng = np.random.default_rng(seed)
+    E, K, N, S, L = 16, 4, 6, 3, 2
+    ids = random_ids(rng, (ranks, S, L, N), E, K)
+    base = tmp_path_factory.mktemp("w")
+    write_ranked_trace(base / "a", ids, num_experts=E)
+    write_ranked_trace(base / "b", ids, num_experts=E)
+    routing = sorted((base / "b" / "routing").glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(f) for f in routing])
+    n = 5
+    junk = pa.table(
+        {
+            "rank": pa.array([0, 0, 77, 0, 1], pa.int32()),
+            "step": pa.array([0, 99, 1, 1, 2], pa.int32()),
+            "layer": pa.array([1, 1, 1, 0, 40], pa.int16()),
+            "token_index": pa.array([N + 5, 0, 0, 1, 2], pa.int32()),
+            "expert_ids": pa.array([[0, 1, 2, 3]] * n, table.schema.field("expert_ids").type),
+        }
+    )
+    table = pa.concat_tables([table.select(junk.column_names), junk], promote_options="permissive")
+    table = table.take(rng.permutation(table.num_rows))
+    for f in routing:
+        f.unlink()
+    pq.write_table(table, routing[0], row_group_size=7, write_statistics=False)
+    placement = Placement.contiguous([1, 2], E, ranks)
+    spr = E // ranks
+    layers = (1, 2)
+    for s in range(S):
+        kw = {"step_lo": s, "step_hi": s + 1, "ranks_per_node": rpn}
+        got, want = (
+            expert_window(
+                RoutingSource(trace=tr, layers=layers, top_k=K),
+                index,
+                tokens["decode"],
+                make_schedule(tokens["decode"], num_ranks=ranks, batch_per_gpu=None),
+                placement,
+                **kw,
+            )
+            for tr in (open_trace(base / "b"), open_trace(base / "a"))
+            for tokens, index in [load_tokens(tr)]
+        )
+        for name in ("recv", "rank_pairs", "dup_rank", "dup_node"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+        for li in range(L):
+            ref = ep_traffic(
+                dst_rank=(ids[:, s, li] // spr).reshape(-1, K),
+                src_rank=np.repeat(np.arange(ranks), N),
+                num_ranks=ranks,
+                domain_size=rpn,
+            )
+            np.testing.assert_array_equal(got.peer_tokens[0, li], ref.rank_tokens)
+            np.testing.assert_array_equal(got.node_tokens[0, li], ref.domain_tokens)
+            np.testing.assert_array_equal(
+                got.recv[0, li], np.bincount(ids[:, s, li].reshape(-1), minlength=E)
+            )

@@ -312,7 +312,8 @@ def _replay_phase(
     bpt_dispatch = payload_bytes_per_token(prec.dispatch, hidden)
     bpt_combine = payload_bytes_per_token(prec.combine, hidden)
     out = _PhaseOut(peer_tokens=np.zeros((L, R, R)), peer_pairs=np.zeros((L, R, R)))
-    wsize = window_size(L, R, su.placement.num_slots)
+    rows_per_step = L * schedule.tokens[0].size / max(1, schedule.num_steps)
+    wsize = window_size(L, R, su.placement.num_slots, hw.scaleup_size, rows_per_step)
     moe_mask = su.source_of >= 0
     src_idx = np.where(moe_mask, su.source_of, 0)
     distinct_windows = sorted(set(su.windows), key=lambda w: -1 if w is None else w)

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 import polars as pl
@@ -37,9 +37,11 @@ from tracekit.trace.reader import Trace
 PHASES = ("prefill", "decode")
 
 #: Routing rows counted at a time: small enough that the temporaries stay in cache.
-ROWS_PER_BATCH = 131_072
-#: Bins of the (step, layer, source rank, slot) counter per window and worker (8 bytes each).
+ROWS_PER_BATCH = 32_768
+#: Counter bins per window and worker (8 bytes each).
 MAX_WINDOW_BINS = 8_000_000
+#: Routing rows (tokens x MoE layers) replayed per window, about.
+WINDOW_ROWS = 4_000_000
 #: Threads reading and counting row groups.
 WORKERS = 2
 
@@ -68,7 +70,8 @@ class PhaseTokens:
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class TokenIndex:
-    """Maps a routing row's (rank, step, token_index) to its phase and stream position."""
+    """Places a routing row's (rank, step, token_index) in the flat token order: one block per
+    (trace step, trace rank), blocks in (step, rank) order, tokens by token index within a block."""
 
     step_min: int
     num_steps: int
@@ -76,39 +79,56 @@ class TokenIndex:
     ranks: np.ndarray
     #: [num_steps * len(ranks) + 1] start of each (step, rank) block in the flat token order.
     offset: np.ndarray
-    #: [flat] phase code (0 prefill, 1 decode, -1 no token) of each flat token.
-    phase: np.ndarray
-    #: [flat] stream position within its phase.
-    position: np.ndarray
+    #: Per phase: [N] flat position of each token of the phase's stream.
+    stream_flat: dict[str, np.ndarray]
     #: trace steps with at least one token, per phase.
     steps_by_phase: dict[str, np.ndarray]
 
-    def lookup(
-        self, rank: np.ndarray, step: np.ndarray, token_index: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(phase code, stream position) of routing rows; phase -1 for rows without a token."""
-        if self.ranks.size == 1:
-            ri: np.ndarray | int = 0
-            rank_ok = bool((rank == self.ranks[0]).all())
-        else:
-            ri = np.minimum(np.searchsorted(self.ranks, rank), self.ranks.size - 1)
-            rank_ok = bool((self.ranks[ri] == rank).all())
+    @cached_property
+    def block_size(self) -> np.ndarray:
+        """[num_steps * len(ranks)] slots of each (step, rank) block (its largest token index + 1)."""
+        return np.diff(self.offset)
+
+    def flat(
+        self, rank: np.ndarray, step: np.ndarray, token_index: np.ndarray, bounds: Bounds
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Flat position of routing rows, and a mask of the rows that have a token (None: all do).
+
+        ``bounds``: known (min, max) of the columns (from the row group's statistics); a column
+        without one is scanned."""
+        rk = self.ranks.size
+        r_lo, r_hi = bounds.get("rank") or _min_max(rank)
+        s_lo, s_hi = bounds.get("step") or _min_max(step)
+        t_lo, t_hi = bounds.get("token_index") or _min_max(token_index)
         si = step.astype(np.int64) - self.step_min
-        if rank_ok and si.size and si.min() >= 0 and si.max() < self.num_steps and token_index.min() >= 0:
-            block = si * self.ranks.size + ri
-            flat = self.offset[block] + token_index
-            if (flat < self.offset[block + 1]).all():  # every row has its token: the fast path
-                return self.phase[flat], self.position[flat]
-        ok = (si >= 0) & (si < self.num_steps) & (token_index >= 0)
-        if self.ranks.size == 1:
-            ok &= rank == self.ranks[0]
+        ri: np.ndarray | int
+        if r_lo == r_hi:  # one rank in the row group: a scalar rank position
+            ri = int(np.searchsorted(self.ranks, r_lo))
+            rank_ok: np.ndarray | bool = ri < rk and int(self.ranks[ri]) == r_lo
+            first, stride = ri, rk
         else:
-            ok &= self.ranks[ri] == rank
-        block = np.where(ok, si * self.ranks.size + ri, 0)
-        flat = self.offset[block] + token_index.astype(np.int64)
-        ok &= flat < self.offset[block + 1]
-        flat = np.where(ok, flat, 0)
-        return np.where(ok, self.phase[flat], -1), self.position[flat]
+            ri = np.minimum(np.searchsorted(self.ranks, rank), rk - 1)
+            known = self.ranks[ri] == rank
+            rank_ok = True if bool(known.all()) else known
+            first, stride = 0, 1
+        block = si * rk + ri
+        if rank_ok is True and s_lo >= self.step_min and s_hi < self.step_min + self.num_steps and t_lo >= 0:
+            lo = (s_lo - self.step_min) * rk + first
+            hi = (s_hi - self.step_min) * rk + (first if stride == rk else rk - 1)
+            if t_hi < int(self.block_size[lo : hi + 1 : stride].min()):  # every row has its token
+                return self.offset[block] + token_index, None
+        ok = (si >= 0) & (si < self.num_steps) & (token_index >= 0) & rank_ok
+        block = np.where(ok, block, 0)
+        ok &= token_index < self.block_size[block]
+        return np.where(ok, self.offset[block] + token_index, 0), ok
+
+
+#: Known (min, max) of routing columns of a row group, by column name (from Parquet statistics).
+Bounds = dict[str, tuple[int, int]]
+
+
+def _min_max(a: np.ndarray) -> tuple[int, int]:
+    return (int(a.min()), int(a.max())) if a.size else (0, -1)
 
 
 def load_tokens(
@@ -174,19 +194,17 @@ def load_tokens(
     t_rank = tok["rank"].to_numpy().astype(np.int64)
     t_ti = tok["token_index"].to_numpy().astype(np.int64)
     flat = offset[(t_step - step_min) * ranks.size + np.searchsorted(ranks, t_rank)] + t_ti
-    phase_flat = np.full(int(offset[-1]), -1, dtype=np.int8)
-    pos_flat = np.zeros(int(offset[-1]), dtype=np.int64)
     is_prefill = tok["is_prefill"].to_numpy()
     position = tok["position"].to_numpy()
     request = tok["request_id"].fill_null(-1).to_numpy().astype(np.int64)
     last = tok["_last"].to_numpy()
     out: dict[str, PhaseTokens] = {}
     steps_by_phase: dict[str, np.ndarray] = {}
-    for code, phase in enumerate(PHASES):
+    stream_flat: dict[str, np.ndarray] = {}
+    for phase in PHASES:
         sel = is_prefill if phase == "prefill" else ~is_prefill
         idx = np.nonzero(sel)[0]
-        phase_flat[flat[idx]] = code
-        pos_flat[flat[idx]] = np.arange(idx.size)
+        stream_flat[phase] = flat[idx]
         if not idx.size:
             continue
         if (kv_len is not None and phase == "decode") or (
@@ -209,8 +227,7 @@ def load_tokens(
         num_steps=num_steps,
         ranks=ranks,
         offset=offset,
-        phase=phase_flat,
-        position=pos_flat,
+        stream_flat=stream_flat,
         steps_by_phase=steps_by_phase,
     )
     return out, index
@@ -394,33 +411,20 @@ def attention_load(tokens: PhaseTokens, schedule: Schedule, windows: tuple[int |
 class ExpertWindow:
     """Routing of a window of replayed steps ``steps[0] .. steps[-1]`` (consecutive) of one phase.
 
-    ``pairs[W, L, R, S]`` counts token-expert pairs a source rank sends to each physical slot;
-    ``dup_rank[W, L, R, R]`` the pairs beyond the first to the same destination rank (per token);
-    ``dup_node[W, L, R, Q]`` the same per destination scale-up domain.
+    ``recv[W, L, S]`` counts the token-expert pairs each physical slot receives;
+    ``rank_pairs[W, L, R, R]`` the pairs a source rank sends to each destination rank;
+    ``dup_rank[W, L, R, R]`` those beyond a token's first to the same destination rank;
+    ``dup_node[W, L, R, Q]`` those beyond a token's first to the same destination scale-up domain.
     """
 
     steps: np.ndarray
-    pairs: np.ndarray
+    recv: np.ndarray
+    rank_pairs: np.ndarray
     dup_rank: np.ndarray
     dup_node: np.ndarray
     slots_per_rank: int
     ranks_per_node: int
     top_k: int
-
-    @property
-    def recv(self) -> np.ndarray:
-        """[W, L, S] token-expert pairs per physical slot."""
-        return self.pairs.sum(axis=2)
-
-    @cached_property
-    def rank_pairs(self) -> np.ndarray:
-        """[W, L, R, R] token-expert pairs from source rank to destination rank (computed once:
-        the per-peer token and domain counts derive from it)."""
-        W, L, R, _ = self.pairs.shape
-        flat = self.pairs.reshape(-1)
-        # one reduceat over each rank's consecutive slots: faster than a sum over a short last axis
-        out = np.add.reduceat(flat, np.arange(0, flat.size, self.slots_per_rank)) if flat.size else flat
-        return out.reshape(W, L, R, R)
 
     @property
     def peer_tokens(self) -> np.ndarray:
@@ -441,7 +445,8 @@ class ExpertWindow:
         return rp.reshape(W, L, R, q, self.ranks_per_node).sum(axis=-1) - self.dup_node
 
 
-def _sorting_network(n: int) -> list[tuple[int, int]]:
+@cache
+def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     """Comparators of Batcher's odd-even merge sort for ``n`` inputs (pruned to indices < n)."""
     out: list[tuple[int, int]] = []
     p = 1
@@ -454,7 +459,7 @@ def _sorting_network(n: int) -> list[tuple[int, int]]:
                         out.append((i + j, i + j + k))
             k //= 2
         p *= 2
-    return out
+    return tuple(out)
 
 
 def _sort_columns(cols: list[np.ndarray]) -> list[np.ndarray]:
@@ -479,22 +484,36 @@ class RoutingSource:
     @cached_property
     def row_groups(self) -> list[tuple[str, int, int, int]]:
         """Every row group of the routing files: (file, index, min step, max step)."""
+        return [(f, i, *b.get("step", (-(2**31), 2**31))) for (f, i), b in self.bounds.items()]
+
+    @cached_property
+    def bounds(self) -> dict[tuple[str, int], Bounds]:
+        """(min, max) of the routing columns of every row group, from its Parquet statistics (a
+        column without statistics is left out: it is scanned instead)."""
         files = [str(f) for f in self.trace.files("routing")]
         if not files:
             raise TraceError(
                 f"{self.trace.path}: the trace has no routing rows; the replay needs per-token routing "
                 "(record with tracekit record, or synthesize with tracekit synth)"
             )
-        out = []
+        wanted = {"rank", "step", "layer", "token_index", "expert_ids"}
+        out: dict[tuple[str, int], Bounds] = {}
         for f in files:
             md = pq.ParquetFile(f).metadata
-            col = md.schema.names.index("step")
+            # leaf columns by top-level name (expert_ids has one leaf, its list element)
+            leaves: dict[str, int | None] = {}
+            for col in range(md.num_columns):
+                name = md.schema.column(col).path.split(".")[0]
+                if name in wanted:
+                    leaves[name] = None if name in leaves else col  # more than one leaf: no bounds
             for i in range(md.num_row_groups):
-                st = md.row_group(i).column(col).statistics
-                lo, hi = (
-                    (int(st.min), int(st.max)) if st is not None and st.has_min_max else (-(2**31), 2**31)
-                )
-                out.append((f, i, lo, hi))
+                rg = md.row_group(i)
+                b: Bounds = {}
+                for name, leaf in leaves.items():
+                    st = rg.column(leaf).statistics if leaf is not None else None
+                    if st is not None and st.has_min_max:
+                        b[name] = (int(st.min), int(st.max))
+                out[(f, i)] = b
         return out
 
     def row_groups_in(self, step_ranges: list[tuple[int, int]]) -> list[tuple[str, int]]:
@@ -601,7 +620,6 @@ def expert_window(
     S = R * spr
     Q = -(-R // ranks_per_node)
     K = source.top_k
-    phase_code = PHASES.index(schedule.phase)
     layer_pos = np.full(max(source.layers) + 1, -1, dtype=np.int64)
     layer_pos[list(source.layers)] = np.arange(L)
     E = placement.num_experts
@@ -624,72 +642,85 @@ def expert_window(
         for ei, (p, rows_of) in enumerate(zip(epochs, sources, strict=True)):
             for li, pi in enumerate(rows_of):
                 slot_of[(ei * L + li) * E + p.phy2log[pi]] = np.arange(S)
-    shift = spr.bit_length() - 1 if spr & (spr - 1) == 0 else -1
+    states = 2 if Q == 1 else 3
+    LR = L * R
+    # Per trace layer: its (layer position * R) part of a row's counter cell, NO_CELL if not replayed.
+    layer_cell = np.where(layer_pos >= 0, layer_pos * R, NO_CELL)
 
     def new_counters() -> _Counters:
         return _Counters(
-            pairs=np.zeros(W * L * R * S, dtype=np.int64),
-            dup_rank=np.zeros(W * L * R * R, dtype=np.int64),
-            dup_node=np.zeros(W * L * R * Q, dtype=np.int64),
-            L=L,
+            ranks=np.zeros(W * LR * states * R, dtype=np.int64),
+            slots=np.zeros(W * L * S, dtype=np.int64),
             R=R,
             S=S,
-            Q=Q,
-            dst_of_slot=(np.arange(S) // spr).astype(slot_dtype),
+            states=states,
+            spr_shift=spr.bit_length() - 1 if spr & (spr - 1) == 0 else -1,
+            rank_of_slot=(np.arange(S) // spr).astype(slot_dtype),
             node_of_rank=(np.arange(R) // ranks_per_node).astype(slot_dtype),
-            spr_shift=shift,
         )
 
-    def rows(batch: pa.RecordBatch) -> _Rows | None:
-        """(window step, layer key, replayed source rank, expert ids [n, K]) of a batch's rows; the
-        layer key is ``epoch * L + layer position`` (the layer position with one epoch)."""
+    def by_layer(table: np.ndarray, layer: np.ndarray, bounds: Bounds, missing: int) -> np.ndarray:
+        """``table[layer]`` per row (``missing`` for layers past the table)."""
+        lo, hi = bounds.get("layer") or _min_max(layer)
+        if lo >= 0 and hi < table.size:
+            return np.take(table, layer)
+        inside = (layer >= 0) & (layer < table.size)
+        return np.where(inside, np.take(table, np.clip(layer, 0, table.size - 1)), missing)
+
+    copies, ranges = _window_copies(index, tokens, schedule, step_lo, step_hi, LR)
+
+    def rows(batch: pa.RecordBatch, bounds: Bounds) -> list[_Rows]:
+        """The batch's rows replayed in this window, once per copy of the stream that has tokens
+        here: (counter cell ``(window step * L + layer position) * R + source rank``, layer key
+        ``epoch * L + layer position`` when slots are looked up (else None), expert ids [n, K])."""
+        if batch.num_rows == 0:
+            return []
         layer = batch.column("layer").to_numpy()
-        if int(layer.min()) < 0 or int(layer.max()) >= layer_pos.size:  # rows of layers not replayed
-            inside = (layer >= 0) & (layer < layer_pos.size)
-            lpos = np.where(inside, np.take(layer_pos, np.clip(layer, 0, layer_pos.size - 1)), -1)
-        else:
-            lpos = np.take(layer_pos, layer)
         trace_step = batch.column("step").to_numpy()
-        code, pos = index.lookup(
-            batch.column("rank").to_numpy(),
-            trace_step,
-            batch.column("token_index").to_numpy(),
+        fl, has_token = index.flat(
+            batch.column("rank").to_numpy(), trace_step, batch.column("token_index").to_numpy(), bounds
         )
-        if several:  # one searchsorted per batch: the epoch of each row's trace step
-            epoch = np.maximum(np.searchsorted(from_steps, trace_step, side="right") - 1, 0)
-            lpos = np.where(lpos >= 0, epoch * L + lpos, -1)
-        keep = (code == phase_code) & (lpos >= 0)
-        all_kept = bool(keep.all())
-        if not all_kept:
-            pos = np.where(keep, pos, 0)  # positions of other phases index another stream
-        ids = batch.column("expert_ids").flatten().to_numpy().reshape(-1, K)
-        parts: list[tuple[np.ndarray | None, np.ndarray, np.ndarray]] = []
-        for c in range(schedule.step.shape[0]):
-            st = np.take(schedule.step[c], pos)
-            if not all_kept:
-                st = np.where(keep, st, -1)
-            if int(st.min()) >= step_lo and int(st.max()) < step_hi:  # the whole batch: no copy
-                parts.append((None, st - step_lo, np.take(schedule.rank[c], pos)))
-                continue
-            sel = np.flatnonzero((st >= step_lo) & (st < step_hi))
-            if sel.size:
-                parts.append((sel, st[sel] - step_lo, schedule.rank[c, pos[sel]]))
-        if not parts:
-            return None
-        if len(parts) == 1 and parts[0][0] is None:
-            w, src, lrow, chosen = parts[0][1], parts[0][2], lpos, ids
+        lcell = by_layer(layer_cell, layer, bounds, NO_CELL)
+        lkey = None
+        if not identity:
+            lkey = by_layer(layer_pos, layer, bounds, -1)
+            if several:  # one searchsorted per batch: the epoch of each row's trace step
+                epoch = np.maximum(np.searchsorted(from_steps, trace_step, side="right") - 1, 0)
+                lkey = np.where(lkey >= 0, epoch * L + lkey, -1)
+        lists = batch.column("expert_ids")
+        if isinstance(lists, pa.FixedSizeListArray):  # the values of its rows, without a copy
+            ids = lists.values.slice(lists.offset * K, len(lists) * K).to_numpy().reshape(-1, K)
         else:
-            row = np.concatenate([np.arange(ids.shape[0]) if r is None else r for r, _, _ in parts])
-            w = np.concatenate([x for _, x, _ in parts])
-            src = np.concatenate([x for _, _, x in parts])
-            lrow, chosen = lpos[row], ids[row]
-        lo_id, hi_id = (int(chosen.min()), int(chosen.max())) if chosen.size else (0, 0)
-        if lo_id < 0 or hi_id >= E:
-            raise TraceError(
-                f"{source.trace.path}: routing holds expert ids {lo_id}..{hi_id} outside 0..{E - 1}; "
-                "the trace does not match its model's expert count"
-            )
-        return w, lrow, src, chosen
+            ids = lists.flatten().to_numpy().reshape(-1, K)
+        id_lo, id_hi = bounds.get("expert_ids", (-1, -1))  # no statistics: check the rows below
+        ids_checked = id_lo >= 0 and id_hi < E
+        fl_lo, fl_hi = _min_max(fl)
+        out: list[_Rows] = []
+        for f0, table in copies:
+            at = fl - f0
+            if has_token is None and fl_lo >= f0 and fl_hi < f0 + table.size:  # every row in the table
+                cell = np.take(table, at)
+            else:
+                inside = (at >= 0) & (at < table.size)
+                if has_token is not None:
+                    inside &= has_token
+                cell = np.where(inside, np.take(table, np.where(inside, at, 0)), NO_CELL)
+            cell += lcell
+            if int(cell.min()) >= 0:  # every row is replayed in this window: no copy
+                out.append((cell, lkey, ids))
+                continue
+            sel = np.flatnonzero(cell >= 0)
+            if sel.size:
+                out.append((cell[sel], None if lkey is None else lkey[sel], ids[sel]))
+        if not ids_checked:
+            for _, _, chosen in out:
+                lo_id, hi_id = _min_max(chosen)
+                if chosen.size and (lo_id < 0 or hi_id >= E):
+                    raise TraceError(
+                        f"{source.trace.path}: routing holds expert ids {lo_id}..{hi_id} outside "
+                        f"0..{E - 1}; the trace does not match its model's expert count"
+                    )
+        return out
 
     local = threading.local()
     made: list[_Counters] = []
@@ -697,26 +728,24 @@ def expert_window(
 
     def work(job: tuple[int, tuple[str, int]]) -> None:
         order, item = job
+        bounds = source.bounds.get(item, {})
         for batch in source.read(item):
-            got = rows(batch)
-            if got is None:
-                continue
-            w, lrow, src, chosen = got
-            if not single:
-                stash.setdefault(order, []).append(got)
-                continue
-            counters = getattr(local, "counters", None)
-            if counters is None:
-                counters = local.counters = new_counters()
-                made.append(counters)
-            ids_t = np.ascontiguousarray(chosen.T)  # [K, n]: one contiguous column per choice
-            slots_t = ids_t if identity else slot_of[(lrow * E)[None, :] + ids_t]
-            _count(counters, w, lrow % L if several else lrow, src, slots_t)
+            for got in rows(batch, bounds):
+                if not single:
+                    stash.setdefault(order, []).append(got)
+                    continue
+                counters = getattr(local, "counters", None)
+                if counters is None:
+                    counters = local.counters = new_counters()
+                    made.append(counters)
+                cell, lkey, chosen = got
+                if lkey is not None:  # slot lookup per (epoch, layer) and expert
+                    chosen = slot_of[(lkey * E)[:, None] + chosen]
+                _count(counters, cell, chosen)
 
-    ranges = _trace_step_ranges(tokens, schedule, step_lo, step_hi)
     jobs = list(enumerate(source.row_groups_in(ranges))) if ranges else []
     if prefetch_next and step_hi < schedule.num_steps:  # the next window's row groups, in background
-        ahead = _trace_step_ranges(tokens, schedule, step_hi, min(schedule.num_steps, step_hi + W))
+        _, ahead = _window_copies(index, tokens, schedule, step_hi, min(schedule.num_steps, step_hi + W), LR)
         if ahead:
             mine = {item for _, item in jobs}
             source.prefetch([item for item in source.row_groups_in(ahead) if item not in mine])
@@ -728,13 +757,16 @@ def expert_window(
             work(job)
     total = made[0] if made else new_counters()
     for extra in made[1:]:
-        for name in ("pairs", "dup_rank", "dup_node"):
-            np.add(getattr(total, name), getattr(extra, name), out=getattr(total, name))
+        np.add(total.ranks, extra.ranks, out=total.ranks)
+        np.add(total.slots, extra.slots, out=total.slots)
     if stash:
         # Replicas: one route_to_slots call per (step, epoch, layer) dispatch with all of its tokens
         # in (source rank, row) order, so the round-robin among replicas follows the documented rule.
         ordered = [x for key in sorted(stash) for x in stash[key]]
-        w, lkey, src, chosen = (np.concatenate(x) for x in zip(*ordered, strict=True))
+        cell = np.concatenate([c for c, _, _ in ordered])
+        lkey = np.concatenate([k for _, k, _ in ordered])  # type: ignore[misc]
+        chosen = np.concatenate([x for _, _, x in ordered])
+        w, src = cell // LR, cell % R
         slots = np.empty(chosen.shape, dtype=np.int64)
         order = np.lexsort((np.arange(w.size), src, lkey, w))
         group = (w * len(epochs) * L + lkey)[order]
@@ -744,76 +776,126 @@ def expert_window(
             slots[part] = route_to_slots(
                 epochs[ei], source.layers[li], chosen[part], src[part], ranks_per_node
             )
-        _count(total, w, lkey % L, src, np.ascontiguousarray(slots.T))
+        _count(total, cell, slots)
+    # ranks[cell, state, destination rank] -> pairs and repeats per destination rank and domain
+    by_state = total.ranks.reshape(W * LR, states, R)
+    if states == 3:
+        per_rank = by_state[:, 1] + by_state[:, 2]  # repeats of the domain (the rank's included)
+        pad = Q * ranks_per_node - R
+        if pad:
+            per_rank = np.concatenate([per_rank, np.zeros((W * LR, pad), dtype=per_rank.dtype)], axis=1)
+        dup_node = per_rank.reshape(W, L, R, Q, ranks_per_node).sum(axis=-1)
+    else:
+        dup_node = np.zeros((W, L, R, Q), dtype=np.int64)
     return ExpertWindow(
         steps=np.arange(step_lo, step_hi),
-        pairs=total.pairs.reshape(W, L, R, S),
-        dup_rank=total.dup_rank.reshape(W, L, R, R),
-        dup_node=total.dup_node.reshape(W, L, R, Q),
+        recv=total.slots.reshape(W, L, S),
+        rank_pairs=by_state.sum(axis=1).reshape(W, L, R, R),
+        dup_rank=np.ascontiguousarray(by_state[:, states - 1]).reshape(W, L, R, R),
+        dup_node=dup_node,
         slots_per_rank=spr,
         ranks_per_node=ranks_per_node,
         top_k=K,
     )
 
 
-#: (window step, layer key, replayed source rank, expert ids [n, K]) of routing rows.
-_Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+#: Counter cell of a row that is not replayed: far below zero, so that adding a layer's part to it
+#: stays negative.
+NO_CELL = np.int64(-(2**50))
+
+#: (counter cell, layer key or None, expert ids [n, K]) of routing rows; see ``expert_window``.
+_Rows = tuple[np.ndarray, np.ndarray | None, np.ndarray]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class _Counters:
-    pairs: np.ndarray
-    dup_rank: np.ndarray
-    dup_node: np.ndarray
-    L: int
+    #: [cells, states, R] token-expert pairs by (cell, repeat state, destination rank): state 0 a
+    #: token's first pair to the destination's domain, 1 (with several domains) a repeat of the
+    #: domain on another rank, the last a repeat of the destination rank.
+    ranks: np.ndarray
+    #: [W, L, S] token-expert pairs by (window step, layer position, physical slot).
+    slots: np.ndarray
     R: int
     S: int
-    Q: int
-    dst_of_slot: np.ndarray
-    node_of_rank: np.ndarray
+    states: int
     #: log2(slots_per_rank) when it is a power of two (rank = slot >> shift), else -1
     spr_shift: int
+    rank_of_slot: np.ndarray
+    node_of_rank: np.ndarray
 
 
-def _count(c: _Counters, w: np.ndarray, lrow: np.ndarray, src: np.ndarray, slots_t: np.ndarray) -> None:
-    """Add routed rows (window step, layer position, source rank; ``slots_t[K, n]`` the slot of
-    each choice) to the counters."""
-    cell = (w * c.L + lrow) * c.R + src  # (step, layer, source rank)
-    lo, hi = int(cell.min()), int(cell.max()) + 1
-    rel = cell - lo  # count over the span of cells this batch touches only
-    _add_counts(c.pairs, (rel * c.S)[None, :] + slots_t, lo * c.S, hi * c.S)
-    # Sorting each token's destination ranks puts repeats side by side: a repeat of the previous
-    # column is a pair the per-rank (and, for domains, per-node) deduplication removes.
-    dst = np.right_shift(slots_t, c.spr_shift) if c.spr_shift >= 0 else np.take(c.dst_of_slot, slots_t)
-    dst = np.stack(_sort_columns(list(dst)))
-    n = rel.size
-    # flat positions of the repeats in dst[1:] (one flatnonzero: cheaper than a 2-D nonzero)
-    at = np.flatnonzero(dst[1:] == dst[:-1])
-    if at.size:
-        _add_counts(c.dup_rank, rel[at % n] * c.R + dst[1:].reshape(-1)[at], lo * c.R, hi * c.R)
-    if c.Q > 1:
-        node = np.take(c.node_of_rank, dst)
-        at = np.flatnonzero(node[1:] == node[:-1])
-        if at.size:
-            _add_counts(c.dup_node, rel[at % n] * c.Q + node[1:].reshape(-1)[at], lo * c.Q, hi * c.Q)
+def _count(c: _Counters, cell: np.ndarray, slots: np.ndarray) -> None:
+    """Add routed rows to the counters: ``cell[n]`` their counter cells, ``slots[n, K]`` the slot
+    of each choice.
+
+    Each row's slots are sorted first; the ranks and domains of sorted slots are sorted too, so a
+    pair whose rank (domain) equals the previous pair's is one that DeepEP's per-rank (per-domain)
+    deduplication removes. Two bincounts then count (cell, repeat state, destination rank) and
+    (step and layer, slot)."""
+    n, K = slots.shape
+    R, S, states = c.R, c.S, c.states
+    lo, hi = int(cell.min()), int(cell.max()) + 1  # count over the span of cells the rows touch
+    step_layer = cell // R
+    sl_lo, sl_hi = lo // R, (hi - 1) // R + 1
+    wide = np.int16 if max(S, states * R) < 2**15 else np.int32
+    rank_base = (cell - lo) * (states * R)
+    slot_base = (step_layer - sl_lo) * S
+    rank_keys = np.empty((K, n), dtype=np.int64)
+    slot_keys = np.empty((K, n), dtype=np.int64)
+    prev_rank = prev_node = None
+    for k, col in enumerate(_sort_columns(list(slots.T))):
+        col = col.astype(wide, copy=False)
+        np.add(slot_base, col, out=slot_keys[k])
+        rank = np.right_shift(col, c.spr_shift) if c.spr_shift >= 0 else np.take(c.rank_of_slot, col)
+        node = np.take(c.node_of_rank, rank) if states == 3 else None
+        if prev_rank is None:
+            np.add(rank_base, rank, out=rank_keys[k])
+        else:
+            repeat = (rank == prev_rank).astype(wide)
+            if states == 3:
+                repeat += node == prev_node
+            repeat *= wide(R)
+            repeat += rank
+            np.add(rank_base, repeat, out=rank_keys[k])
+        prev_rank, prev_node = rank, node
+    _add_counts(c.ranks, rank_keys, lo * states * R, hi * states * R)
+    _add_counts(c.slots, slot_keys, sl_lo * S, sl_hi * S)
 
 
 def _add_counts(acc: np.ndarray, keys: np.ndarray, lo: int, hi: int) -> None:
     """``acc[lo + key] += 1`` for every key (keys relative to ``lo``, all below ``hi - lo``)."""
-    counts = np.bincount(keys.reshape(-1), minlength=hi - lo)
-    np.add(acc[lo:hi], counts, out=acc[lo:hi])
+    span = acc[lo:hi]
+    np.add(span, np.bincount(keys.reshape(-1), minlength=hi - lo), out=span)
 
 
-def _trace_step_ranges(
-    tokens: PhaseTokens, schedule: Schedule, step_lo: int, step_hi: int
-) -> list[tuple[int, int]]:
-    """Inclusive trace-step ranges holding the stream tokens of replayed steps [step_lo, step_hi)."""
+def _window_copies(
+    index: TokenIndex,
+    tokens: PhaseTokens,
+    schedule: Schedule,
+    step_lo: int,
+    step_hi: int,
+    cells_per_step: int,
+) -> tuple[list[tuple[int, np.ndarray]], list[tuple[int, int]]]:
+    """Copies of the stream with tokens in replayed steps [step_lo, step_hi), and the trace-step
+    ranges those tokens come from (inclusive, merged).
+
+    Each copy is ``(f0, table)``: ``table[f - f0]`` is the counter cell part
+    ``window step * cells_per_step + replayed rank`` of the token at flat position ``f`` (NO_CELL
+    for tokens of the range that this copy does not replay in the window: other phase, other step)."""
+    copies: list[tuple[int, np.ndarray]] = []
     out: list[tuple[int, int]] = []
+    flat = index.stream_flat[schedule.phase]
     for c in range(schedule.step.shape[0]):
-        sel = np.nonzero((schedule.step[c] >= step_lo) & (schedule.step[c] < step_hi))[0]
-        if sel.size:
-            ts = tokens.trace_step[sel]
-            out.append((int(ts.min()), int(ts.max())))
+        sel = np.flatnonzero((schedule.step[c] >= step_lo) & (schedule.step[c] < step_hi))
+        if not sel.size:
+            continue
+        where = flat[sel]  # ascending: the stream is in flat order
+        f0 = int(where[0])
+        table = np.full(int(where[-1]) - f0 + 1, NO_CELL, dtype=np.int64)
+        table[where - f0] = (schedule.step[c, sel] - step_lo) * cells_per_step + schedule.rank[c, sel]
+        copies.append((f0, table))
+        ts = tokens.trace_step[sel]
+        out.append((int(ts.min()), int(ts.max())))
     out.sort()
     merged: list[tuple[int, int]] = []
     for lo, hi in out:
@@ -821,9 +903,15 @@ def _trace_step_ranges(
             merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
         else:
             merged.append((lo, hi))
-    return merged
+    return copies, merged
 
 
-def window_size(num_layers: int, num_ranks: int, num_slots: int) -> int:
-    """Replayed steps per window so the counters stay within ``MAX_WINDOW_BINS`` bins."""
-    return max(1, MAX_WINDOW_BINS // max(1, num_layers * num_ranks * num_slots))
+def window_size(
+    num_layers: int, num_ranks: int, num_slots: int, ranks_per_node: int, rows_per_step: float
+) -> int:
+    """Replayed steps per window: the counters stay within ``MAX_WINDOW_BINS`` bins, and a window
+    holds about ``WINDOW_ROWS`` routing rows (``rows_per_step`` a step), so that counting the next
+    window overlaps the timing of this one."""
+    states = 2 if num_ranks <= ranks_per_node else 3
+    by_bins = MAX_WINDOW_BINS // max(1, num_layers * (num_ranks * num_ranks * states + num_slots))
+    return max(1, min(by_bins, int(WINDOW_ROWS // max(1.0, rows_per_step))))
