@@ -801,7 +801,7 @@ def expert_window(
 
 #: Counter cell of a row that is not replayed: far below zero, so that adding a layer's part to it
 #: stays negative.
-NO_CELL = np.int64(-(2**50))
+NO_CELL = -(2**50)
 
 #: (counter cell, layer key or None, expert ids [n, K]) of routing rows; see ``expert_window``.
 _Rows = tuple[np.ndarray, np.ndarray | None, np.ndarray]
