@@ -828,38 +828,28 @@ def _count(c: _Counters, cell: np.ndarray, slots: np.ndarray) -> None:
     """Add routed rows to the counters: ``cell[n]`` their counter cells, ``slots[n, K]`` the slot
     of each choice.
 
-    Each row's slots are sorted first; the ranks and domains of sorted slots are sorted too, so a
-    pair whose rank (domain) equals the previous pair's is one that DeepEP's per-rank (per-domain)
+    The destination ranks of each row are sorted, so a pair whose rank (domain: ranks of a domain
+    are consecutive) equals the previous pair's is one that DeepEP's per-rank (per-domain)
     deduplication removes. Two bincounts then count (cell, repeat state, destination rank) and
     (step and layer, slot)."""
-    n, K = slots.shape
     R, S, states = c.R, c.S, c.states
     lo, hi = int(cell.min()), int(cell.max()) + 1  # count over the span of cells the rows touch
-    step_layer = cell // R
     sl_lo, sl_hi = lo // R, (hi - 1) // R + 1
     wide = np.int16 if max(S, states * R) < 2**15 else np.int32
-    rank_base = (cell - lo) * (states * R)
-    slot_base = (step_layer - sl_lo) * S
-    rank_keys = np.empty((K, n), dtype=np.int64)
-    slot_keys = np.empty((K, n), dtype=np.int64)
-    prev_rank = prev_node = None
-    for k, col in enumerate(_sort_columns(list(slots.T))):
-        col = col.astype(wide, copy=False)
-        np.add(slot_base, col, out=slot_keys[k])
-        rank = np.right_shift(col, c.spr_shift) if c.spr_shift >= 0 else np.take(c.rank_of_slot, col)
-        node = np.take(c.node_of_rank, rank) if states == 3 else None
-        if prev_rank is None:
-            np.add(rank_base, rank, out=rank_keys[k])
-        else:
-            repeat = (rank == prev_rank).astype(wide)
-            if states == 3:
-                repeat += node == prev_node
-            repeat *= wide(R)
-            repeat += rank
-            np.add(rank_base, repeat, out=rank_keys[k])
-        prev_rank, prev_node = rank, node
-    _add_counts(c.ranks, rank_keys, lo * states * R, hi * states * R)
+    slots = slots.astype(wide, copy=False)
+    # (step and layer, slot) keys in row order: the rows of a step and layer are mostly together
+    slot_keys = ((cell // R - sl_lo) * S)[:, None] + slots
     _add_counts(c.slots, slot_keys, sl_lo * S, sl_hi * S)
+    rank = np.right_shift(slots, c.spr_shift) if c.spr_shift >= 0 else np.take(c.rank_of_slot, slots)
+    rank = np.stack(_sort_columns(list(rank.astype(wide, copy=False).T)))  # [K, n], rows ascending
+    repeat = (rank[1:] == rank[:-1]).astype(wide)
+    if states == 3:
+        node = np.take(c.node_of_rank, rank)
+        repeat += node[1:] == node[:-1]
+    repeat *= wide(R)
+    rank[1:] += repeat  # state * R + rank
+    rank_keys = ((cell - lo) * (states * R))[None, :] + rank
+    _add_counts(c.ranks, rank_keys, lo * states * R, hi * states * R)
 
 
 def _add_counts(acc: np.ndarray, keys: np.ndarray, lo: int, hi: int) -> None:
