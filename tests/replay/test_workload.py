@@ -214,3 +214,25 @@ def test_rows_in_any_order_without_statistics_count_like_the_writers_files(tmp_p
             np.testing.assert_array_equal(
                 got.recv[0, li], np.bincount(ids[:, s, li].reshape(-1), minlength=E)
             )
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=40))
+def test_tokens_are_sorted_with_the_first_of_repeated_keys_kept(keys: list[tuple[int, int, int]]) -> None:
+    import polars as pl
+
+    from tracekit.replay.workload import _sorted_unique
+
+    frame = pl.DataFrame(
+        {
+            "rank": [k[0] for k in keys],
+            "step": [k[1] for k in keys],
+            "token_index": [k[2] for k in keys],
+            "row": list(range(len(keys))),
+        }
+    )
+    got = _sorted_unique(frame)
+    # second implementation: a dict keeps the first row of each key; sorted by (step, rank, index)
+    first: dict[tuple[int, int, int], int] = {}
+    for i, (r, s, t) in enumerate(keys):
+        first.setdefault((s, r, t), i)
+    assert got["row"].to_list() == [first[k] for k in sorted(first)]

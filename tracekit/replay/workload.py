@@ -146,7 +146,7 @@ def load_tokens(
         )
     steps = trace.scan("steps").select("rank", "step", "phase").collect()
     if steps.height:
-        tok = tok.join(steps.unique(["rank", "step"]), on=["rank", "step"], how="left")
+        tok = tok.join(steps.unique(["rank", "step"]), on=["rank", "step"], how="left", maintain_order="left")
     else:
         tok = tok.with_columns(pl.lit(None, pl.String).alias("phase"))
     tok = tok.with_columns(
@@ -178,21 +178,19 @@ def load_tokens(
                 "where the placement comes into force; nothing is left to replay: compute the placement "
                 "with a shorter --window, or replay without --placement"
             )
-    tok = tok.sort(["step", "rank", "token_index"])
-    ranks = np.unique(tok["rank"].to_numpy()).astype(np.int64)
-    step_min = int(tok["step"].min())  # type: ignore[arg-type]
-    num_steps = int(tok["step"].max()) - step_min + 1  # type: ignore[arg-type]
-    # Flat order: one block per (step, rank) of size max(token_index) + 1.
-    blocks = tok.group_by(["step", "rank"]).agg(pl.col("token_index").max().alias("n"))
-    bstep = blocks["step"].to_numpy().astype(np.int64) - step_min
-    brank = np.searchsorted(ranks, blocks["rank"].to_numpy())
-    sizes = np.zeros(num_steps * ranks.size, dtype=np.int64)
-    sizes[bstep * ranks.size + brank] = blocks["n"].to_numpy().astype(np.int64) + 1
-    offset = np.zeros(sizes.size + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offset[1:])
+    # tok is in (step, rank, token_index) order, each token once (_token_frame)
     t_step = tok["step"].to_numpy().astype(np.int64)
     t_rank = tok["rank"].to_numpy().astype(np.int64)
     t_ti = tok["token_index"].to_numpy().astype(np.int64)
+    ranks = np.sort(tok["rank"].unique().to_numpy()).astype(np.int64)
+    step_min = int(t_step[0])
+    num_steps = int(t_step[-1]) - step_min + 1
+    # Flat order: one block per (step, rank) of size max(token_index) + 1 (its last token's + 1).
+    ends = np.flatnonzero(np.concatenate([(np.diff(t_step) != 0) | (np.diff(t_rank) != 0), [True]]))
+    sizes = np.zeros(num_steps * ranks.size, dtype=np.int64)
+    sizes[(t_step[ends] - step_min) * ranks.size + np.searchsorted(ranks, t_rank[ends])] = t_ti[ends] + 1
+    offset = np.zeros(sizes.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offset[1:])
     flat = offset[(t_step - step_min) * ranks.size + np.searchsorted(ranks, t_rank)] + t_ti
     is_prefill = tok["is_prefill"].to_numpy()
     position = tok["position"].to_numpy()
@@ -221,7 +219,8 @@ def load_tokens(
             kv_len=kv,
             output=np.ones(idx.size, dtype=bool) if phase == "decode" else last[idx].astype(bool),
         )
-        steps_by_phase[phase] = np.unique(t_step[idx])
+        ts = t_step[idx]  # ascending
+        steps_by_phase[phase] = ts[np.concatenate([[True], np.diff(ts) != 0])]
     index = TokenIndex(
         step_min=step_min,
         num_steps=num_steps,
@@ -234,19 +233,19 @@ def load_tokens(
 
 
 def _token_frame(trace: Trace) -> pl.DataFrame:
+    """The trace's tokens in (step, rank, token index) order, each once (its first row)."""
     cols = ["rank", "step", "token_index", "request_id", "position", "is_prefill"]
     tok = trace.scan("tokens").select(cols).collect()
     if tok.height:
-        return tok.unique(["rank", "step", "token_index"], keep="first")
+        return _sorted_unique(tok)
     # No tokens table: the distinct tokens of the routing table's first layer.
     first = trace.scan("routing").select(pl.col("layer").min()).collect().item()
     if first is None:
         return tok
-    return (
+    return _sorted_unique(
         trace.scan("routing")
         .filter(pl.col("layer") == first)
         .select("rank", "step", "token_index")
-        .unique()
         .collect()
         .with_columns(
             pl.lit(None, pl.Int64).alias("request_id"),
@@ -255,6 +254,24 @@ def _token_frame(trace: Trace) -> pl.DataFrame:
         )
         .select(cols)
     )
+
+
+def _sorted_unique(tok: pl.DataFrame) -> pl.DataFrame:
+    """Rows sorted by (step, rank, token_index), the first of equal keys kept (a trace written
+    step by step is in that order already within a rank: only then checked, not sorted)."""
+    keys = ["step", "rank", "token_index"]
+
+    def steps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return tuple(np.diff(tok[k].to_numpy().astype(np.int64)) for k in keys)  # type: ignore[return-value]
+
+    d_step, d_rank, d_tok = steps()
+    if not bool(((d_step > 0) | ((d_step == 0) & ((d_rank > 0) | ((d_rank == 0) & (d_tok >= 0))))).all()):
+        tok = tok.sort(keys, maintain_order=True)  # stable: the first of equal keys stays first
+        d_step, d_rank, d_tok = steps()
+    repeat = (d_step == 0) & (d_rank == 0) & (d_tok == 0)
+    if repeat.any():
+        tok = tok.filter(pl.Series(np.concatenate([[True], ~repeat])))
+    return tok
 
 
 # ---- schedule ------------------------------------------------------------------------------------
