@@ -551,8 +551,11 @@ class RoutingSource:
 
     def _decode(self, item: tuple[str, int]) -> list[pa.RecordBatch]:
         cols = ["rank", "step", "layer", "token_index", "expert_ids"]
-        table = pq.ParquetFile(item[0]).read_row_group(item[1], columns=cols, use_threads=False)
-        return table.combine_chunks().to_batches(max_chunksize=ROWS_PER_BATCH)
+        # decoded batch by batch: no whole-row-group columns to concatenate
+        batches = pq.ParquetFile(item[0]).iter_batches(
+            batch_size=ROWS_PER_BATCH, row_groups=[item[1]], columns=cols, use_threads=False
+        )
+        return list(batches)
 
     def read(self, item: tuple[str, int]) -> list[pa.RecordBatch]:
         """The routing columns of one row group, in batches of at most ``ROWS_PER_BATCH`` rows.
