@@ -53,6 +53,11 @@ def test_rebatching_conserves_tokens_and_fills_every_step(num_tokens: int, ranks
     assert set(p.tolist()) == set(range(num_tokens))
     assert sch.token_reuse == pytest.approx(sch.num_steps * ranks * batch / num_tokens)
     assert sch.num_steps == max(1, -(-num_tokens // (ranks * batch)))
+    # replay order is step order, so a window's tokens are one slice
+    for lo in range(sch.num_steps):
+        sel = sch.token_range(lo, lo + 2)
+        assert np.array_equal(np.arange(step.size)[sel], np.flatnonzero((step >= lo) & (step < lo + 2)))
+    assert np.array_equal(sch.token_copy, np.nonzero(sch.step >= 0)[0])
 
 
 def test_attention_load_counts_kv_and_requests(tmp_path: Path) -> None:

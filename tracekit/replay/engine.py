@@ -237,6 +237,11 @@ def _sum_timed(a: Any, b: Any) -> _Timed:
     return _Timed(time=t, bound=bound)
 
 
+def _bound_names(codes: np.ndarray) -> pl.Series:
+    """Bound names of codes (indices into BOUND_NAMES), as a string column."""
+    return pl.Series(BOUND_NAMES, dtype=pl.String).gather(codes.reshape(-1).astype(np.uint32))
+
+
 def _one(c: Any) -> _Timed:
     return _Timed(time=np.asarray(c.time_s, dtype=np.float64), bound=_bound_codes(np.asarray(c.bound)))
 
@@ -250,10 +255,9 @@ def _sequences(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-sequence attention inputs of steps [lo, hi): new tokens and context, [W, R, P] (zero padded),
     plus each sequence's micro-batch (0/1 by its index in the cell)."""
-    p, step, rank = schedule.tokens
-    sel = (step >= lo) & (step < hi)
-    p, step, rank = p[sel], step[sel], rank[sel]
-    copy = np.nonzero(schedule.step >= 0)[0][sel]
+    sel = schedule.token_range(lo, hi)
+    p, step, rank = (x[sel] for x in schedule.tokens)
+    copy = schedule.token_copy[sel]
     R = schedule.num_ranks
     W = hi - lo
     req = tokens.request[p]
@@ -560,7 +564,7 @@ def _replay_phase(
                         "hidden_comm_s": (comm - exposed).mean(axis=-1).sum(axis=-1),
                         "dispatch_bytes": sent_t.sum(axis=(-1, -2)).astype(np.int64),
                         "network_bytes": net_t.sum(axis=(-1, -2)).astype(np.int64),
-                        "bound": np.asarray(BOUND_NAMES)[step_bound],
+                        "bound": _bound_names(step_bound),
                     }
                 )
             )
@@ -594,7 +598,7 @@ def _replay_phase(
                         ).reshape(-1),
                         "dispatch_bytes": sent_t.sum(axis=-1).reshape(-1).astype(np.int64),
                         "network_bytes": net_t.sum(axis=-1).reshape(-1).astype(np.int64),
-                        "bound": np.asarray(BOUND_NAMES)[layer_bound].reshape(-1),
+                        "bound": _bound_names(layer_bound),
                     }
                 )
             )
@@ -626,7 +630,7 @@ def _replay_phase(
                             "comm_s": comm.reshape(-1),
                             "exposed_comm_s": exposed.reshape(-1),
                             "total_s": total.reshape(-1),
-                            "bound": np.asarray(BOUND_NAMES)[rank_bound].reshape(-1),
+                            "bound": _bound_names(rank_bound),
                         }
                     )
                 )

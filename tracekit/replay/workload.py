@@ -294,9 +294,20 @@ class Schedule:
 
     @cached_property
     def tokens(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every replayed token: (stream position, step, rank), in replay order."""
+        """Every replayed token: (stream position, step, rank), in replay order (steps ascending:
+        copy by copy, each in stream order)."""
         c, p = np.nonzero(self.step >= 0)
         return p, self.step[c, p], self.rank[c, p]
+
+    @cached_property
+    def token_copy(self) -> np.ndarray:
+        """The copy of the stream each replayed token (in the order of ``tokens``) comes from."""
+        return np.nonzero(self.step >= 0)[0]
+
+    def token_range(self, step_lo: int, step_hi: int) -> slice:
+        """The replayed tokens (a slice of ``tokens``) of steps ``step_lo .. step_hi - 1``."""
+        step = self.tokens[1]
+        return slice(int(np.searchsorted(step, step_lo)), int(np.searchsorted(step, step_hi)))
 
 
 def make_schedule(
@@ -389,7 +400,7 @@ def attention_load(tokens: PhaseTokens, schedule: Schedule, windows: tuple[int |
     out_tokens = np.bincount(cell, minlength=nbins).reshape(T, R)
     outputs = np.bincount(cell, weights=tokens.output[p].astype(np.float64), minlength=nbins).reshape(T, R)
     # Copies of a request in different replayed positions are distinct sequences.
-    copy = np.nonzero(schedule.step >= 0)[0]
+    copy = schedule.token_copy
     copies = schedule.step.shape[0]
     req = tokens.request[p]
     seq = np.where(req >= 0, req * copies + copy, -1 - (copy * tokens.num_tokens + p))
