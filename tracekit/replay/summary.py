@@ -79,7 +79,7 @@ def _ttft(steps: pl.DataFrame, tokens: PhaseTokens, schedule: Schedule) -> float
     p, step, _ = schedule.tokens
     if not p.size:
         return None
-    copy = np.nonzero(schedule.step >= 0)[0]
+    copy = schedule.token_copy
     req = tokens.request[p]
     seq = np.where(req >= 0, req * schedule.step.shape[0] + copy, -1 - (copy * tokens.num_tokens + p))
     ends = np.cumsum(steps.sort("step")["step_time_s"].to_numpy())
@@ -88,6 +88,7 @@ def _ttft(steps: pl.DataFrame, tokens: PhaseTokens, schedule: Schedule) -> float
         pl.DataFrame({"seq": seq, "step": step})
         .group_by("seq")
         .agg(pl.col("step").min().alias("a"), pl.col("step").max().alias("b"))
+        .sort("seq")  # groups come in any order: sort them so the mean is the same on every run
     )
     return float((ends[per["b"].to_numpy()] - starts[per["a"].to_numpy()]).mean())
 

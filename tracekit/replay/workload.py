@@ -98,9 +98,8 @@ class TokenIndex:
         without one is scanned."""
         rk = self.ranks.size
         r_lo, r_hi = bounds.get("rank") or _min_max(rank)
-        s_lo, s_hi = bounds.get("step") or _min_max(step)
+        s_lo, s_hi = _min_max(step)  # per batch: most batches hold one step (a scalar block below)
         t_lo, t_hi = bounds.get("token_index") or _min_max(token_index)
-        si = step.astype(np.int64) - self.step_min
         ri: np.ndarray | int
         if r_lo == r_hi:  # one rank in the row group: a scalar rank position
             ri = int(np.searchsorted(self.ranks, r_lo))
@@ -111,12 +110,15 @@ class TokenIndex:
             known = self.ranks[ri] == rank
             rank_ok = True if bool(known.all()) else known
             first, stride = 0, 1
-        block = si * rk + ri
         if rank_ok is True and s_lo >= self.step_min and s_hi < self.step_min + self.num_steps and t_lo >= 0:
             lo = (s_lo - self.step_min) * rk + first
             hi = (s_hi - self.step_min) * rk + (first if stride == rk else rk - 1)
             if t_hi < int(self.block_size[lo : hi + 1 : stride].min()):  # every row has its token
-                return self.offset[block] + token_index, None
+                if lo == hi:  # one (step, rank) block
+                    return token_index + self.offset[lo], None
+                return self.offset[(step.astype(np.int64) - self.step_min) * rk + ri] + token_index, None
+        si = step.astype(np.int64) - self.step_min
+        block = si * rk + ri
         ok = (si >= 0) & (si < self.num_steps) & (token_index >= 0) & rank_ok
         block = np.where(ok, block, 0)
         ok &= token_index < self.block_size[block]
@@ -868,8 +870,9 @@ def _count(c: _Counters, cell: np.ndarray, slots: np.ndarray) -> None:
     sl_lo, sl_hi = lo // R, (hi - 1) // R + 1
     wide = np.int16 if max(S, states * R) < 2**15 else np.int32
     slots = slots.astype(wide, copy=False)
-    # (step and layer, slot) keys in row order: the rows of a step and layer are mostly together
-    slot_keys = ((cell // R - sl_lo) * S)[:, None] + slots
+    # (step and layer, slot) keys, one row of keys per choice
+    slot_keys = np.empty(slots.shape[::-1], dtype=np.int64)
+    np.add(((cell // R - sl_lo) * S)[None, :], slots.T, out=slot_keys)
     _add_counts(c.slots, slot_keys, sl_lo * S, sl_hi * S)
     rank = np.right_shift(slots, c.spr_shift) if c.spr_shift >= 0 else np.take(c.rank_of_slot, slots)
     rank = np.stack(_sort_columns(list(rank.astype(wide, copy=False).T)))  # [K, n], rows ascending
