@@ -79,6 +79,7 @@ def duckdb_scan_s(path: Path) -> tuple[float, int]:
     """Seconds DuckDB takes to read every routing column once (every expert id decoded)."""
     tr = open_trace(path)
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # no progress bar in the printed figures
     tr.register(con)
     t = time.perf_counter()
     n, *_ = con.execute(

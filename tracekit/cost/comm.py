@@ -55,33 +55,42 @@ def link_loads(traffic: EPTraffic, impl: str, bytes_per_token: float = 1.0) -> d
         raise UsageError(f"unknown communication implementation {impl!r}; valid: {', '.join(COMM_IMPLS)}")
     r = traffic.num_ranks
     s = traffic.domain_size
-    eye = np.eye(r, dtype=bool)
-    dom = np.arange(r) // s
-    same = dom[:, None] == dom[None, :]
     if impl == "deepep-normal" and r > s:
         return _deepep_normal_loads(traffic, bytes_per_token)
-    m = (
-        traffic.expert_tokens if impl in ("deepep-ll", "deepep-ll-rdma") else traffic.rank_tokens
-    ) * bytes_per_token
-    if impl == "deepep-ll-rdma":
-        up_mask = np.zeros((r, r), dtype=bool)
-        out_mask = ~eye
+    m = traffic.expert_tokens if impl in ("deepep-ll", "deepep-ll-rdma") else traffic.rank_tokens
+    # Row and column sums, split into the sender's own domain and the rest (one pass each over the
+    # [..., R, R] matrix; the byte factor applies to the [..., R] sums).
+    own = np.diagonal(m, axis1=-2, axis2=-1)
+    if r <= s or impl == "deepep-ll-rdma":
+        sent, recv = m.sum(axis=-1), m.sum(axis=-2)
+        # rdma: every peer over the NIC, even inside the domain; otherwise one domain holds all
+        local_sent, local_recv = (own, own) if impl == "deepep-ll-rdma" else (sent, recv)
     else:
-        up_mask = same & ~eye
-        out_mask = ~same
-    if impl == "nvl-a2a" and out_mask.any() and np.any(m[..., out_mask] > 0):
+        q = num_domains(r, s)
+        pad = q * s - r
+        mp = np.pad(m, [(0, 0)] * (m.ndim - 2) + [(0, pad), (0, pad)]) if pad else m
+        lead = m.shape[:-2]
+        dom = np.arange(r) // s
+        by_dom_sent = mp.reshape(*lead, q * s, q, s).sum(axis=-1)[..., :r, :]  # [..., R, Q]
+        by_dom_recv = mp.reshape(*lead, q, s, q * s).sum(axis=-2)[..., :, :r]  # [..., Q, R]
+        local_sent = np.take_along_axis(by_dom_sent, np.broadcast_to(dom[:, None], (*lead, r, 1)), -1)[..., 0]
+        local_recv = np.take_along_axis(by_dom_recv, np.broadcast_to(dom[None, :], (*lead, 1, r)), -2)[
+            ..., 0, :
+        ]
+        # totals from the domain sums: without traffic to other domains they equal the local sums
+        sent, recv = by_dom_sent.sum(axis=-1), by_dom_recv.sum(axis=-2)
+    loads = {
+        "nvlink_sent": (local_sent - own) * bytes_per_token,
+        "nvlink_recv": (local_recv - own) * bytes_per_token,
+        "network_sent": (sent - local_sent) * bytes_per_token,
+        "network_recv": (recv - local_recv) * bytes_per_token,
+    }
+    if impl == "nvl-a2a" and np.any(loads["network_sent"] > 0):
         raise DeploymentError(
             f"nvl-a2a runs inside one scale-up domain only; {r} ranks span {num_domains(r, s)} domains of {s}: "
             "use deepep-normal, deepep-ll or nccl, or fewer ranks"
         )
-    up = m * up_mask
-    out = m * out_mask
-    return {
-        "nvlink_sent": up.sum(axis=-1),
-        "nvlink_recv": up.sum(axis=-2),
-        "network_sent": out.sum(axis=-1),
-        "network_recv": out.sum(axis=-2),
-    }
+    return loads
 
 
 def _deepep_normal_loads(traffic: EPTraffic, bpt: float) -> dict[str, F64]:
