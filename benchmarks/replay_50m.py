@@ -8,7 +8,8 @@ same routing columns, measured side by side in one run.
 The trace is synthesized with numpy straight to Parquet through TraceWriter: DeepSeek-V3's shape
 (58 MoE layers, 256 experts, top-8) with skewed expert popularity, decode steps of 4096 tokens. The
 replay re-batches it to EP 32 on gb200-nvl72 with 128 sequences per GPU, per-rank tables included.
-Target: replay within 3x of the scan.
+Target: replay within 3x of the scan at 50M rows (--full). The default 10M run carries a larger
+share of fixed costs (setup, the last window, the tables), so its ratio runs higher.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def synthesize(path: Path, rows: int, *, seed: int = 0) -> None:
         model=arch, source="synthetic", source_detail={"benchmark": "replay_50m", "seed": seed}
     )
     rng = np.random.default_rng(seed)
-    steps = max(1, rows // (TOKENS_PER_STEP * len(moe)))
+    steps = max(1, -(-rows // (TOKENS_PER_STEP * len(moe))))  # at least ``rows`` rows
     E, K = arch.num_experts, arch.top_k
     # Skewed popularity: a Zipf-like weight per expert (per layer), k distinct experts per token as
     # (first + stride * j) mod E with an odd stride (distinct because the stride is invertible mod E).
@@ -123,7 +124,9 @@ def main() -> None:
         print(f"{'DuckDB scan of the routing columns':<40} {scan_s:8.2f} s")
         print(f"{'replay (workload + timing + tables)':<40} {replay_s:8.2f} s")
         ratio = replay_s / scan_s
-        print(f"{'replay / scan':<40} {ratio:8.2f} x   (target <= 3x: {'met' if ratio <= 3 else 'NOT met'})")
+        verdict = "met" if ratio <= 3 else "NOT met"
+        at = "" if n >= 50_000_000 else "; set for >= 50M rows, --full: fixed costs weigh more here"
+        print(f"{'replay / scan':<40} {ratio:8.2f} x   (target <= 3x: {verdict}{at})")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
