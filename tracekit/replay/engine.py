@@ -42,6 +42,7 @@ from tracekit.replay.workload import (
     expert_window,
     load_tokens,
     make_schedule,
+    prefetch_window,
     window_size,
 )
 from tracekit.schema import ModelArch
@@ -289,6 +290,12 @@ class _PhaseOut:
     peer_pairs: np.ndarray | None = None
 
 
+def _window_steps(su: _Setup, schedule: Schedule, num_layers: int) -> int:
+    """Replayed steps per window of a phase (see ``window_size``)."""
+    rows_per_step = num_layers * schedule.tokens[0].size / max(1, schedule.num_steps)
+    return window_size(num_layers, su.num_ranks, su.placement.num_slots, su.hw.scaleup_size, rows_per_step)
+
+
 def _replay_phase(
     su: _Setup,
     *,
@@ -316,8 +323,7 @@ def _replay_phase(
     bpt_dispatch = payload_bytes_per_token(prec.dispatch, hidden)
     bpt_combine = payload_bytes_per_token(prec.combine, hidden)
     out = _PhaseOut(peer_tokens=np.zeros((L, R, R)), peer_pairs=np.zeros((L, R, R)))
-    rows_per_step = L * schedule.tokens[0].size / max(1, schedule.num_steps)
-    wsize = window_size(L, R, su.placement.num_slots, hw.scaleup_size, rows_per_step)
+    wsize = _window_steps(su, schedule, L)
     moe_mask = su.source_of >= 0
     src_idx = np.where(moe_mask, su.source_of, 0)
     distinct_windows = sorted(set(su.windows), key=lambda w: -1 if w is None else w)
@@ -696,6 +702,15 @@ def replay(
         given = dep.prefill_tokens_per_gpu if phase == "prefill" else dep.batch_per_gpu
         batch = given if given is not None or as_recorded_ok else _default_batch(ptok)
         schedule = make_schedule(ptok, num_ranks=R, batch_per_gpu=batch, num_steps=dep.steps)
+        # the first window's routing decodes in the background while the attention load is summed
+        prefetch_window(
+            source,
+            index,
+            ptok,
+            schedule,
+            step_lo=0,
+            step_hi=min(schedule.num_steps, _window_steps(su, schedule, len(source.layers))),
+        )
         load = attention_load(
             ptok, schedule, tuple(sorted(set(su.windows), key=lambda w: -1 if w is None else w))
         )

@@ -930,6 +930,22 @@ def _window_copies(
     return copies, merged
 
 
+def prefetch_window(
+    source: RoutingSource,
+    index: TokenIndex,
+    tokens: PhaseTokens,
+    schedule: Schedule,
+    *,
+    step_lo: int,
+    step_hi: int,
+) -> None:
+    """Start decoding, on a background thread, the routing row groups that replayed steps
+    ``step_lo .. step_hi - 1`` of a phase read (``expert_window`` then takes them)."""
+    _, ranges = _window_copies(index, tokens, schedule, step_lo, step_hi, 1)
+    if ranges:
+        source.prefetch(source.row_groups_in(ranges))
+
+
 def window_size(
     num_layers: int, num_ranks: int, num_slots: int, ranks_per_node: int, rows_per_step: float
 ) -> int:
