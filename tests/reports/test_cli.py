@@ -51,6 +51,22 @@ def test_sql_table_output_is_capped(inputs: Inputs) -> None:
     assert "expert_ids" in out
 
 
+def test_sql_refuses_a_negative_row_cap(inputs: Inputs) -> None:
+    code, out, err = invoke("sql", "SELECT 1 AS x", inputs.trace, "--max-rows", "-1")
+    assert code == 2 and out == ""
+    assert "--max-rows" in err and "-1" in err
+
+
+def test_report_keeps_an_existing_out_file_unless_forced(inputs: Inputs, tmp_path: Path) -> None:
+    out = tmp_path / "top.csv"
+    out.write_text("keep me\n")
+    code, _, err = invoke("report", "expert-load", inputs.trace, "--format", "csv", "--out", out)
+    assert code == 2 and "file exists" in err and "--force" in err
+    assert out.read_text() == "keep me\n"
+    code, _, _ = invoke("report", "expert-load", inputs.trace, "--format", "csv", "--out", out, "--force")
+    assert code == 0 and out.read_text().splitlines()[0].startswith("input,layer,")
+
+
 def test_sql_schema_lists_views_and_columns(inputs: Inputs) -> None:
     code, out, _ = invoke("sql", "--schema", f"t={inputs.trace}", inputs.replay_h200, "--format", "json")
     assert code == 0

@@ -59,7 +59,11 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, str]:
     "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
 )
 @click.option(
-    "--max-rows", type=int, default=1000, show_default=True, help="Rows shown in table format (0: all)."
+    "--max-rows",
+    type=click.IntRange(0),
+    default=1000,
+    show_default=True,
+    help="Rows shown in table format (0: all).",
 )
 @click.option("--memory-limit", default=None, help=_MEMORY_HELP)
 def sql(
@@ -178,6 +182,7 @@ def db(inputs: tuple[str, ...], out: str, force: bool) -> None:
 )
 @click.option("--ep", type=int, default=None, help="Shorthand for --param ep=N (imbalance, html).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the output here (required for html).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--memory-limit", default=None, help=_MEMORY_HELP)
 def report(
     name: str | None,
@@ -188,6 +193,7 @@ def report(
     fmt: str,
     ep: int | None,
     out: str | None,
+    force: bool,
     memory_limit: str | None,
 ) -> None:
     """Run the canned report NAME over INPUTS (traces and replay results), or write an HTML report.
@@ -229,6 +235,8 @@ def report(
         return
     if not inputs:
         raise UsageError(f"report {name}: give at least one trace or result directory")
+    if out and Path(out).exists() and not force:
+        raise UsageError(f"--out {out}: file exists; choose another name or pass --force to replace it")
     values = _parse_params(params)
     if ep is not None:
         values["ep"] = str(ep)
