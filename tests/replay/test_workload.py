@@ -241,3 +241,19 @@ def test_tokens_are_sorted_with_the_first_of_repeated_keys_kept(keys: list[tuple
     for i, (r, s, t) in enumerate(keys):
         first.setdefault((s, r, t), i)
     assert got["row"].to_list() == [first[k] for k in sorted(first)]
+
+
+def test_a_damaged_routing_row_group_is_a_one_line_trace_error(tmp_path: Path) -> None:
+    from tests.trace.test_validate import _flip_inside
+    from tracekit.errors import TraceError
+
+    ids = random_ids(np.random.default_rng(5), (1, 2, 1, 4), 8, 2)
+    write_ranked_trace(tmp_path / "t", ids, num_experts=8)
+    part = sorted((tmp_path / "t" / "routing").glob("*.parquet"))[0]
+    _flip_inside(part, "expert_ids")
+    src = RoutingSource(trace=open_trace(tmp_path / "t"), layers=(1,), top_k=2)
+    with pytest.raises(
+        TraceError, match=r"routing row group 0 cannot be decoded .*the file is damaged"
+    ) as err:
+        src.read((str(part), 0))
+    assert str(part) in str(err.value) and "\n" not in str(err.value)

@@ -64,6 +64,40 @@ def test_corrupted_parquet_file(good: Path) -> None:
     assert "not a readable Parquet file" in _one_problem(good)
 
 
+def _flip_inside(part: Path, column: str) -> None:
+    """Flip bytes in the middle of a column chunk's pages: the footer stays intact."""
+    md = pq.ParquetFile(part).metadata
+    chunk = next(
+        md.row_group(0).column(i)
+        for i in range(md.num_columns)
+        if md.row_group(0).column(i).path_in_schema.split(".")[0] == column
+    )
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(part.read_bytes())
+    at = start + chunk.total_compressed_size - 6  # the last bytes of the chunk's last page
+    data[at : at + 4] = bytes(b ^ 0xFF for b in data[at : at + 4])
+    part.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("column", ["token_index", "expert_ids"])
+def test_damage_inside_a_file_is_a_problem_not_a_traceback(good: Path, column: str) -> None:
+    part = sorted((good / "routing").glob("*.parquet"))[1]
+    _flip_inside(part, column)
+    msg = _one_problem(good)
+    assert msg.startswith(str(part)) and "damaged data" in msg and "re-record the trace" in msg
+
+
+def test_damage_that_still_decodes_is_caught_by_the_page_checksums(good: Path) -> None:
+    """Uncompressed plain pages decode whatever bytes they hold: only the checksum tells."""
+    part = sorted((good / "routing").glob("*.parquet"))[1]
+    table = pq.read_table(part)
+    pq.write_table(table, part, compression="none", use_dictionary=False, write_page_checksum=True)
+    _flip_inside(part, "token_index")
+    assert pq.read_table(part)["token_index"] != table["token_index"]  # silently different values
+    msg = _one_problem(good)
+    assert msg.startswith(str(part)) and "damaged data inside the file" in msg
+
+
 def _rewrite(part: Path, table: pa.Table, version: bytes = b"1.0", name: bytes = b"routing") -> None:
     md = {b"tracekit.schema_version": version, b"tracekit.table": name}
     pq.write_table(table.replace_schema_metadata(md), part)

@@ -129,6 +129,11 @@ class TokenIndex:
 Bounds = dict[str, tuple[int, int]]
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _min_max(a: np.ndarray) -> tuple[int, int]:
     return (int(a.min()), int(a.max())) if a.size else (0, -1)
 
@@ -565,10 +570,16 @@ class RoutingSource:
     def _decode(self, item: tuple[str, int]) -> list[pa.RecordBatch]:
         cols = ["rank", "step", "layer", "token_index", "expert_ids"]
         # decoded batch by batch: no whole-row-group columns to concatenate
-        batches = pq.ParquetFile(item[0]).iter_batches(
-            batch_size=ROWS_PER_BATCH, row_groups=[item[1]], columns=cols, use_threads=False
-        )
-        return list(batches)
+        try:
+            batches = pq.ParquetFile(item[0], page_checksum_verification=True).iter_batches(
+                batch_size=ROWS_PER_BATCH, row_groups=[item[1]], columns=cols, use_threads=False
+            )
+            return list(batches)
+        except (pa.ArrowException, OSError) as exc:
+            raise TraceError(
+                f"{item[0]}: routing row group {item[1]} cannot be decoded ({_first_line(exc)}); the file "
+                "is damaged: run tracekit validate on the trace, then re-record it or remove the part"
+            ) from None
 
     def read(self, item: tuple[str, int]) -> list[pa.RecordBatch]:
         """The routing columns of one row group, in batches of at most ``ROWS_PER_BATCH`` rows.

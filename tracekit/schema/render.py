@@ -36,6 +36,8 @@ def reference_markdown() -> str:
         "Readers refuse a newer major version and accept unknown extra columns. Times are int64",
         "nanoseconds (`*_ns`) from the origin named in `manifest.clock`. A writer that was killed leaves",
         "every part file it finished readable; `tracekit validate` reports the trace as incomplete.",
+        "Parquet pages written by tracekit carry CRC32 checksums; `tracekit validate` decodes every",
+        "page, checking the checksums where present, so damage inside a file is reported by name.",
         "",
         "Fixed-size list columns have `top_k` entries, `top_k` taken from `manifest.model.top_k`.",
         "",

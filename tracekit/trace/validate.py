@@ -116,7 +116,7 @@ def _check_table(trace: Trace, table: str) -> list[Problem]:
     expected = trace.arrow_schema(table)
     for f in trace.files(table, check=False):
         try:
-            pf = pq.ParquetFile(f)
+            pf = pq.ParquetFile(f, page_checksum_verification=True)
         except (pa.ArrowException, OSError) as exc:
             out.append(
                 Problem(
@@ -143,6 +143,7 @@ def _check_table(trace: Trace, table: str) -> list[Problem]:
                 )
             )
         actual = pf.schema_arrow
+        unreadable = False
         for fld in expected:
             idx = actual.get_field_index(fld.name)
             if idx < 0:
@@ -162,7 +163,18 @@ def _check_table(trace: Trace, table: str) -> list[Problem]:
                 )
                 continue
             if not fld.nullable:
-                nulls = _null_count(pf, idx)
+                try:
+                    nulls = _null_count(pf, idx)
+                except (pa.ArrowException, OSError) as exc:
+                    out.append(
+                        Problem(
+                            path=str(f),
+                            message=f"column {fld.name!r} cannot be read (damaged data: {_first_line(exc)}); "
+                            "re-record the trace or delete this part",
+                        )
+                    )
+                    unreadable = True
+                    continue
                 if nulls:
                     out.append(
                         Problem(
@@ -170,7 +182,21 @@ def _check_table(trace: Trace, table: str) -> list[Problem]:
                             message=f"column {fld.name!r} has {nulls} null values but is required",
                         )
                     )
+        damage = None if unreadable else _damage(pf)
+        if damage:
+            out.append(Problem(path=str(f), message=damage))
     return out
+
+
+def _damage(pf: pq.ParquetFile) -> str | None:
+    """Decode every page (checking the page checksums a tracekit writer stores): damage inside the
+    file, which the footer cannot show, as a problem message."""
+    try:
+        for _ in pf.iter_batches(batch_size=65_536, use_threads=False):
+            pass
+    except (pa.ArrowException, OSError) as exc:
+        return f"damaged data inside the file ({_first_line(exc)}); re-record the trace or delete this part"
+    return None
 
 
 def _null_count(pf: pq.ParquetFile, arrow_index: int) -> int:

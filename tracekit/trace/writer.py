@@ -172,7 +172,13 @@ class TraceWriter:
     def _write_part(self, final: Path, data: pa.Table) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = layout.tmp_path(final)
-        pq.write_table(data, tmp, compression=self._compression, row_group_size=max(1, data.num_rows))
+        pq.write_table(
+            data,
+            tmp,
+            compression=self._compression,
+            row_group_size=max(1, data.num_rows),
+            write_page_checksum=True,  # readers that verify them catch damage inside the file
+        )
         os.replace(tmp, final)
 
     def _drain(self) -> None:
