@@ -8,9 +8,9 @@ placement), this module builds, per phase (prefill, decode):
   runs out);
 - per (step, rank): tokens, their KV lengths and the keys read (attention work), and the tokens
   that produce an output (LM head);
-- per (step, MoE layer, source rank, physical slot): token-expert pairs routed there under the
-  placement, plus the duplicate pairs that DeepEP's per-rank and per-node deduplication removes, so
-  the per-peer token matrices (dispatch volumes) follow exactly.
+- per (step, MoE layer): token-expert pairs each physical slot receives under the placement, and
+  per source and destination rank the pairs sent plus those that DeepEP's per-rank and per-node
+  deduplication removes, so the per-peer token matrices (dispatch volumes) follow exactly.
 
 Shape legend: ``W`` replayed steps of a window, ``L`` MoE layers of the trace, ``R`` ranks, ``S``
 physical slots, ``Q`` scale-up domains (nodes), ``N`` tokens, ``K`` top-k, ``C`` copies of the
