@@ -257,3 +257,44 @@ def test_a_damaged_routing_row_group_is_a_one_line_trace_error(tmp_path: Path) -
     ) as err:
         src.read((str(part), 0))
     assert str(part) in str(err.value) and "\n" not in str(err.value)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), ranks=st.sampled_from([2, 4]), batch=st.integers(3, 12))
+def test_rebatched_windows_reusing_tokens_count_every_copy(tmp_path_factory: pytest.TempPathFactory, seed: int, ranks: int, batch: int) -> None:  # fmt: skip
+    """A short trace re-batched into big steps: each replayed step holds several copies of the
+    token stream. Every window (two steps, so copies span windows too) counts what the cost
+    model's traffic counter gives for the tokens the schedule puts on each step and rank."""
+    rng = np.random.default_rng(seed)
+    E, K, N, S = 16, 4, 5, 2
+    ids = random_ids(rng, (1, S, 1, N), E, K)  # one recorded rank
+    path = tmp_path_factory.mktemp("w") / "t"
+    write_ranked_trace(path, ids, num_experts=E)
+    tr = open_trace(path)
+    tokens, index = load_tokens(tr)
+    sch = make_schedule(tokens["decode"], num_ranks=ranks, batch_per_gpu=batch, num_steps=5)
+    assert sch.step.shape[0] >= 3  # the stream is replayed several times over
+    stream_ids = ids[0, :, 0].reshape(S * N, K)  # stream order: trace step, then token index
+    p, step, rank = sch.tokens
+    placement = Placement.contiguous([1], E, ranks)
+    spr = E // ranks
+    for lo in range(0, sch.num_steps, 2):
+        hi = min(sch.num_steps, lo + 2)
+        ew = expert_window(
+            RoutingSource(trace=tr, layers=(1,), top_k=K),
+            index,
+            tokens["decode"],
+            sch,
+            placement,
+            step_lo=lo,
+            step_hi=hi,
+            ranks_per_node=2,
+        )
+        for w in range(hi - lo):
+            on = step == lo + w
+            chosen = stream_ids[p[on]]
+            ref = ep_traffic(dst_rank=chosen // spr, src_rank=rank[on], num_ranks=ranks, domain_size=2)
+            np.testing.assert_array_equal(ew.recv[w, 0], np.bincount(chosen.reshape(-1), minlength=E))
+            np.testing.assert_array_equal(ew.rank_pairs[w, 0], ref.expert_tokens)
+            np.testing.assert_array_equal(ew.peer_tokens[w, 0], ref.rank_tokens)
+            np.testing.assert_array_equal(ew.node_tokens[w, 0], ref.domain_tokens)
