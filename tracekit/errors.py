@@ -23,6 +23,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for a one-line
+    error that quotes what a library said."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class TracekitError(Exception):
     """Base of every error tracekit raises on purpose."""
 

@@ -21,7 +21,7 @@ from tracekit.collect.presets import build_preset, get_preset, preset_names
 from tracekit.collect.record import record
 from tracekit.collect.sites import find_moe_sites
 from tracekit.collect.tokenizer import ByteTokenizer
-from tracekit.errors import ModelError, UnknownNameError, UsageError
+from tracekit.errors import ModelError, UnknownNameError, UsageError, first_line
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -97,13 +97,13 @@ def check_local_model(path: Path) -> Any:
     try:
         config = transformers.AutoConfig.from_pretrained(str(path))
     except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"--model {path}: config.json cannot be read by transformers ({first})") from None
     try:
         with torch.device("meta"):
             skeleton = transformers.AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelError(f"--model {path}: transformers cannot build a causal LM from it ({first})") from None
     find_moe_sites(skeleton, model_name=str(path))
     return config

@@ -30,7 +30,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracekit.errors import DeploymentError, TraceError, UsageError
+from tracekit.errors import DeploymentError, TraceError, UsageError, first_line
 from tracekit.placement import Placement, route_to_slots
 from tracekit.trace.reader import Trace
 
@@ -127,11 +127,6 @@ class TokenIndex:
 
 #: Known (min, max) of routing columns of a row group, by column name (from Parquet statistics).
 Bounds = dict[str, tuple[int, int]]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _min_max(a: np.ndarray) -> tuple[int, int]:
@@ -577,7 +572,7 @@ class RoutingSource:
             return list(batches)
         except (pa.ArrowException, OSError) as exc:
             raise TraceError(
-                f"{item[0]}: routing row group {item[1]} cannot be decoded ({_first_line(exc)}); the file "
+                f"{item[0]}: routing row group {item[1]} cannot be decoded ({first_line(exc)}); the file "
                 "is damaged: run tracekit validate on the trace, then re-record it or remove the part"
             ) from None
 

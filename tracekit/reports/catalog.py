@@ -25,7 +25,7 @@ from typing import Any
 
 import duckdb
 
-from tracekit.errors import UsageError
+from tracekit.errors import UsageError, first_line
 from tracekit.trace import open_trace
 from tracekit.trace.layout import MANIFEST
 
@@ -309,7 +309,7 @@ class Catalog:
                 duckdb.connect(config={"memory_limit": memory_limit}).close()
             except duckdb.Error as exc:
                 raise UsageError(
-                    f"--memory-limit {memory_limit!r}: {_first_line(exc)}; give a size such as 2GB or 500MB"
+                    f"--memory-limit {memory_limit!r}: {first_line(exc)}; give a size such as 2GB or 500MB"
                 ) from None
             config["memory_limit"] = memory_limit
         if threads:
@@ -318,14 +318,14 @@ class Catalog:
             con = duckdb.connect(os.fspath(database), config=config)
         except duckdb.Error as exc:
             raise UsageError(
-                f"cannot open DuckDB database {os.fspath(database)!r}: {_first_line(exc)}"
+                f"cannot open DuckDB database {os.fspath(database)!r}: {first_line(exc)}"
             ) from None
         try:
             self.register(con)
         except duckdb.Error as exc:
             con.close()
             raise UsageError(
-                f"cannot create the views: {_first_line(exc)}; check that the inputs are readable"
+                f"cannot create the views: {first_line(exc)}; check that the inputs are readable"
             ) from None
         return con
 
@@ -361,11 +361,6 @@ class Catalog:
 def _columns(con: duckdb.DuckDBPyConnection, view: str) -> list[tuple[str, str]]:
     rows = con.execute(f'DESCRIBE "{view}"').fetchall()
     return [(str(r[0]), str(r[1])) for r in rows]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def connect(

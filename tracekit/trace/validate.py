@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracekit.errors import SchemaVersionError, TraceError
+from tracekit.errors import SchemaVersionError, TraceError, first_line
 from tracekit.schema.tables import (
     META_TABLE_KEY,
     META_VERSION_KEY,
@@ -121,7 +121,7 @@ def _check_table(trace: Trace, table: str) -> list[Problem]:
             out.append(
                 Problem(
                     path=str(f),
-                    message=f"not a readable Parquet file (truncated or corrupted: {_first_line(exc)}); "
+                    message=f"not a readable Parquet file (truncated or corrupted: {first_line(exc)}); "
                     "delete it or re-record the trace",
                 )
             )
@@ -169,7 +169,7 @@ def _check_table(trace: Trace, table: str) -> list[Problem]:
                     out.append(
                         Problem(
                             path=str(f),
-                            message=f"column {fld.name!r} cannot be read (damaged data: {_first_line(exc)}); "
+                            message=f"column {fld.name!r} cannot be read (damaged data: {first_line(exc)}); "
                             "re-record the trace or delete this part",
                         )
                     )
@@ -195,7 +195,7 @@ def _damage(pf: pq.ParquetFile) -> str | None:
         for _ in pf.iter_batches(batch_size=65_536, use_threads=False):
             pass
     except (pa.ArrowException, OSError) as exc:
-        return f"damaged data inside the file ({_first_line(exc)}); re-record the trace or delete this part"
+        return f"damaged data inside the file ({first_line(exc)}); re-record the trace or delete this part"
     return None
 
 
@@ -215,7 +215,3 @@ def _null_count(pf: pq.ParquetFile, arrow_index: int) -> int:
             else:  # nested column: leaf nulls mix list and item nulls; read the column itself
                 return int(pf.read(columns=[name]).column(0).null_count)
     return total
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
