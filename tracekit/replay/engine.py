@@ -705,7 +705,6 @@ def replay(
         # the first window's routing decodes in the background while the attention load is summed
         prefetch_window(
             source,
-            index,
             ptok,
             schedule,
             step_lo=0,

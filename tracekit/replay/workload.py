@@ -706,7 +706,9 @@ def expert_window(
         inside = (layer >= 0) & (layer < table.size)
         return np.where(inside, np.take(table, np.clip(layer, 0, table.size - 1)), missing)
 
-    copies, ranges = _window_copies(index, tokens, schedule, step_lo, step_hi, LR)
+    selection = _window_selection(schedule, step_lo, step_hi)
+    copies = _cell_tables(index, schedule, selection, step_lo, LR)
+    ranges = _trace_step_ranges(tokens, selection)
 
     def rows(batch: pa.RecordBatch, bounds: Bounds) -> list[_Rows]:
         """The batch's rows replayed in this window, once per copy of the stream that has tokens
@@ -784,7 +786,9 @@ def expert_window(
 
     jobs = list(enumerate(source.row_groups_in(ranges))) if ranges else []
     if prefetch_next and step_hi < schedule.num_steps:  # the next window's row groups, in background
-        _, ahead = _window_copies(index, tokens, schedule, step_hi, min(schedule.num_steps, step_hi + W), LR)
+        ahead = _trace_step_ranges(
+            tokens, _window_selection(schedule, step_hi, min(schedule.num_steps, step_hi + W))
+        )
         if ahead:
             mine = {item for _, item in jobs}
             source.prefetch([item for item in source.row_groups_in(ahead) if item not in mine])
@@ -898,47 +902,54 @@ def _add_counts(acc: np.ndarray, keys: np.ndarray, lo: int, hi: int) -> None:
     np.add(span, np.bincount(keys.reshape(-1), minlength=hi - lo), out=span)
 
 
-def _window_copies(
-    index: TokenIndex,
-    tokens: PhaseTokens,
-    schedule: Schedule,
-    step_lo: int,
-    step_hi: int,
-    cells_per_step: int,
-) -> tuple[list[tuple[int, np.ndarray]], list[tuple[int, int]]]:
-    """Copies of the stream with tokens in replayed steps [step_lo, step_hi), and the trace-step
-    ranges those tokens come from (inclusive, merged).
-
-    Each copy is ``(f0, table)``: ``table[f - f0]`` is the counter cell part
-    ``window step * cells_per_step + replayed rank`` of the token at flat position ``f`` (NO_CELL
-    for tokens of the range that this copy does not replay in the window: other phase, other step)."""
-    copies: list[tuple[int, np.ndarray]] = []
-    out: list[tuple[int, int]] = []
-    flat = index.stream_flat[schedule.phase]
+def _window_selection(schedule: Schedule, step_lo: int, step_hi: int) -> list[tuple[int, np.ndarray]]:
+    """Per copy of the stream with tokens in replayed steps [step_lo, step_hi): (copy, the stream
+    positions of those tokens)."""
+    out = []
     for c in range(schedule.step.shape[0]):
         sel = np.flatnonzero((schedule.step[c] >= step_lo) & (schedule.step[c] < step_hi))
-        if not sel.size:
-            continue
-        where = flat[sel]  # ascending: the stream is in flat order
-        f0 = int(where[0])
-        table = np.full(int(where[-1]) - f0 + 1, NO_CELL, dtype=np.int64)
-        table[where - f0] = (schedule.step[c, sel] - step_lo) * cells_per_step + schedule.rank[c, sel]
-        copies.append((f0, table))
-        ts = tokens.trace_step[sel]
-        out.append((int(ts.min()), int(ts.max())))
-    out.sort()
+        if sel.size:
+            out.append((c, sel))
+    return out
+
+
+def _trace_step_ranges(tokens: PhaseTokens, selection: list[tuple[int, np.ndarray]]) -> list[tuple[int, int]]:
+    """The trace-step ranges (inclusive, merged) the selected tokens come from."""
+    out = sorted(
+        (int(tokens.trace_step[sel].min()), int(tokens.trace_step[sel].max())) for _, sel in selection
+    )
     merged: list[tuple[int, int]] = []
     for lo, hi in out:
         if merged and lo <= merged[-1][1] + 1:
             merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
         else:
             merged.append((lo, hi))
-    return copies, merged
+    return merged
+
+
+def _cell_tables(
+    index: TokenIndex,
+    schedule: Schedule,
+    selection: list[tuple[int, np.ndarray]],
+    step_lo: int,
+    cells_per_step: int,
+) -> list[tuple[int, np.ndarray]]:
+    """Per selected copy ``(f0, table)``: ``table[f - f0]`` is the counter cell part
+    ``window step * cells_per_step + replayed rank`` of the token at flat position ``f`` (NO_CELL
+    for tokens of the range that this copy does not replay in the window: other phase, other step)."""
+    flat = index.stream_flat[schedule.phase]
+    copies = []
+    for c, sel in selection:
+        where = flat[sel]  # ascending: the stream is in flat order
+        f0 = int(where[0])
+        table = np.full(int(where[-1]) - f0 + 1, NO_CELL, dtype=np.int64)
+        table[where - f0] = (schedule.step[c, sel] - step_lo) * cells_per_step + schedule.rank[c, sel]
+        copies.append((f0, table))
+    return copies
 
 
 def prefetch_window(
     source: RoutingSource,
-    index: TokenIndex,
     tokens: PhaseTokens,
     schedule: Schedule,
     *,
@@ -947,7 +958,7 @@ def prefetch_window(
 ) -> None:
     """Start decoding, on a background thread, the routing row groups that replayed steps
     ``step_lo .. step_hi - 1`` of a phase read (``expert_window`` then takes them)."""
-    _, ranges = _window_copies(index, tokens, schedule, step_lo, step_hi, 1)
+    ranges = _trace_step_ranges(tokens, _window_selection(schedule, step_lo, step_hi))
     if ranges:
         source.prefetch(source.row_groups_in(ranges))
 
