@@ -11,21 +11,13 @@ import numpy as np
 import polars as pl
 
 from tests.factories import tiny_arch, tiny_manifest, write_routing_trace
+from tracekit.replay.summary import BREAKDOWN
 from tracekit.trace import TraceWriter
 
 #: A kernel name that must show up as text, never as markup, in the HTML report.
 EVIL_KERNEL = '<script>document.title="owned"</script>void fused_moe<128, "x">(float*)'
-COMPONENTS = (
-    "attention",
-    "expert_gemm",
-    "dense",
-    "dispatch",
-    "combine",
-    "tp_comm",
-    "straggler",
-    "embedding",
-    "lm_head",
-)
+#: The replay's breakdown components, in its order (the reports list them so).
+COMPONENTS = BREAKDOWN
 
 
 def skewed_routing(
