@@ -98,16 +98,23 @@ class SynthResult:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+def _run_fields(config: SynthConfig) -> dict[str, Any]:
+    """The configuration that decides the generated tokens and routing (manifest and trace id)."""
+    return {
+        "spec": str(config.spec),
+        "seed": config.seed,
+        "phase": config.phase,
+        "tokens_per_step": config.tokens_per_step,
+        "steps": config.steps,
+        "prompt_len": config.prompt_len,
+    }
+
+
 def trace_id_for(config: SynthConfig) -> str:
     key = json.dumps(
         {
             "model": config.arch.name,
-            "spec": str(config.spec),
-            "seed": config.seed,
-            "phase": config.phase,
-            "tokens_per_step": config.tokens_per_step,
-            "steps": config.steps,
-            "prompt_len": config.prompt_len,
+            **_run_fields(config),
             "ep": config.ep,
             "target_imbalance": config.target_imbalance,
         },
@@ -296,16 +303,7 @@ def synthesize(
     arch = config.arch
     router = Router.of(arch)
     model, detail = build_model(config, router)
-    source_detail: dict[str, Any] = {
-        "generator": "tracekit.synth",
-        "spec": str(config.spec),
-        "seed": config.seed,
-        "phase": config.phase,
-        "tokens_per_step": config.tokens_per_step,
-        "steps": config.steps,
-        "prompt_len": config.prompt_len,
-        **detail,
-    }
+    source_detail: dict[str, Any] = {"generator": "tracekit.synth", **_run_fields(config), **detail}
     if model is not None:
         source_detail["model_params"] = {
             "prototypes": int(model.prototypes.shape[0]),
