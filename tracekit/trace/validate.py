@@ -143,7 +143,7 @@ def _check_table(trace: Trace, table: str) -> list[Problem]:
                 )
             )
         actual = pf.schema_arrow
-        unreadable = False
+        required = []  # required columns of the right type: their nulls are counted below
         for fld in expected:
             idx = actual.get_field_index(fld.name)
             if idx < 0:
@@ -163,55 +163,32 @@ def _check_table(trace: Trace, table: str) -> list[Problem]:
                 )
                 continue
             if not fld.nullable:
-                try:
-                    nulls = _null_count(pf, idx)
-                except (pa.ArrowException, OSError) as exc:
-                    out.append(
-                        Problem(
-                            path=str(f),
-                            message=f"column {fld.name!r} cannot be read (damaged data: {first_line(exc)}); "
-                            "re-record the trace or delete this part",
-                        )
-                    )
-                    unreadable = True
-                    continue
-                if nulls:
-                    out.append(
-                        Problem(
-                            path=str(f),
-                            message=f"column {fld.name!r} has {nulls} null values but is required",
-                        )
-                    )
-        damage = None if unreadable else _damage(pf)
-        if damage:
-            out.append(Problem(path=str(f), message=damage))
+                required.append(fld.name)
+        try:
+            nulls = _decode(pf, required)
+        except (pa.ArrowException, OSError) as exc:
+            out.append(
+                Problem(
+                    path=str(f),
+                    message=f"damaged data inside the file ({first_line(exc)}); re-record the trace or "
+                    "delete this part",
+                )
+            )
+            continue
+        out.extend(
+            Problem(path=str(f), message=f"column {name!r} has {nulls[name]} null values but is required")
+            for name in required
+            if nulls[name]
+        )
     return out
 
 
-def _damage(pf: pq.ParquetFile) -> str | None:
-    """Decode every page (checking the page checksums a tracekit writer stores): damage inside the
-    file, which the footer cannot show, as a problem message."""
-    try:
-        for _ in pf.iter_batches(batch_size=65_536, use_threads=False):
-            pass
-    except (pa.ArrowException, OSError) as exc:
-        return f"damaged data inside the file ({first_line(exc)}); re-record the trace or delete this part"
-    return None
-
-
-def _null_count(pf: pq.ParquetFile, arrow_index: int) -> int:
-    """Nulls of a top-level column from the footer statistics (reads the column when absent)."""
-    name = pf.schema_arrow.field(arrow_index).name
-    md = pf.metadata
-    total = 0
-    leaf = [i for i in range(md.num_columns) if md.schema.column(i).path.split(".")[0] == name]
-    for rg in range(md.num_row_groups):
-        for i in leaf[:1]:
-            stats = md.row_group(rg).column(i).statistics
-            if stats is None or not stats.has_null_count:
-                return int(pf.read(columns=[name]).column(0).null_count)
-            if md.schema.column(i).max_definition_level <= 1:
-                total += stats.null_count
-            else:  # nested column: leaf nulls mix list and item nulls; read the column itself
-                return int(pf.read(columns=[name]).column(0).null_count)
-    return total
+def _decode(pf: pq.ParquetFile, columns: list[str]) -> dict[str, int]:
+    """Decode every page of the file (checking the page checksums a tracekit writer stores, so
+    damage inside the file, which the footer cannot show, raises) and count the nulls of
+    ``columns``."""
+    nulls = dict.fromkeys(columns, 0)
+    for batch in pf.iter_batches(batch_size=65_536, use_threads=False):
+        for name in columns:
+            nulls[name] += batch.column(name).null_count
+    return nulls
