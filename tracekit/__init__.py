@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tracekit._version import __version__
 from tracekit.errors import TracekitError
 from tracekit.schema import SCHEMA_VERSION, AttentionSpec, Manifest, ModelArch, ParallelLayout
 from tracekit.trace import Trace, TraceWriter, open_trace, validate
-
-__version__ = "0.1.0"
 
 __all__ = [
     "SCHEMA_VERSION",

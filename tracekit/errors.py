@@ -1,7 +1,8 @@
 """The one exception tree of tracekit.
 
-Every error says what happened and what to do; the CLI prints ``str(error)`` as one line and exits
-with ``error.exit_code``::
+Every error says what happened and what to do; the CLI prints it as one line and exits with
+``error.exit_code``. A message names a parameter through :func:`param`: a Python caller reads the
+parameter's name (``ep``), the command line its flag (``--ep``)::
 
     TracekitError                  base; never raised itself
     ├── UsageError                 a bad argument or option value (exit 2)
@@ -20,7 +21,18 @@ with ``error.exit_code``::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+
+_MARK = "\x1f"
+_PARAM = re.compile(f"{_MARK}([^{_MARK}|]*)\\|([^{_MARK}]*){_MARK}")
+
+
+def param(name: str, flag: str | None = None) -> str:
+    """A parameter's name inside an error message: ``str(error)`` shows ``name`` (what a Python caller
+    passed), :meth:`TracekitError.cli_message` the command-line flag (``flag``, by default ``--name``
+    with dashes)."""
+    return f"{_MARK}{name}|{flag or '--' + name.replace('_', '-')}{_MARK}"
 
 
 def first_line(exc: BaseException) -> str:
@@ -34,6 +46,13 @@ class TracekitError(Exception):
     """Base of every error tracekit raises on purpose."""
 
     exit_code: int = 2
+
+    def __str__(self) -> str:
+        return _PARAM.sub(lambda m: m.group(1), super().__str__())
+
+    def cli_message(self) -> str:
+        """The message as the command line prints it: parameters named by their flags."""
+        return _PARAM.sub(lambda m: m.group(2), super().__str__())
 
 
 class UsageError(TracekitError):

@@ -7,12 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracekit.errors import UsageError
 from tracekit.models import (
     attended_pairs,
     attention_flops,
     attention_kv_bytes,
-    bytes_per_param,
     expert_flops_per_token,
     expert_weight_bytes,
     get_model,
@@ -31,9 +29,6 @@ def test_expert_bytes_per_precision() -> None:
     biases = 2 * 2880 + 2880
     assert expert_weight_bytes(oss, "mxfp4") == matrices * 4.25 / 8 + biases * 2
     assert expert_flops_per_token(oss) == 2 * matrices
-    assert bytes_per_param("bfloat16") == 2.0
-    with pytest.raises(UsageError, match="unknown precision"):
-        bytes_per_param("fp3")
 
 
 def test_kv_cache_per_token() -> None:

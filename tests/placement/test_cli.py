@@ -189,8 +189,12 @@ def test_recompute_every_counts_migration(skewed, tmp_path: Path) -> None:
                 new = Counter(b.phy2log[li, r * 5 : (r + 1) * 5].tolist())
                 moved += sum((new - old).values())
     assert plan["score"]["moved_experts"] == moved > 0
-    # Tiny arch: hidden 64, expert FFN 32, float32 weights.
-    assert plan["score"]["migration_bytes"] == moved * 3 * 64 * 32 * 4
+    # Tiny arch: hidden 64, expert FFN 32; experts priced at the deployment's precision (fp8 by default).
+    assert plan["score"]["migration_bytes"] == moved * 3 * 64 * 32 * 1
+    code, text = _run("place", str(path), "--ep", "4", "--redundant", "4", "--policy", "greedy",
+                      "--recompute-every", "2", "--precision", "experts=bf16", "--json")  # fmt: skip
+    assert code == 0, text
+    assert json.loads(text)["score"]["migration_bytes"] == moved * 3 * 64 * 32 * 2
 
 
 def test_evaluate_compares_policies(skewed) -> None:
@@ -348,6 +352,6 @@ def test_migration_bytes_for_a_target_model(tmp_path: Path) -> None:
     assert moved > 0
     score = json.loads(target)["score"]
     assert score["moved_experts"] == 16 * moved
-    assert score["migration_bytes"] == 16 * moved * 3 * 4096 * 14336 * 2
+    assert score["migration_bytes"] == 16 * moved * 3 * 4096 * 14336 * 1  # fp8 experts
     code, text = _run(*args, "--model", "olmoe-1b-7b")
     assert code == 2 and "64 routed experts" in text

@@ -37,7 +37,7 @@ def test_balanced_routing_has_zero_straggler_cost(tmp_path: Path) -> None:
     # every rank received exactly its share: 32 tokens x 2 choices / 4 ranks
     ranks = res.ranks.filter(pl.col("layer") >= 1)
     assert set(ranks["tokens_recv"].to_list()) == {16}
-    assert res.summary["breakdown"]["straggler"] == pytest.approx(0.0, abs=1e-15)
+    assert res.summary.breakdown["straggler"] == pytest.approx(0.0, abs=1e-15)
 
 
 def test_hot_expert_rank_is_the_straggler_by_the_expected_amount(tmp_path: Path) -> None:

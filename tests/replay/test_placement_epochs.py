@@ -72,16 +72,19 @@ def test_steps_before_the_placements_from_step_are_not_replayed(tmp_path: Path) 
     assert res.steps["trace_step_first"].to_list() == [2, 3]
     assert res.steps.height == 2
     for key, want in (("trace_step_first", 2), ("trace_step_last", 3), ("trace_steps_replayed", 2)):
-        assert res.summary[key] == want
+        assert res.summary.to_dict()[key] == want
         assert res.run[key][0] == want
-    assert res.summary["placement_from_step"] == 2
+    assert res.summary.to_dict()["placement_from_step"] == 2
     for s in range(2):
         got = res.ranks.filter((pl.col("layer") == 1) & (pl.col("step") == s)).sort("rank")["tokens_recv"]
         want_recv = _expected_recv(ids, [_reversed(2)], 2 + s, 2 + s, 1)
         np.testing.assert_array_equal(got.to_numpy(), want_recv)
     # without a placement file every step is replayed
     plain = replay(path, Deployment(hw="h200-sxm", ep=R, impl="nccl"))
-    assert plain.summary["trace_steps_replayed"] == 4 and plain.summary["placement_from_step"] is None
+    assert (
+        plain.summary.to_dict()["trace_steps_replayed"] == 4
+        and plain.summary.to_dict()["placement_from_step"] is None
+    )
 
 
 def test_a_placement_from_after_the_trace_or_an_explicit_phase_before_it_is_refused(tmp_path: Path) -> None:
@@ -94,7 +97,7 @@ def test_a_placement_from_after_the_trace_or_an_explicit_phase_before_it_is_refu
         replay(path, Deployment(hw="h200-sxm", ep=R, placement=str(at1)), phases=["prefill"])
     res = replay(path, Deployment(hw="h200-sxm", ep=R, placement=str(at1)))
     assert res.summary_table["phase"].to_list() == ["decode"]
-    assert (res.summary["trace_step_first"], res.summary["trace_step_last"]) == (1, 2)
+    assert (res.summary.to_dict()["trace_step_first"], res.summary.to_dict()["trace_step_last"]) == (1, 2)
 
 
 def test_cli_prints_the_replayed_trace_steps(tmp_path: Path) -> None:
@@ -129,7 +132,9 @@ def test_each_step_uses_the_epoch_in_force_and_migration_is_counted(tmp_path: Pa
     epochs = _epochs(redundant)
     pfile = write_placements(tmp_path / "epochs.parquet", epochs)
     res = replay(path, Deployment(hw="h200-sxm", ep=R, placement=str(pfile), impl="nccl"))
-    assert res.summary["trace_steps_replayed"] == 5 and res.summary["placement_epochs"] == 3
+    assert (
+        res.summary.to_dict()["trace_steps_replayed"] == 5 and res.summary.to_dict()["placement_epochs"] == 3
+    )
     for s in range(5):
         for layer in LAYERS:
             got = res.ranks.filter((pl.col("layer") == layer) & (pl.col("step") == s)).sort("rank")
@@ -139,9 +144,9 @@ def test_each_step_uses_the_epoch_in_force_and_migration_is_counted(tmp_path: Pa
     moved = _moved_by_hand(epochs[0], epochs[1]) + _moved_by_hand(epochs[1], epochs[2])
     assert moved > 0
     per_expert = expert_weight_bytes(_arch(), "fp8")
-    assert res.summary["moved_experts"] == moved
-    assert res.summary["migration_bytes"] == moved * int(per_expert)
-    assert res.run["migration_bytes"][0] == res.summary["migration_bytes"]
+    assert res.summary.to_dict()["moved_experts"] == moved
+    assert res.summary.to_dict()["migration_bytes"] == moved * int(per_expert)
+    assert res.run["migration_bytes"][0] == res.summary.to_dict()["migration_bytes"]
     if redundant == 0:
         # re-batched, a replayed step mixes trace steps; each token still uses its own step's epoch
         # (without replicas its slot depends only on the expert, so totals per rank must agree)
@@ -157,8 +162,8 @@ def test_each_step_uses_the_epoch_in_force_and_migration_is_counted(tmp_path: Pa
             np.testing.assert_array_equal(got.sort("rank")["tokens_recv"].to_numpy(), want)
     # two replayed steps: only the first epoch is in force, nothing moves
     short = replay(path, Deployment(hw="h200-sxm", ep=R, placement=str(pfile), impl="nccl", steps=2))
-    assert (short.summary["placement_epochs"], short.summary["migration_bytes"]) == (1, 0)
-    assert (short.summary["trace_step_first"], short.summary["trace_step_last"]) == (0, 1)
+    assert (short.summary.to_dict()["placement_epochs"], short.summary.to_dict()["migration_bytes"]) == (1, 0)
+    assert (short.summary.to_dict()["trace_step_first"], short.summary.to_dict()["trace_step_last"]) == (0, 1)
 
 
 def _arch() -> ModelArch:
@@ -170,7 +175,7 @@ def test_a_trace_imported_without_a_model_is_refused_until_a_model_is_given(tmp_
     ids = random_ids(np.random.default_rng(5), (R, 2, len(LAYERS), N), E, K)
     placeholder = unknown_arch(num_layers=len(LAYERS) + 1, moe_layers=LAYERS, num_experts=E, top_k=K)
     write_ranked_trace(tmp_path / "t", ids, num_experts=E, arch=placeholder)
-    with pytest.raises(UsageError, match="re-import it with --model NAME or pass --model"):
+    with pytest.raises(UsageError, match="re-import it with --model NAME or pass model NAME"):
         replay(tmp_path / "t", Deployment(hw="h200-sxm", ep=R))
     res = CliRunner().invoke(cli, ["replay", str(tmp_path / "t"), "--hw", "h200-sxm", "--ep", str(R)])
     assert res.exit_code == 2

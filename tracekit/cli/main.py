@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from tracekit import __version__
+from tracekit._version import __version__
 from tracekit.errors import TracekitError
 
 #: Every subcommand: name -> "module:attribute". Entries whose module is absent are not listed.
@@ -69,7 +69,7 @@ class TracekitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TracekitError as exc:
-            click.echo(f"tracekit: error: {_one_line(str(exc))}", err=True)
+            click.echo(f"tracekit: error: {_one_line(exc.cli_message())}", err=True)
             ctx.exit(exc.exit_code)
 
 

@@ -8,15 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from tracekit.cli._render import echo_json, format_option, human_bytes, render_rows
 from tracekit.errors import UsageError
-
-#: Policies compared by --evaluate when no --policy is given (``eplb`` repeats one of the two eplb-*).
-#: Label of the default layout without redundant slots, the row every comparison starts from.
-BASELINE_LABEL = "contiguous, 0 redundant"
-EVALUATE_DEFAULT = ("contiguous", "round-robin", "greedy", "eplb-hierarchical", "eplb-global")
 
 
 @click.command("place")
@@ -64,10 +58,12 @@ EVALUATE_DEFAULT = ("contiguous", "round-robin", "greedy", "eplb-hierarchical", 
     "weight-migration bytes.",
 )
 @click.option(
-    "--bytes-per-param",
-    type=float,
-    metavar="B",
-    help="Expert weight bytes per parameter for migration bytes [default: from the model's dtype].",
+    "--precision",
+    "precisions",
+    multiple=True,
+    metavar="SPEC",
+    help="Deployment precision as in tracekit replay (experts=... prices migrated experts and --hw "
+    "replays) [experts=fp8].",
 )
 @click.option(
     "--out",
@@ -99,7 +95,7 @@ def place(
     placement_file: Path | None,
     window: int | None,
     recompute_every: int | None,
-    bytes_per_param: float | None,
+    precisions: tuple[str, ...],
     out: Path | None,
     evaluate: bool,
     hw: str | None,
@@ -114,17 +110,9 @@ def place(
     tracekit place TRACE --ep 32 --redundant 32 --nodes 4 --window 8 --evaluate
     tracekit place --loads loads.csv --groups 4 --nodes 2 --gpus 8 --slots 16 --json
     """
-    from tracekit.placement import (
-        StepLoads,
-        expert_weight_bytes,
-        get_policy,
-        plan,
-        read_loads_file,
-        trace_loads,
-        write_placements,
-    )
-    from tracekit.placement.eplb import log2phy_of
-    from tracekit.placement.plan import bytes_per_param as dtype_bytes
+    from tracekit.placement import get_policy, write_placements
+    from tracekit.replay import Precision
+    from tracekit.replay.whatif import EVALUATE_DEFAULT, placement_whatif
 
     if (trace is None) == (loads_file is None):
         raise UsageError("give a TRACE directory or --loads FILE (one of them)")
@@ -148,108 +136,45 @@ def place(
         raise UsageError("--model re-targets a trace's placement (migration bytes, replays); give a TRACE")
     if nodes is None:
         nodes = _default_nodes(num_ranks, hw)
-
-    expert_bytes = 0
-    layer_copies = None
-    if loads_file is not None:
-        if window is not None or recompute_every is not None:
-            raise UsageError("--window and --recompute-every need per-step loads: give a TRACE, not --loads")
-        if hw is not None:
-            raise UsageError("--hw replays a trace; give a TRACE, not --loads")
-        layers, totals = read_loads_file(loads_file)
-        loads = StepLoads(steps=np.zeros(1, dtype=np.int64), layers=layers, loads=totals[None])
-        num_groups = groups or 1
-    else:
-        assert trace is not None
-        from tracekit.trace import open_trace
-
-        arch = open_trace(trace).manifest.model
-        loads = trace_loads(trace)
-        num_groups = groups or arch.num_expert_groups
-        layer_copies = np.ones(len(loads.layers), dtype=np.int64)
-        if model is not None:
-            from tracekit.models import get_model
-
-            target = get_model(model)
-            if target.num_experts != arch.num_experts:
-                raise UsageError(
-                    f"--model {model} has {target.num_experts} routed experts but the trace's model has "
-                    f"{arch.num_experts}; choose a model with the same expert count"
-                )
-            # As the replay does: target MoE layer i reuses trace MoE layer i mod (trace MoE layers).
-            layer_copies = np.bincount(
-                np.arange(len(target.moe_layers)) % len(loads.layers), minlength=len(loads.layers)
-            )
-            arch = target
-        bpp = bytes_per_param if bytes_per_param is not None else dtype_bytes(arch.dtype)
-        expert_bytes = expert_weight_bytes(arch.hidden_size, arch.moe_intermediate_size, bpp)
-
-    num_redundant = _redundant(loads.num_experts, redundant, slots)
-    setup = (
-        f"{loads.num_experts} experts x {len(loads.layers)} MoE layers on EP {num_ranks} "
-        f"({nodes} node{'s' if nodes > 1 else ''}), {num_redundant} redundant slots"
+    loads_experts = None if trace is not None else _loads_experts(loads_file)
+    num_experts = loads_experts if loads_experts is not None else _trace_experts(trace)
+    num_redundant = _redundant(num_experts, redundant, slots)
+    whatif = placement_whatif(
+        trace,
+        loads_file=loads_file,
+        num_ranks=num_ranks,
+        policies=policies,
+        num_redundant=num_redundant,
+        num_nodes=nodes,
+        num_groups=groups,
+        window=window,
+        recompute_every=recompute_every,
+        placement_file=placement_file,
+        precision=Precision.parse(list(precisions)),
+        model=model,
+        hw=hw,
+        baseline=num_redundant > 0 or not evaluate,
+        keep_going=evaluate and len(policies) > 1,
     )
-    results = []
-    skipped: list[tuple[str, str]] = []
-    for name in policies:
-        try:
-            results.append(
-                plan(
-                    loads,
-                    policy=name,
-                    num_ranks=num_ranks,
-                    num_redundant=num_redundant,
-                    num_nodes=nodes,
-                    num_groups=num_groups,
-                    window=window,
-                    recompute_every=recompute_every,
-                    expert_bytes=expert_bytes,
-                    file=placement_file,
-                )
-            )
-        except UsageError as exc:
-            if not evaluate or len(policies) == 1:
-                raise
-            skipped.append((name, str(exc)))
-
-    if layer_copies is not None and model is not None:
-        results = [_retarget(r, layer_copies, expert_bytes) for r in results]
+    # the placement asked for: the last outcome (a baseline row, when there is one, comes first)
+    chosen = whatif.outcomes[-1]
     if out is not None:
-        write_placements(out, list(results[0].epochs))
-
-    baseline = (
-        None
-        if loads.num_experts % num_ranks
-        else plan(
-            loads,
-            policy="contiguous",
-            num_ranks=num_ranks,
-            num_nodes=nodes,
-            num_groups=num_groups,
-            window=window,
-            recompute_every=recompute_every,
-            expert_bytes=expert_bytes,
-        )
-    )
-    # The default layout needs the experts to split evenly over the ranks without redundant slots.
-    fits = loads.num_experts % num_ranks == 0
-    base_entry = [(BASELINE_LABEL, baseline)] if fits and (num_redundant > 0 or not evaluate) else []
+        write_placements(out, list(chosen.plan.epochs))
     if evaluate:
-        entries = base_entry + [(r.policy, r) for r in results]
-        replayed = _replay_each(trace, entries, hw, num_ranks, model) if hw is not None else None
-        _print_comparison(entries, skipped, replayed, loads, as_json, fmt, setup)
+        _print_comparison(whatif, list(whatif.outcomes), as_json, fmt)
         return
-
-    res = results[0]
+    res = chosen.plan
     p = res.placement
     if as_json:
+        from tracekit.placement.eplb import log2phy_of
+
         obj: dict[str, Any] = {
             "policy": res.policy,
             "layers": list(p.layers),
             "num_experts": p.num_experts,
             "num_ranks": p.num_ranks,
             "num_nodes": nodes,
-            "num_groups": num_groups,
+            "num_groups": whatif.num_groups,
             "slots_per_rank": p.slots_per_rank,
             "num_slots": p.num_slots,
             "from_step": p.from_step,
@@ -264,9 +189,23 @@ def place(
             obj["out"] = str(out)
         click.echo(_compact_json(obj))
         return
-    _print_comparison([*base_entry, (res.policy, res)], [], None, loads, False, fmt, setup)
+    _print_comparison(whatif, list(whatif.outcomes), False, fmt)
     if out is not None:
         click.echo(f"wrote {out} ({len(res.epochs)} epoch(s), from_step {[e.from_step for e in res.epochs]})")
+
+
+def _trace_experts(trace: Path | None) -> int:
+    from tracekit.trace import open_trace
+
+    assert trace is not None
+    return open_trace(trace).manifest.model.num_experts
+
+
+def _loads_experts(loads_file: Path | None) -> int:
+    from tracekit.placement import read_loads_file
+
+    assert loads_file is not None
+    return int(read_loads_file(loads_file)[1].shape[1])
 
 
 def _compact_json(obj: Any, indent: int = 0) -> str:
@@ -309,32 +248,6 @@ def _score_dict(res: Any) -> dict[str, Any]:
     }
 
 
-def _problem(loads: Any, num_ranks: int, num_redundant: int, nodes: int, groups: int) -> Any:
-    from tracekit.placement import PlacementProblem
-
-    return PlacementProblem(
-        layers=loads.layers,
-        loads=loads.total(),
-        num_ranks=num_ranks,
-        num_redundant=num_redundant,
-        num_nodes=nodes,
-        num_groups=groups,
-    )
-
-
-def _retarget(res: Any, layer_copies: np.ndarray, expert_bytes: int) -> Any:
-    """Migration counted on the target model's MoE layers (each a copy of a trace layer's placement)."""
-    import dataclasses
-
-    moved = res.moved_per_layer * layer_copies
-    return dataclasses.replace(
-        res,
-        moved_experts=int(moved.sum()),
-        moved_per_layer=moved,
-        migration_bytes=int(moved.sum()) * expert_bytes,
-    )
-
-
 def _default_nodes(num_ranks: int, hw: str | None) -> int:
     """One node, or with --hw as many as the preset's scale-up domains the EP ranks span."""
     if hw is None:
@@ -365,99 +278,12 @@ def _redundant(num_experts: int, redundant: int | None, slots: int | None) -> in
     return redundant or 0
 
 
-def _replay_each(
-    trace: Path | None, entries: list[tuple[str, Any]], hw: str, num_ranks: int, model: str | None
-) -> dict[str, dict[str, Any]]:
-    """Replay the trace under each policy's placement epochs and keep the scored steps.
+def _print_comparison(whatif: Any, outcomes: list[Any], as_json: bool, fmt: str) -> None:
+    import dataclasses
 
-    Each epoch is replayed with its own placement and contributes the replayed steps whose trace
-    steps lie in its range (``from_step`` up to the next epoch's) and in the scored steps. Returns,
-    per policy: exact per-rank imbalance (the replay routes every token with ``route_to_slots``),
-    straggler seconds, step time, throughput per GPU and the largest batch that fits (redundant
-    slots' weights reduce the KV cache).
-    """
-    import tempfile
-
-    import polars as pl
-
-    from tracekit.placement import write_placements
-    from tracekit.replay import Deployment, replay
-
-    assert trace is not None
-    out: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="tracekit-place-") as tmp:
-        for label, res in entries:
-            first_scored = int(res.eval_steps[0]) if res.eval_steps.size else 0
-            steps_parts, layer_parts, summaries = [], [], []
-            bounds = [e.from_step for e in res.epochs[1:]] + [None]
-            for i, (epoch, end) in enumerate(zip(res.epochs, bounds, strict=True)):
-                lo = max(epoch.from_step, first_scored)
-                if end is not None and end <= lo:
-                    continue
-                path = Path(tmp) / f"{len(out)}-{i}.parquet"
-                write_placements(path, [epoch.with_(from_step=0)])
-                rr = replay(trace, Deployment(hw=hw, ep=num_ranks, placement=str(path), model=model))
-                keep = pl.col("trace_step_first") >= lo
-                if end is not None:
-                    keep = keep & (pl.col("trace_step_last") < end)
-                steps = rr.steps.filter((pl.col("pool") == "all") & keep)
-                steps_parts.append(steps)
-                kept = steps.select("phase", "step")
-                layer_parts.append(rr.layers.filter(pl.col("pool") == "all").join(kept, on=["phase", "step"]))
-                summaries.append(rr.summary)
-            out[label] = _replay_metrics(label, steps_parts, layer_parts, summaries, num_ranks)
-    return out
-
-
-def _replay_metrics(
-    policy: str,
-    steps_parts: list[Any],
-    layer_parts: list[Any],
-    summaries: list[dict[str, Any]],
-    num_gpus: int,
-) -> dict[str, Any]:
-    import polars as pl
-
-    if not steps_parts or sum(p.height for p in steps_parts) == 0:
-        raise UsageError(
-            f"policy {policy}: no replayed step lies entirely in the scored trace steps; use a smaller "
-            "--window (or none)"
-        )
-    steps = pl.concat(steps_parts)
-    layers = pl.concat(layer_parts)
-    phase = "decode" if (steps.get_column("phase") == "decode").any() else "prefill"
-    steps = steps.filter(pl.col("phase") == phase)
-    moe = layers.filter((pl.col("phase") == phase) & (pl.col("kind") == "moe"))
-    time_s = float(steps.get_column("step_time_s").sum())
-    produced = (
-        float(steps.get_column("output_tokens").sum())
-        if phase == "decode"
-        else float(steps.get_column("num_tokens").sum())
-    )
-    batches = [int(s["max_batch_per_gpu"]) for s in summaries if s.get("max_batch_per_gpu") is not None]
-    return {
-        "phase": phase,
-        "replayed_steps": steps.height,
-        "replay_imbalance": float(moe.get_column("imbalance").mean() or 0.0) if moe.height else 0.0,
-        "straggler_s": float(steps.get_column("straggler_s").mean() or 0.0),
-        "step_time_s": time_s / steps.height,
-        "tokens_per_s_per_gpu": produced / time_s / num_gpus if time_s > 0 else 0.0,
-        "max_batch_per_gpu": min(batches) if batches else None,
-        "weight_bytes_per_gpu": max(int(s["weight_bytes_per_gpu"]) for s in summaries),
-    }
-
-
-def _print_comparison(
-    entries: list[tuple[str, Any]],
-    skipped: list[tuple[str, str]],
-    replayed: dict[str, dict[str, Any]] | None,
-    loads: Any,
-    as_json: bool,
-    fmt: str,
-    setup: str,
-) -> None:
-    recomputed = any(len(res.epochs) > 1 for _, res in entries)
-    if replayed is None:
+    recomputed = any(len(o.plan.epochs) > 1 for o in outcomes)
+    replayed = any(o.replayed is not None for o in outcomes)
+    if not replayed:
         columns = [
             "policy",
             "imbalance_total",
@@ -472,10 +298,11 @@ def _print_comparison(
         columns += ["moved_experts", "migration"]
     rows = []
     objs = []
-    for label, res in entries:
+    for o in outcomes:
+        res = o.plan
         s = res.score
         values: dict[str, Any] = {
-            "policy": label,
+            "policy": o.label,
             "imbalance_total": round(s.imbalance_total, 4),
             "imbalance_step": round(s.imbalance_step_mean, 4),
             "imbalance_step_max": round(s.imbalance_step_max, 4),
@@ -483,33 +310,34 @@ def _print_comparison(
             "moved_experts": res.moved_experts,
             "migration": human_bytes(res.migration_bytes),
         }
-        obj = {"policy": label, "num_slots": res.placement.num_slots, **_score_dict(res)}
-        if replayed is not None:
-            rep = replayed[label]
+        obj = {"policy": o.label, "num_slots": res.placement.num_slots, **_score_dict(res)}
+        rep = o.replayed
+        if rep is not None:
             values.update(
                 {
-                    "replay_imbalance": round(rep["replay_imbalance"], 4),
-                    "straggler_ms": round(rep["straggler_s"] * 1e3, 3),
-                    "step_time_ms": round(rep["step_time_s"] * 1e3, 3),
-                    "tokens_per_s_per_gpu": round(rep["tokens_per_s_per_gpu"], 1),
-                    "max_batch_per_gpu": rep["max_batch_per_gpu"],
+                    "replay_imbalance": round(rep.replay_imbalance, 4),
+                    "straggler_ms": round(rep.straggler_s * 1e3, 3),
+                    "step_time_ms": round(rep.step_time_s * 1e3, 3),
+                    "tokens_per_s_per_gpu": round(rep.tokens_per_s_per_gpu, 1),
+                    "max_batch_per_gpu": rep.max_batch_per_gpu,
                 }
             )
-            obj.update(rep)
+            obj.update(dataclasses.asdict(rep))
         rows.append([values[c] for c in columns])
         objs.append(obj)
     if as_json:
-        echo_json({"policies": objs, "skipped": [{"policy": n, "reason": r} for n, r in skipped]})
+        echo_json({"policies": objs, "skipped": [{"policy": n, "reason": r} for n, r in whatif.skipped]})
         return
-    first = entries[-1][1]
+    first = outcomes[-1].plan
+    loads = whatif.loads
     mode = (
         "in-sample"
         if first.eval_steps.size == loads.steps.size
         else f"out-of-sample after {first.train_steps} steps"
     )
-    title = f"placement what-if: {setup}; scored on {first.eval_steps.size} step(s), {mode}"
+    title = f"placement what-if: {whatif.description}; scored on {first.eval_steps.size} step(s), {mode}"
     if fmt == "table":
         click.echo(title)
     click.echo(render_rows(columns, rows, fmt, title=title if fmt == "markdown" else None))
-    for name, reason in skipped:
+    for name, reason in whatif.skipped:
         click.echo(f"skipped {name}: {reason}")

@@ -10,8 +10,7 @@ import click
 
 from tracekit.cli._render import echo_json, render_rows
 from tracekit.errors import UsageError
-
-IMPL_CHOICES = ("deepep-normal", "deepep-ll", "nccl")
+from tracekit.hardware.comm_impls import COMM_IMPLS
 
 
 def _ints(values: tuple[str, ...], name: str) -> list[int]:
@@ -47,10 +46,10 @@ def _deployment_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "precisions",
             multiple=True,
             metavar="SPEC",
-            help="fp8 (attention, dense, experts, dispatch) or PART=bf16|fp8|fp4 for attention, dense, experts, "
-            "dispatch, combine, kv_cache; comma-separated or repeated.",
+            help="fp8 (attention, dense, experts, dispatch) or PART=FORMAT for attention, dense, experts, "
+            "dispatch, combine, kv_cache (bf16, fp8, fp4/nvfp4, mxfp4, int4 for weights); comma-separated or repeated.",
         ),
-        click.option("--impl", type=click.Choice(IMPL_CHOICES), default=None, help="EP communication [deepep-normal for prefill, deepep-ll for decode]."),
+        click.option("--impl", type=click.Choice(COMM_IMPLS), default=None, help="EP communication [deepep-normal for prefill, deepep-ll for decode]."),
         click.option("--tbo/--no-tbo", default=False, show_default=True, help="Two-batch overlap of communication with compute."),
         click.option("--placement", type=click.Path(path_type=Path), default=None, help="Placement file from tracekit place [contiguous]."),
         click.option("--redundant", type=click.IntRange(0), default=0, show_default=True, help="Redundant slots of the contiguous placement."),
@@ -117,7 +116,8 @@ def _fmt(v: Any, unit: str = "") -> str:
     return f"{v}{unit}"
 
 
-def _summary_rows(s: dict[str, Any]) -> list[list[str]]:
+def _summary_rows(summary: Any) -> list[list[str]]:
+    s = summary.to_dict()
     rows = [
         ["output tokens/s per GPU", _fmt(s.get("tokens_per_s_per_gpu"))],
         ["tokens/s per user", _fmt(s.get("tokens_per_s_per_user"))],
@@ -227,7 +227,7 @@ def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phas
     if out is not None:
         write_result(res, out, overwrite=force)
     if as_json:
-        echo_json(res.summary)
+        echo_json(res.summary.to_dict())
         return
     run = res.run.row(0, named=True)
     title = (
@@ -285,12 +285,8 @@ def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phas
 def compare(trace: Path, hws: tuple[str, ...], ep: int | None, batch_per_gpu: int | None, deploys: tuple[str, ...],
             at_interactivity: float | None, out: Path | None, force: bool, as_json: bool, **opts: Any) -> None:  # fmt: skip
     """Replay TRACE on several systems and print them side by side with the throughput ratio."""
-    import polars as pl
-
-    from tracekit.replay import Precision
-    from tracekit.replay import at_interactivity as search
+    from tracekit.replay import Precision, compare_at_interactivity, write_compare
     from tracekit.replay import compare as run_compare
-    from tracekit.replay.results import prepare_dir, write_tables
 
     per_system = _parse_deploys(deploys, hws)
     precisions = opts["precisions"]
@@ -303,71 +299,18 @@ def compare(trace: Path, hws: tuple[str, ...], ep: int | None, batch_per_gpu: in
         b = _base(hw=hw, ep=ep, batch_per_gpu=batch_per_gpu, merge_precisions=at_interactivity is None, **o)
         bases.append(_apply(b, over))
     if at_interactivity is None:
-        results = run_compare(trace, bases)
+        result = run_compare(trace, bases)
     else:
         choices = [Precision.parse(p) for p in precisions] or None
-        results = [
-            search(trace, b, tokens_per_s_per_user=at_interactivity, precisions=choices) for b in bases
-        ]
-    ref = results[0].summary
-    systems = []
-    for r in results:
-        d = r.deployment
-        s = r.summary or {}
-        systems.append(
-            {
-                "hw": r.hw,
-                "tokens_per_s_per_gpu": s.get("tokens_per_s_per_gpu"),
-                "tokens_per_s_per_user": s.get("tokens_per_s_per_user"),
-                "tpot_s": s.get("tpot_s"),
-                "ttft_s": s.get("ttft_s"),
-                "step_time_s": s.get("step_time_s"),
-                "bound": s.get("bound"),
-                "max_batch_per_gpu": s.get("max_batch_per_gpu"),
-                "deployment": ({**d.to_dict(), "batch_per_gpu": s.get("batch_per_gpu")} if d else None),
-                "ratio": (s["tokens_per_s_per_gpu"] / ref["tokens_per_s_per_gpu"]) if (s and ref) else None,
-                "note": r.note or None,
-            }
+        result = compare_at_interactivity(
+            trace, bases, tokens_per_s_per_user=at_interactivity, precisions=choices
         )
-    ratio = systems[-1]["ratio"] if len(systems) > 1 else None
-    payload = {
-        "kind": "compare",
-        "trace": str(trace),
-        "at_interactivity": at_interactivity,
-        "systems": systems,
-        "ratio": ratio,
-    }
     if out is not None:
-        path = prepare_dir(out, overwrite=force)
-        flat = [
-            {k: v for k, v in s.items() if k != "deployment"} | _dep_cols(r.deployment)
-            for s, r in zip(systems, results, strict=True)
-        ]
-        write_tables(path, {"compare": pl.DataFrame(flat)}, payload)
+        write_compare(result, out, overwrite=force)
     if as_json:
-        echo_json(payload)
+        echo_json(result.to_dict())
         return
-    _print_compare(systems, at_interactivity)
-
-
-def _dep_cols(d: Any) -> dict[str, Any]:
-    if d is None:
-        return {
-            "ep": None,
-            "tp": None,
-            "batch_per_gpu": None,
-            "precision_experts": None,
-            "impl": None,
-            "tbo": None,
-        }
-    return {
-        "ep": d.ep,
-        "tp": d.tp,
-        "batch_per_gpu": d.batch_per_gpu,
-        "precision_experts": d.precision.experts,
-        "impl": d.impl or "auto",
-        "tbo": d.tbo,
-    }
+    _print_compare(result.system_dicts(), at_interactivity)
 
 
 def _print_compare(systems: list[dict[str, Any]], at: float | None) -> None:
@@ -473,7 +416,7 @@ def _apply(dep: Any, over: dict[str, str]) -> Any:
 @click.option(
     "--impls",
     multiple=True,
-    type=click.Choice(IMPL_CHOICES),
+    type=click.Choice(COMM_IMPLS),
     help="Sweep these communication implementations.",
 )
 @click.option("--jobs", type=click.IntRange(1), default=None, help="Worker processes [CPU count].")
@@ -504,14 +447,14 @@ def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tupl
     )
     # user mistakes fail here in one line, not as a sweep whose every point failed
     from tracekit.hardware import get_hardware
-    from tracekit.replay.engine import _target_model
     from tracekit.replay.results import check_out_dir
+    from tracekit.replay.setup import target_model
     from tracekit.trace import open_trace
 
     check_out_dir(out, overwrite=force)
     for hw in dict.fromkeys(hws):
         get_hardware(hw, base.hw_overrides or None)
-    _target_model(open_trace(trace), base.model)
+    target_model(open_trace(trace), base.model)
     click.echo(f"sweeping {len(points)} deployments ...", err=True)
     df = run_sweep(trace, points, jobs=jobs)
     write_sweep(out, trace, df, overwrite=force, plot=not no_plot)

@@ -32,7 +32,7 @@ from tracekit.cost.traffic import (
 )
 from tracekit.errors import UsageError
 from tracekit.hardware import CALIBRATION_MARKER, CommParams, HardwareSpec, get_hardware, preset_path
-from tracekit.hardware.spec import COMM_FIELDS, _load_cached
+from tracekit.hardware.spec import COMM_FIELDS, reload_presets
 
 MEASUREMENTS = Path(__file__).resolve().parent / "data" / "comm_measurements.toml"
 
@@ -395,7 +395,7 @@ def write_presets(report: CalibrationReport) -> list[Path]:
             )
         path.write_text(head + CALIBRATION_MARKER + "\n\n" + preset_sections(report, name), encoding="utf-8")
         written.append(path)
-    _load_cached.cache_clear()
+    reload_presets()
     return written
 
 

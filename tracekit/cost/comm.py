@@ -32,7 +32,7 @@ from numpy.typing import ArrayLike
 from tracekit.cost.result import F64, CommCost, Cost, pick_bound
 from tracekit.cost.traffic import EPTraffic, num_domains
 from tracekit.errors import DeploymentError, UsageError
-from tracekit.hardware import COMM_IMPLS, CommParams, HardwareSpec
+from tracekit.hardware import COMM_IMPL_REGISTRY, CommParams, HardwareSpec, comm_impl
 
 
 def _as_traffic(traffic: EPTraffic | ArrayLike, hw: HardwareSpec) -> EPTraffic:
@@ -49,22 +49,23 @@ def _as_traffic(traffic: EPTraffic | ArrayLike, hw: HardwareSpec) -> EPTraffic:
 def link_loads(traffic: EPTraffic, impl: str, bytes_per_token: float = 1.0) -> dict[str, F64]:
     """Bytes each rank sends and receives on NVLink and on the NIC for one dispatch ([..., R] each).
 
-    Keys: nvlink_sent, nvlink_recv, network_sent, network_recv. Same-rank traffic is free.
+    Keys: nvlink_sent, nvlink_recv, network_sent, network_recv. Same-rank traffic is free. What one
+    copy on the wire is and which links it takes follow the implementation's registry entry
+    (:mod:`tracekit.hardware.comm_impls`).
     """
-    if impl not in COMM_IMPLS:
-        raise UsageError(f"unknown communication implementation {impl!r}; valid: {', '.join(COMM_IMPLS)}")
+    spec = comm_impl(impl)
     r = traffic.num_ranks
     s = traffic.domain_size
-    if impl == "deepep-normal" and r > s:
+    if spec.dedup == "domain" and r > s:
         return _deepep_normal_loads(traffic, bytes_per_token)
-    m = traffic.expert_tokens if impl in ("deepep-ll", "deepep-ll-rdma") else traffic.rank_tokens
+    m = traffic.expert_tokens if spec.dedup == "expert" else traffic.rank_tokens
     # Row and column sums, split into the sender's own domain and the rest (one pass each over the
     # [..., R, R] matrix; the byte factor applies to the [..., R] sums).
     own = np.diagonal(m, axis1=-2, axis2=-1)
-    if r <= s or impl == "deepep-ll-rdma":
+    if r <= s or spec.links == "nic":
         sent, recv = m.sum(axis=-1), m.sum(axis=-2)
-        # rdma: every peer over the NIC, even inside the domain; otherwise one domain holds all
-        local_sent, local_recv = (own, own) if impl == "deepep-ll-rdma" else (sent, recv)
+        # nic: every peer over the NIC, even inside the domain; otherwise one domain holds all
+        local_sent, local_recv = (own, own) if spec.links == "nic" else (sent, recv)
     else:
         q = num_domains(r, s)
         pad = q * s - r
@@ -85,10 +86,11 @@ def link_loads(traffic: EPTraffic, impl: str, bytes_per_token: float = 1.0) -> d
         "network_sent": (sent - local_sent) * bytes_per_token,
         "network_recv": (recv - local_recv) * bytes_per_token,
     }
-    if impl == "nvl-a2a" and np.any(loads["network_sent"] > 0):
+    if spec.links == "domain" and np.any(loads["network_sent"] > 0):
+        others = [c.name for c in COMM_IMPL_REGISTRY.values() if c.links != "domain"]
         raise DeploymentError(
-            f"nvl-a2a runs inside one scale-up domain only; {r} ranks span {num_domains(r, s)} domains of {s}: "
-            "use deepep-normal, deepep-ll or nccl, or fewer ranks"
+            f"{impl} runs inside one scale-up domain only; {r} ranks span {num_domains(r, s)} domains of {s}: "
+            f"use {', '.join(others)}, or fewer ranks"
         )
     return loads
 

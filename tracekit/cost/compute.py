@@ -18,9 +18,8 @@ from tracekit.models.work import (
     attention_flops,
     attention_kv_bytes,
     attention_weight_bytes,
-    bytes_per_param,
-    precision_name,
 )
+from tracekit.precision import bytes_per_param
 from tracekit.schema import ModelArch
 
 
@@ -44,7 +43,7 @@ def roofline(
     f = _arr(flops, "flops")
     b = _arr(hbm_bytes, "hbm_bytes")
     eff = np.asarray(hw.gemm_eff if compute_eff is None else compute_eff, dtype=np.float64)
-    peak = hw.peak_flops(precision_name(precision))
+    peak = hw.peak_flops(precision)
     t_compute = np.divide(f, peak * eff, out=np.zeros(np.broadcast(f, eff).shape), where=eff > 0)
     t_memory = b / (hw.hbm_bw * hw.hbm_eff)
     t_floor = np.full(np.broadcast(f, b).shape, hw.kernel_launch_s)

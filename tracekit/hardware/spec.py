@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.errors import UnknownNameError, UsageError
+from tracekit.hardware.comm_impls import COMM_IMPLS
+from tracekit.precision import compute_class
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "hardware"
 
 #: Marker line in a preset file: everything below it is written by ``tracekit calibrate --write``.
 CALIBRATION_MARKER = "# ==== fitted by `tracekit calibrate --write`: do not edit below this line ===="
-
-#: Communication implementations a preset can parameterise.
-COMM_IMPLS = ("deepep-normal", "deepep-ll", "deepep-ll-rdma", "nvl-a2a", "nccl")
 
 
 def _f(doc: str, unit: str, default: Any = dataclasses.MISSING) -> Any:
@@ -107,13 +106,14 @@ class HardwareSpec:
         return self.comm[impl]
 
     def peak_flops(self, precision: str) -> float:
-        """Dense peak FLOP/s for GEMMs in ``precision`` (fp4 falls back to fp8 without FP4 tensor cores)."""
-        p = precision.lower()
-        if p in ("fp4", "nvfp4", "mxfp4", "int4"):
+        """Dense peak FLOP/s for GEMMs in ``precision``, by its compute class
+        (:func:`tracekit.precision.compute_class`); fp4 falls back to fp8 without FP4 tensor cores."""
+        c = compute_class(precision)
+        if c == "fp4":
             return self.fp4_flops if self.fp4_flops > 0 else self.fp8_flops
-        if p in ("fp8", "fp8_e4m3", "e4m3"):
+        if c == "fp8":
             return self.fp8_flops
-        if p in ("fp32", "float32"):
+        if c == "fp32":
             return self.bf16_flops / 2.0  # TF32 tensor cores run at half the BF16 rate
         return self.bf16_flops
 
@@ -289,6 +289,11 @@ def hardware_names() -> list[str]:
 def _load_cached(path: str) -> HardwareSpec:
     p = Path(path)
     return _build(_merge_raw(p), p.name if p.parent == DATA_DIR else str(p))
+
+
+def reload_presets() -> None:
+    """Forget the presets read so far (after a preset file was rewritten)."""
+    _load_cached.cache_clear()
 
 
 def get_hardware(name: str | Path, overrides: Mapping[str, Any] | None = None) -> HardwareSpec:

@@ -7,7 +7,6 @@ files under ``tracekit/data/models/``) or from a transformers ``config.json``.
 from tracekit.models.catalog import CatalogEntry, catalog_entry, get_model, model_names
 from tracekit.models.hf import from_hf_config
 from tracekit.models.work import (
-    BITS_PER_PARAM,
     ParamCounts,
     attended_pairs,
     attention_flops,
@@ -16,7 +15,6 @@ from tracekit.models.work import (
     attention_params,
     attention_proj_flops_per_token,
     attention_weight_bytes,
-    bytes_per_param,
     dense_ffn_flops_per_token,
     dense_ffn_params,
     dense_ffn_weight_bytes,
@@ -28,7 +26,6 @@ from tracekit.models.work import (
     layer_window,
     moe_flops_per_token,
     param_counts,
-    precision_name,
     router_params,
     shared_expert_flops_per_token,
     shared_expert_params,
@@ -36,7 +33,6 @@ from tracekit.models.work import (
 )
 
 __all__ = [
-    "BITS_PER_PARAM",
     "CatalogEntry",
     "ParamCounts",
     "attended_pairs",
@@ -46,7 +42,6 @@ __all__ = [
     "attention_params",
     "attention_proj_flops_per_token",
     "attention_weight_bytes",
-    "bytes_per_param",
     "catalog_entry",
     "dense_ffn_flops_per_token",
     "dense_ffn_params",
@@ -62,7 +57,6 @@ __all__ = [
     "model_names",
     "moe_flops_per_token",
     "param_counts",
-    "precision_name",
     "router_params",
     "shared_expert_flops_per_token",
     "shared_expert_params",

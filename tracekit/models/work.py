@@ -23,53 +23,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from tracekit.errors import UsageError
+from tracekit.precision import bytes_per_param
 from tracekit.schema import ModelArch
-
-#: Storage bits per parameter, scales included. fp8: per-tensor or 128x128 block scales (negligible);
-#: nvfp4 / fp4: an fp8 scale per 16 values (4.5 bits); mxfp4: an 8-bit scale per 32 values (4.25 bits);
-#: int4: a bf16 scale per group of 32 (4.5 bits).
-BITS_PER_PARAM: dict[str, float] = {
-    "fp32": 32.0,
-    "bf16": 16.0,
-    "fp16": 16.0,
-    "fp8": 8.0,
-    "fp4": 4.5,
-    "nvfp4": 4.5,
-    "mxfp4": 4.25,
-    "int4": 4.5,
-}
-
-_ALIASES = {
-    "float32": "fp32",
-    "float": "fp32",
-    "bfloat16": "bf16",
-    "float16": "fp16",
-    "half": "fp16",
-    "fp8_e4m3": "fp8",
-    "float8_e4m3fn": "fp8",
-    "e4m3": "fp8",
-    "fp8-e4m3": "fp8",
-}
 
 #: Bytes of a bias element (biases stay in bf16 when the weights are quantised).
 BIAS_BYTES = 2.0
-
-
-def precision_name(precision: str) -> str:
-    """The canonical precision name (bf16, fp8, fp4, ...) of ``precision`` (accepts torch dtype names)."""
-    key = precision.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in BITS_PER_PARAM:
-        raise UsageError(
-            f"unknown precision {precision!r}; valid: {', '.join(sorted(BITS_PER_PARAM))} "
-            "(or a torch dtype name such as bfloat16)"
-        )
-    return key
-
-
-def bytes_per_param(precision: str) -> float:
-    """Storage bytes per parameter at ``precision`` (scales included)."""
-    return BITS_PER_PARAM[precision_name(precision)] / 8.0
 
 
 def _has_expert_bias(arch: ModelArch) -> bool:

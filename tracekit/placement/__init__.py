@@ -18,7 +18,7 @@ from tracekit.placement.core import (
 from tracekit.placement.eplb import EplbPlan, rebalance_experts
 from tracekit.placement.loads import StepLoads, read_loads_file, trace_loads
 from tracekit.placement.metrics import LoadScore, rank_imbalance, rank_token_loads, score_loads
-from tracekit.placement.plan import PlanResult, expert_weight_bytes, moved_replicas, plan
+from tracekit.placement.plan import PlanResult, moved_replicas, plan
 from tracekit.placement.policies import (
     PlacementProblem,
     PolicySpec,
@@ -36,7 +36,6 @@ __all__ = [
     "PolicySpec",
     "StepLoads",
     "compute_placement",
-    "expert_weight_bytes",
     "get_policy",
     "moved_replicas",
     "placement_at",

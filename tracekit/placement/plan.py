@@ -8,7 +8,7 @@
   been observed yet); epoch ``k`` is computed from the steps of epoch ``k - 1`` and is in force for
   the next ``W`` steps. Every change of placement moves expert weights: for each layer and rank,
   every replica the rank gains (an expert it did not hold as often before) is one expert's weights
-  copied in, ``3 x hidden x moe_intermediate x bytes per parameter`` bytes.
+  copied in (``expert_bytes`` each, as the caller prices an expert: :func:`tracekit.models.expert_weight_bytes`).
 """
 
 from __future__ import annotations
@@ -24,37 +24,6 @@ from tracekit.placement.core import Placement
 from tracekit.placement.loads import StepLoads
 from tracekit.placement.metrics import LoadScore, rank_token_loads, score_rank_loads
 from tracekit.placement.policies import PlacementProblem, compute_placement
-
-#: Bytes per parameter of a weight dtype name (manifest ``model.dtype`` or a precision name).
-DTYPE_BYTES: dict[str, float] = {
-    "float32": 4.0,
-    "fp32": 4.0,
-    "bfloat16": 2.0,
-    "bf16": 2.0,
-    "float16": 2.0,
-    "fp16": 2.0,
-    "float8": 1.0,
-    "fp8": 1.0,
-    "float8_e4m3fn": 1.0,
-    "fp4": 0.5,
-    "nvfp4": 0.5,
-    "mxfp4": 0.5,
-}
-
-
-def expert_weight_bytes(hidden_size: int, moe_intermediate_size: int, bytes_per_param: float) -> int:
-    """Bytes of one routed expert's weights (gate, up and down projections)."""
-    return round(3 * hidden_size * moe_intermediate_size * bytes_per_param)
-
-
-def bytes_per_param(dtype: str) -> float:
-    key = dtype.lower().removeprefix("torch.")
-    if key not in DTYPE_BYTES:
-        raise UsageError(
-            f"unknown weight dtype {dtype!r} for migration bytes; give --bytes-per-param "
-            f"(known: {', '.join(sorted(DTYPE_BYTES))})"
-        )
-    return DTYPE_BYTES[key]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -8,11 +8,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tracekit.errors import DeploymentError, TracekitError, UsageError
+import polars as pl
+
+from tracekit.errors import DeploymentError, TracekitError, UsageError, param
 from tracekit.hardware import get_hardware
 from tracekit.replay.deployment import Deployment, Precision
-from tracekit.replay.engine import ReplayResult, _target_model, replay
+from tracekit.replay.engine import replay
 from tracekit.replay.memory import memory_plan
+from tracekit.replay.results import prepare_dir, write_tables
+from tracekit.replay.setup import target_model
+from tracekit.replay.summary import ReplaySummary
 from tracekit.schema import ModelArch
 from tracekit.trace.reader import Trace, open_trace
 
@@ -24,12 +29,8 @@ BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 MAX_DEFAULT_EP = 256
 
 
-def _target(trace: Trace, model: str | None) -> ModelArch:
-    # the replay's own check: refuses an imported trace without a model in one line
-    return _target_model(trace, model)
-
-
-def _fits(arch: ModelArch, dep: Deployment, ep: int) -> bool:
+def fits(arch: ModelArch, dep: Deployment, ep: int) -> bool:
+    """Whether ``arch``'s weights fit on ``dep``'s GPUs at EP degree ``ep`` (contiguous placement)."""
     hw = get_hardware(dep.hw, dep.hw_overrides or None)
     slots = arch.num_experts + dep.redundant
     slots += (-slots) % ep
@@ -43,17 +44,17 @@ def default_deployment(trace: str | Path | Trace, base: Deployment) -> Deploymen
     if base.ep is not None:
         return base
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
-    arch = _target(tr, base.model)
+    arch = target_model(tr, base.model)
     hw = get_hardware(base.hw, base.hw_overrides or None)
     ep = 1
     while ep * 2 <= hw.scaleup_size:
         ep *= 2
     ep = max(ep, base.tp)
-    while not _fits(arch, base, ep):
+    while not fits(arch, base, ep):
         if ep >= MAX_DEFAULT_EP:
             raise DeploymentError(
-                f"{arch.name} does not fit on {hw.name} even at --ep {ep}; choose smaller --precision "
-                "(e.g. experts=fp4) or larger GPUs"
+                f"{arch.name} does not fit on {hw.name} even at {param('ep')} {ep}; choose a smaller "
+                f"{param('precision')} (e.g. experts=fp4) or larger GPUs"
             )
         ep *= 2
     return base.replace(ep=ep)
@@ -65,22 +66,106 @@ class SystemResult:
 
     hw: str
     deployment: Deployment | None
-    summary: dict[str, Any] | None
+    summary: ReplaySummary | None
     note: str = ""
 
+    @property
+    def tokens_per_s_per_gpu(self) -> float | None:
+        return None if self.summary is None else self.summary.tokens_per_s_per_gpu
 
-def compare(trace: str | Path | Trace, systems: Sequence[Deployment]) -> list[SystemResult]:
+
+@dataclass(frozen=True, kw_only=True)
+class CompareResult:
+    """Systems side by side on one trace, and each one's throughput against the first's."""
+
+    trace: str
+    #: The interactivity each system's deployment was searched for (None: each system's default).
+    at_interactivity: float | None
+    systems: tuple[SystemResult, ...]
+
+    def ratio_of(self, system: SystemResult) -> float | None:
+        """Output tokens/s per GPU of ``system`` over the first system's (None when either has none)."""
+        ref = self.systems[0].tokens_per_s_per_gpu
+        tps = system.tokens_per_s_per_gpu
+        return tps / ref if (tps is not None and ref) else None
+
+    @property
+    def ratio(self) -> float | None:
+        """The last system against the first (None with one system)."""
+        return self.ratio_of(self.systems[-1]) if len(self.systems) > 1 else None
+
+    def system_dicts(self) -> list[dict[str, Any]]:
+        """One plain record per system: figures, deployment (as a dict), ratio and note."""
+        out = []
+        for r in self.systems:
+            s = r.summary
+            d = r.deployment
+            out.append(
+                {
+                    "hw": r.hw,
+                    "tokens_per_s_per_gpu": s.tokens_per_s_per_gpu if s else None,
+                    "tokens_per_s_per_user": s.tokens_per_s_per_user if s else None,
+                    "tpot_s": s.tpot_s if s else None,
+                    "ttft_s": s.ttft_s if s else None,
+                    "step_time_s": s.step_time_s if s else None,
+                    "bound": s.bound if s else None,
+                    "max_batch_per_gpu": s.max_batch_per_gpu if s else None,
+                    "deployment": (
+                        {**d.to_dict(), "batch_per_gpu": s.batch_per_gpu if s else None} if d else None
+                    ),
+                    "ratio": self.ratio_of(r),
+                    "note": r.note or None,
+                }
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``compare --json`` prints and ``result.json`` stores."""
+        return {
+            "kind": "compare",
+            "trace": self.trace,
+            "at_interactivity": self.at_interactivity,
+            "systems": self.system_dicts(),
+            "ratio": self.ratio,
+        }
+
+    def table(self) -> pl.DataFrame:
+        """``compare.parquet``: one row per system, its figures and deployment columns."""
+        rows = []
+        for rec, r in zip(self.system_dicts(), self.systems, strict=True):
+            d = r.deployment
+            rows.append(
+                {k: v for k, v in rec.items() if k != "deployment"}
+                | {
+                    "ep": d.ep if d else None,
+                    "tp": d.tp if d else None,
+                    "batch_per_gpu": d.batch_per_gpu if d else None,
+                    "precision_experts": d.precision.experts if d else None,
+                    "impl": (d.impl or "auto") if d else None,
+                    "tbo": d.tbo if d else None,
+                }
+            )
+        return pl.DataFrame(rows)
+
+
+def write_compare(result: CompareResult, out: str | Path, *, overwrite: bool = False) -> Path:
+    """A result directory: ``compare.parquet`` and ``result.json``."""
+    path = prepare_dir(out, overwrite=overwrite)
+    return write_tables(path, {"compare": result.table()}, result.to_dict())
+
+
+def compare(trace: str | Path | Trace, systems: Sequence[Deployment]) -> CompareResult:
     """Replay ``trace`` on each system (EP chosen by :func:`default_deployment` when unset)."""
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     out = []
     for base in systems:
         dep = default_deployment(tr, base)
-        res: ReplayResult = replay(tr, dep, collect_ranks=False)
+        res = replay(tr, dep, collect_ranks=False)
         out.append(SystemResult(hw=dep.hw, deployment=dep, summary=res.summary))
-    return out
+    return CompareResult(trace=str(trace), at_interactivity=None, systems=tuple(out))
 
 
-def _decode_point(tr: Trace, dep: Deployment) -> dict[str, Any] | None:
+def _decode_point(tr: Trace, dep: Deployment) -> ReplaySummary | None:
     try:
         res = replay(tr, dep, phases=["decode"], collect_ranks=False)
     except DeploymentError:
@@ -101,8 +186,11 @@ def at_interactivity(
     ``tokens_per_s_per_user``: searched over EP degrees, batches per GPU and ``precisions``."""
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     if tokens_per_s_per_user <= 0:
-        raise UsageError(f"--at-interactivity must be > 0 tokens/s per user, got {tokens_per_s_per_user}")
-    arch = _target(tr, base.model)
+        raise UsageError(
+            f"{param('tokens_per_s_per_user', '--at-interactivity')} must be > 0 tokens/s per user, got "
+            f"{tokens_per_s_per_user}"
+        )
+    arch = target_model(tr, base.model)
     hw = get_hardware(base.hw, base.hw_overrides or None)
     ep_list = (
         list(eps)
@@ -113,11 +201,11 @@ def at_interactivity(
     )
     batch_list = sorted(batches) if batches else list(BATCH_CANDIDATES)
     prec_list = list(precisions) if precisions else [base.precision]
-    best: tuple[float, Deployment, dict[str, Any]] | None = None
+    best: tuple[float, Deployment, ReplaySummary] | None = None
     tried = 0
     for prec in prec_list:
         for ep in ep_list:
-            if ep % base.tp or not _fits(arch, replace(base, precision=prec), ep):
+            if ep % base.tp or not fits(arch, replace(base, precision=prec), ep):
                 continue
             for batch in batch_list:
                 dep = base.replace(ep=ep, batch_per_gpu=batch, precision=prec)
@@ -126,9 +214,9 @@ def at_interactivity(
                 except TracekitError:
                     s = None
                 tried += 1
-                if s is None or (s.get("tokens_per_s_per_user") or 0.0) < tokens_per_s_per_user:
+                if s is None or (s.tokens_per_s_per_user or 0.0) < tokens_per_s_per_user:
                     break  # larger batches are only slower per user
-                tps = float(s["tokens_per_s_per_gpu"])
+                tps = float(s.tokens_per_s_per_gpu)
                 if best is None or tps > best[0]:
                     best = (tps, dep, s)
     if best is None:
@@ -142,3 +230,19 @@ def at_interactivity(
             ),
         )
     return SystemResult(hw=hw.name, deployment=best[1], summary=best[2])
+
+
+def compare_at_interactivity(
+    trace: str | Path | Trace,
+    systems: Sequence[Deployment],
+    *,
+    tokens_per_s_per_user: float,
+    precisions: Sequence[Precision] | None = None,
+) -> CompareResult:
+    """Each system at its best deployment for ``tokens_per_s_per_user`` (:func:`at_interactivity`)."""
+    tr = trace if isinstance(trace, Trace) else open_trace(trace)
+    found = [
+        at_interactivity(tr, b, tokens_per_s_per_user=tokens_per_s_per_user, precisions=precisions)
+        for b in systems
+    ]
+    return CompareResult(trace=str(trace), at_interactivity=tokens_per_s_per_user, systems=tuple(found))

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracekit.errors import UsageError
+from tracekit.errors import UsageError, param
+from tracekit.hardware import COMM_IMPLS, default_impl
+from tracekit.placement import Placement
+from tracekit.precision import DEPLOYMENT_FORMATS, WIRE_FORMATS, canonical
 
 #: Parts of the model that carry their own precision.
 PRECISION_PARTS = ("attention", "dense", "experts", "dispatch", "combine", "kv_cache")
-#: Precisions a part may use (A's cost model knows their FLOP/s and bytes).
-PRECISIONS = ("bf16", "fp8", "fp4")
-#: Expert-parallel communication implementations.
-IMPLS = ("deepep-normal", "deepep-ll", "nccl")
+#: Parts whose values are activations (a payload on the wire, the KV cache): no weight-only format.
+ACTIVATION_PARTS = ("dispatch", "combine", "kv_cache")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Precision:
-    """Number format of each part of the model."""
+    """Number format of each part of the model (names of :mod:`tracekit.precision`)."""
 
     #: Attention projections and core (and its weights).
     attention: str = "bf16"
@@ -37,16 +38,20 @@ class Precision:
     def __post_init__(self) -> None:
         for part in PRECISION_PARTS:
             value = getattr(self, part)
-            if value not in PRECISIONS:
+            valid = WIRE_FORMATS if part in ACTIVATION_PARTS else DEPLOYMENT_FORMATS
+            try:
+                name = canonical(value)
+            except UsageError:
+                name = None
+            if name not in valid:
                 raise UsageError(
-                    f"precision of {part} is {value!r}; valid: {', '.join(PRECISIONS)} "
-                    "(for example --precision experts=fp4)"
+                    f"precision of {part} is {value!r}; valid: {', '.join(valid)} "
+                    f"(for example {param('precision')} experts=fp4)"
                 )
+            object.__setattr__(self, part, name)
 
     @classmethod
-    def parse(
-        cls, specs: str | list[str] | tuple[str, ...] | None, base: Precision | None = None
-    ) -> Precision:
+    def parse(cls, specs: str | Sequence[str] | None, base: Precision | None = None) -> Precision:
         """Parse ``fp8`` (every part but combine and kv_cache), ``experts=fp4,dispatch=fp8`` or a list of those."""
         out = base or cls()
         if specs is None:
@@ -69,7 +74,8 @@ class Precision:
                     continue
                 if name not in PRECISION_PARTS:
                     raise UsageError(
-                        f"--precision {part!r}: unknown part {name!r}; valid parts: {', '.join(PRECISION_PARTS)}"
+                        f"{param('precision')} {part!r}: unknown part {name!r}; valid parts: "
+                        f"{', '.join(PRECISION_PARTS)}"
                     )
                 changes[name] = value
         return dataclasses.replace(out, **changes)
@@ -78,16 +84,9 @@ class Precision:
         return ",".join(f"{p}={getattr(self, p)}" for p in PRECISION_PARTS)
 
 
-def payload_bytes_per_token(precision: str, hidden: int) -> float:
-    """Bytes one token's hidden vector takes on the wire: bf16 ``2h``; fp8 ``h`` plus one fp32
-    scale per 128 values; fp4 ``h / 2`` plus one fp8 scale per 16 values."""
-    if precision == "bf16":
-        return 2.0 * hidden
-    if precision == "fp8":
-        return hidden + hidden / 128 * 4
-    if precision == "fp4":
-        return hidden / 2 + hidden / 16
-    raise UsageError(f"unknown payload precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+#: Where a deployment's expert placement comes from: None (the contiguous layout), the path of a
+#: placement file written by ``tracekit place``, or placement epochs in memory.
+PlacementSource = str | tuple[Placement, ...] | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +95,7 @@ class Deployment:
 
     #: Hardware preset name or preset file (``tracekit hw list``).
     hw: str
-    #: Overrides of preset fields (``--hw-set field=value``).
+    #: Overrides of preset fields (``--set field=value``).
     hw_overrides: Mapping[str, Any] = field(default_factory=dict)
     #: Expert-parallel degree = GPUs of the deployment (None: the trace's world size).
     ep: int | None = None
@@ -104,12 +103,14 @@ class Deployment:
     tp: int = 1
     #: Precision per part.
     precision: Precision = field(default_factory=Precision)
-    #: deepep-normal, deepep-ll or nccl (None: deepep-normal for prefill, deepep-ll for decode).
+    #: A communication implementation of :data:`tracekit.hardware.COMM_IMPLS` (None: each phase's
+    #: default, deepep-normal for prefill and deepep-ll for decode).
     impl: str | None = None
     #: Two-batch overlap of communication with compute.
     tbo: bool = False
-    #: Placement file written by ``tracekit place`` (None: contiguous).
-    placement: str | None = None
+    #: Expert placement: a file written by ``tracekit place``, placement epochs (ascending
+    #: ``from_step``), or None for the contiguous layout.
+    placement: PlacementSource = None
     #: Redundant slots added to the contiguous placement (also added when the EP degree does not
     #: divide the expert count, to the next multiple).
     redundant: int = 0
@@ -126,31 +127,44 @@ class Deployment:
 
     def __post_init__(self) -> None:
         if self.ep is not None and self.ep < 1:
-            raise UsageError(f"--ep must be >= 1, got {self.ep}")
+            raise UsageError(f"{param('ep')} must be >= 1, got {self.ep}")
         if self.tp < 1:
-            raise UsageError(f"--tp must be >= 1, got {self.tp}")
+            raise UsageError(f"{param('tp')} must be >= 1, got {self.tp}")
         if self.ep is not None and self.ep % self.tp:
             raise UsageError(
-                f"--tp {self.tp} does not divide --ep {self.ep}; the deployment has ep GPUs split into "
-                "ep/tp attention data-parallel groups of tp GPUs"
+                f"{param('tp')} {self.tp} does not divide {param('ep')} {self.ep}; the deployment has ep GPUs "
+                "split into ep/tp attention data-parallel groups of tp GPUs"
             )
-        if self.impl is not None and self.impl not in IMPLS:
-            raise UsageError(f"--impl {self.impl!r} is not one of {', '.join(IMPLS)}")
+        if self.impl is not None and self.impl not in COMM_IMPLS:
+            raise UsageError(f"{param('impl')} {self.impl!r} is not one of {', '.join(COMM_IMPLS)}")
         for name in ("batch_per_gpu", "prefill_tokens_per_gpu", "kv_len", "steps"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+                raise UsageError(f"{param(name)} must be >= 1, got {v}")
         if self.redundant < 0:
-            raise UsageError(f"--redundant must be >= 0, got {self.redundant}")
+            raise UsageError(f"{param('redundant')} must be >= 0, got {self.redundant}")
+        if isinstance(self.placement, list):
+            object.__setattr__(self, "placement", tuple(self.placement))
+        if isinstance(self.placement, tuple) and not self.placement:
+            raise UsageError(f"{param('placement')} holds no placement epoch; give at least one")
 
     @property
     def dp(self) -> int | None:
         return None if self.ep is None else self.ep // self.tp
 
     def impl_for(self, phase: str) -> str:
-        if self.impl is not None:
-            return self.impl
-        return "deepep-normal" if phase == "prefill" else "deepep-ll"
+        return self.impl if self.impl is not None else default_impl(phase)
+
+    @property
+    def placement_label(self) -> str:
+        """How the placement is named in results: the file, the in-memory epochs' policy, or contiguous."""
+        if self.placement is None:
+            return "contiguous"
+        if isinstance(self.placement, str):
+            return self.placement
+        policies = dict.fromkeys(p.policy for p in self.placement)
+        n = len(self.placement)
+        return f"{'/'.join(policies)} (in memory, {n} epoch{'s' if n > 1 else ''})"
 
     def replace(self, **changes: Any) -> Deployment:
         return dataclasses.replace(self, **changes)
@@ -159,5 +173,6 @@ class Deployment:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["hw_overrides"] = dict(self.hw_overrides)
         out["precision"] = dataclasses.asdict(self.precision)
+        out["placement"] = self.placement if not isinstance(self.placement, tuple) else self.placement_label
         out["dp"] = self.dp
         return out

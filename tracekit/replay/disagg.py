@@ -10,17 +10,19 @@ throughput per GPU of the whole counts both pools' GPUs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
-from tracekit.errors import UsageError
+from tracekit.errors import UsageError, param
 from tracekit.hardware import get_hardware
-from tracekit.models.work import kv_cache_bytes_per_token_all_layers
+from tracekit.models import kv_cache_bytes_per_token_all_layers
 from tracekit.replay.deployment import Deployment
 from tracekit.replay.engine import ReplayResult, replay
+from tracekit.replay.summary import DisaggSummary
+from tracekit.replay.tables import frame
 from tracekit.trace.reader import Trace, open_trace
 
 
@@ -56,47 +58,42 @@ def replay_disaggregated(
     pre = replay(tr, prefill, phases=["prefill"], pool="prefill", collect_ranks=collect_ranks)
     dec = replay(tr, decode, phases=["decode"], pool="decode", collect_ranks=collect_ranks)
     prompt, outputs = _requests(tr)
-    ps = pre.summary_table.row(0, named=True)
-    ds = dec.summary_table.row(0, named=True)
-    ep_p, ep_d = int(ps["num_gpus"]), int(ds["num_gpus"])
+    ps, ds = pre.phases[0], dec.phases[0]
+    ep_p, ep_d = ps.num_gpus, ds.num_gpus
     # Request rates one instance of each pool sustains.
-    prefill_rate = ps["tokens_per_s_per_gpu"] * ep_p / prompt
-    decode_rate = ds["tokens_per_s_per_gpu"] * ep_d / (outputs - 1.0) if outputs > 1.0 else math.inf
+    prefill_rate = ps.tokens_per_s_per_gpu * ep_p / prompt
+    decode_rate = ds.tokens_per_s_per_gpu * ep_d / (outputs - 1.0) if outputs > 1.0 else math.inf
     if prefill_gpus is None:
         instances = max(1, math.ceil(decode_rate / prefill_rate)) if math.isfinite(decode_rate) else 1
         gpus_p = instances * ep_p
     else:
         if prefill_gpus % ep_p:
             raise UsageError(
-                f"--prefill-gpus {prefill_gpus} is not a multiple of the prefill pool's --prefill-ep {ep_p}"
+                f"{param('prefill_gpus')} {prefill_gpus} is not a multiple of the prefill pool's EP degree "
+                f"{ep_p}"
             )
         gpus_p = prefill_gpus
     rate = min(prefill_rate * gpus_p / ep_p, decode_rate)
-    arch = dec.run["model"][0]
     hw_p = get_hardware(prefill.hw, prefill.hw_overrides or None)
     hw_d = get_hardware(decode.hw, decode.hw_overrides or None)
-    from tracekit.models import get_model
-
-    target = get_model(arch) if decode.model else tr.manifest.model
-    kv_bytes = prompt * kv_cache_bytes_per_token_all_layers(target, decode.precision.kv_cache)
+    # the decode pool's target model, as its replay resolved it (a catalog name or a config.json)
+    kv_bytes = prompt * kv_cache_bytes_per_token_all_layers(dec.target, decode.precision.kv_cache)
     link = min(hw_p.scaleout_bw, hw_d.scaleout_bw)
     kv_s = kv_bytes / link + max(hw_p.scaleout_latency_s, hw_d.scaleout_latency_s)
     total_gpus = gpus_p + ep_d
-    tokens_per_s = rate * outputs
-    summary: dict[str, Any] = dict(dec.summary)
-    summary.update(
-        {
-            "disaggregated": True,
-            "tokens_per_s_per_gpu": tokens_per_s / total_gpus,
-            "decode_tokens_per_s_per_gpu": ds["tokens_per_s_per_gpu"],
-            "ttft_s": (ps["ttft_s"] or 0.0) + kv_s,
-            "kv_transfer_s": kv_s,
-            "kv_transfer_bytes": kv_bytes,
-            "prefill_gpus": gpus_p,
-            "decode_gpus": ep_d,
-            "requests_per_s": rate,
-            "prefill_tokens_per_s_per_gpu": ps["tokens_per_s_per_gpu"],
-        }
+    summary = dataclasses.replace(
+        dec.summary,
+        tokens_per_s_per_gpu=rate * outputs / total_gpus,
+        ttft_s=(ps.ttft_s or 0.0) + kv_s,
+        prefill_tokens_per_s_per_gpu=ps.tokens_per_s_per_gpu,
+        disagg=DisaggSummary(
+            decode_tokens_per_s_per_gpu=ds.tokens_per_s_per_gpu,
+            kv_transfer_s=kv_s,
+            kv_transfer_bytes=kv_bytes,
+            prefill_gpus=gpus_p,
+            decode_gpus=ep_d,
+            requests_per_s=rate,
+        ),
     )
     run = dec.run.with_columns(
         pl.lit(True).alias("disaggregated"),
@@ -105,28 +102,28 @@ def replay_disaggregated(
         pl.lit(gpus_p, pl.Int32).alias("prefill_gpus"),
         pl.lit(pre.run["prefill_tokens_per_gpu"][0], pl.Int32).alias("prefill_tokens_per_gpu"),
     )
-    whole = pl.DataFrame(
-        [
-            {
-                "pool": "all",
-                "phase": "disaggregated",
-                "num_gpus": total_gpus,
-                "tokens_per_s_per_gpu": summary["tokens_per_s_per_gpu"],
-                "tokens_per_s_per_user": summary.get("tokens_per_s_per_user"),
-                "tpot_s": summary.get("tpot_s"),
-                "ttft_s": summary["ttft_s"],
-            }
-        ]
-    )
+    whole = {
+        "pool": "all",
+        "phase": "disaggregated",
+        "num_gpus": total_gpus,
+        "tokens_per_s_per_gpu": summary.tokens_per_s_per_gpu,
+        "tokens_per_s_per_user": summary.tokens_per_s_per_user,
+        "tpot_s": summary.tpot_s,
+        "ttft_s": summary.ttft_s,
+    }
+    table = pl.concat([pre.summary_table, dec.summary_table])
+    whole_row = frame("replay_summary", {c: [whole.get(c)] for c in table.columns})
     return ReplayResult(
         deployment=decode,
         prefill_deployment=prefill,
         trace_path=str(tr.path),
+        target=dec.target,
         run=run,
         steps=pl.concat([pre.steps, dec.steps], how="diagonal_relaxed"),
         layers=pl.concat([pre.layers, dec.layers], how="diagonal_relaxed"),
         ranks=pl.concat([pre.ranks, dec.ranks], how="diagonal_relaxed"),
         peers=pl.concat([pre.peers, dec.peers], how="diagonal_relaxed"),
-        summary_table=pl.concat([pre.summary_table, dec.summary_table, whole], how="diagonal_relaxed"),
+        summary_table=pl.concat([table, whole_row]),
         summary=summary,
+        phases=(ps, ds),
     )

@@ -13,7 +13,7 @@ from tracekit.models import (
     router_params,
     shared_expert_weight_bytes,
 )
-from tracekit.models.work import bytes_per_param
+from tracekit.precision import bytes_per_param
 from tracekit.replay.deployment import Precision
 from tracekit.schema import ModelArch
 

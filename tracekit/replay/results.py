@@ -81,6 +81,6 @@ def write_result(result: Any, out: str | Path, *, overwrite: bool = False) -> Pa
         "trace": result.trace_path,
         "deployment": result.deployment.to_dict(),
         **({"prefill_deployment": result.prefill_deployment.to_dict()} if result.prefill_deployment else {}),
-        "summary": result.summary,
+        "summary": result.summary.to_dict(),
     }
     return write_tables(path, result.all_tables(), meta)

@@ -73,12 +73,12 @@ def _point(args: tuple[str, Deployment]) -> dict[str, Any]:
         return {**row, "fits": False, "error": " ".join(str(exc).split())}
     return {
         **row,
-        "num_gpus": s["num_gpus"],
-        "tokens_per_s_per_gpu": s["tokens_per_s_per_gpu"],
-        "tokens_per_s_per_user": s["tokens_per_s_per_user"],
-        "step_time_s": s["step_time_s"],
-        "max_batch_per_gpu": s["max_batch_per_gpu"],
-        "bound": s["bound"],
+        "num_gpus": s.num_gpus,
+        "tokens_per_s_per_gpu": s.tokens_per_s_per_gpu,
+        "tokens_per_s_per_user": s.tokens_per_s_per_user,
+        "step_time_s": s.step_time_s,
+        "max_batch_per_gpu": s.max_batch_per_gpu,
+        "bound": s.bound,
         "fits": True,
         "error": None,
     }

@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from tracekit import __version__
+from tracekit._version import __version__
 from tracekit.errors import UnknownNameError, UsageError
 from tracekit.reports import svg
 from tracekit.reports.catalog import Catalog, CatalogInput

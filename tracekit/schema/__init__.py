@@ -6,6 +6,8 @@ from tracekit.schema.tables import (
     TABLE_NAMES,
     ColumnSpec,
     TableSpec,
+    result_spec,
+    result_specs,
     table_spec,
     table_specs,
 )
@@ -19,6 +21,8 @@ __all__ = [
     "ModelArch",
     "ParallelLayout",
     "TableSpec",
+    "result_spec",
+    "result_specs",
     "table_spec",
     "table_specs",
 ]

@@ -156,10 +156,7 @@ def check_version(version: str, where: str) -> None:
         )
 
 
-@cache
-def table_specs() -> dict[str, TableSpec]:
-    """Every table of the current schema version, keyed by name, in the schema's order."""
-    folder = schema_root() / f"v{SCHEMA_MAJOR}"
+def _load_specs(folder: Path) -> dict[str, TableSpec]:
     specs: dict[str, TableSpec] = {}
     for path in sorted(folder.glob("*.json")):
         if path.stem == "manifest":
@@ -171,6 +168,13 @@ def table_specs() -> dict[str, TableSpec]:
             description=raw["description"],
             columns=tuple(ColumnSpec(**c) for c in raw["columns"]),
         )
+    return specs
+
+
+@cache
+def table_specs() -> dict[str, TableSpec]:
+    """Every table of the current schema version, keyed by name, in the schema's order."""
+    specs = _load_specs(schema_root() / f"v{SCHEMA_MAJOR}")
     order = ["steps", "tokens", "routing", "expert_load", "placement", "comm", "kernels", "requests"]
     return {n: specs[n] for n in sorted(specs, key=lambda n: (order.index(n) if n in order else 99, n))}
 
@@ -179,6 +183,21 @@ def table_spec(name: str) -> TableSpec:
     specs = table_specs()
     if name not in specs:
         raise UnknownNameError("trace table", name, specs)
+    return specs[name]
+
+
+@cache
+def result_specs() -> dict[str, TableSpec]:
+    """Every table a replay writes into a result directory (``schemas/v1/results/``), keyed by name."""
+    specs = _load_specs(schema_root() / f"v{SCHEMA_MAJOR}" / "results")
+    order = ["replay_run", "replay_steps", "replay_layers", "replay_ranks", "replay_peers", "replay_summary"]
+    return {n: specs[n] for n in sorted(specs, key=lambda n: (order.index(n) if n in order else 99, n))}
+
+
+def result_spec(name: str) -> TableSpec:
+    specs = result_specs()
+    if name not in specs:
+        raise UnknownNameError("result table", name, specs)
     return specs[name]
 
 

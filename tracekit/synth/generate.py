@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tracekit import __version__
+from tracekit._version import __version__
 from tracekit.errors import UsageError
 from tracekit.schema.manifest import Manifest, ModelArch
 from tracekit.stats import load_stats_or_trace

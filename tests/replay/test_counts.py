@@ -1,8 +1,7 @@
-"""Workload extraction: schedules, attention load and routing counts against second implementations."""
+"""Routing counts against second implementations (the cost model's traffic counter, unprefetched and
+unordered reads)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -14,14 +13,8 @@ from hypothesis import strategies as st
 from tests.replay._traces import random_ids, write_ranked_trace
 from tracekit.cost import ep_traffic
 from tracekit.placement import Placement
-from tracekit.replay.workload import (
-    RoutingSource,
-    _sort_columns,
-    attention_load,
-    expert_window,
-    load_tokens,
-    make_schedule,
-)
+from tracekit.replay.counts import RoutingSource, _sort_columns, expert_window
+from tracekit.replay.schedule import load_tokens, make_schedule
 from tracekit.trace import open_trace
 
 
@@ -30,56 +23,6 @@ def test_sorting_network_sorts_rows(k: int, n: int, seed: int) -> None:
     x = np.random.default_rng(seed).integers(0, 5, (n, k))
     got = np.stack(_sort_columns([x[:, i] for i in range(k)]), axis=1)
     np.testing.assert_array_equal(got, np.sort(x, axis=1))
-
-
-@given(num_tokens=st.integers(1, 200), ranks=st.integers(1, 9), batch=st.integers(1, 40))
-def test_rebatching_conserves_tokens_and_fills_every_step(num_tokens: int, ranks: int, batch: int) -> None:
-    from tracekit.replay.workload import PhaseTokens
-
-    tok = PhaseTokens(
-        phase="decode",
-        trace_step=np.arange(num_tokens) // 7,
-        trace_rank=np.zeros(num_tokens, dtype=np.int64),
-        request=np.arange(num_tokens),
-        kv_len=np.full(num_tokens, 5),
-        output=np.ones(num_tokens, dtype=bool),
-    )
-    sch = make_schedule(tok, num_ranks=ranks, batch_per_gpu=batch)
-    p, step, rank = sch.tokens
-    # every replayed step is full: batch tokens on every rank
-    counts = np.bincount(step * ranks + rank, minlength=sch.num_steps * ranks)
-    assert (counts == batch).all()
-    # every trace token is replayed, in order, the stream reused from its start only past its end
-    assert set(p.tolist()) == set(range(num_tokens))
-    assert sch.token_reuse == pytest.approx(sch.num_steps * ranks * batch / num_tokens)
-    assert sch.num_steps == max(1, -(-num_tokens // (ranks * batch)))
-    # replay order is step order, so a window's tokens are one slice
-    for lo in range(sch.num_steps):
-        sel = sch.token_range(lo, lo + 2)
-        assert np.array_equal(np.arange(step.size)[sel], np.flatnonzero((step >= lo) & (step < lo + 2)))
-    assert np.array_equal(sch.token_copy, np.nonzero(sch.step >= 0)[0])
-
-
-def test_attention_load_counts_kv_and_requests(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    ids = random_ids(rng, (2, 3, 1, 4), 8, 2)
-    write_ranked_trace(
-        tmp_path / "t", ids, num_experts=8, position=np.array([9, 19, 29, 39]), prefill_tokens=5
-    )
-    tokens, _ = load_tokens(open_trace(tmp_path / "t"))
-    assert tokens["prefill"].num_tokens == 10 and tokens["decode"].num_tokens == 24
-    sch = make_schedule(tokens["decode"], num_ranks=2, batch_per_gpu=None)
-    load = attention_load(tokens["decode"], sch, (None, 16))
-    # decode step s: KV lengths 10+s, 20+s, 30+s, 40+s on each rank
-    for s in range(3):
-        assert load.pairs[None][s].tolist() == [100 + 4 * s] * 2
-        assert load.pairs[16][s].tolist() == [(10 + s) + 16 * 3] * 2
-    assert load.requests.tolist() == [8, 8, 8]
-    pre = make_schedule(tokens["prefill"], num_ranks=2, batch_per_gpu=None)
-    pl_ = attention_load(tokens["prefill"], pre, (None,))
-    assert pl_.pairs[None].tolist() == [[15, 15]]  # positions 0..4 attend 1..5 keys
-    assert pl_.keys[None].tolist() == [[5, 5]]  # one sequence per rank, 5 keys read
-    assert pl_.outputs.tolist() == [[1, 1]]  # the last prompt token yields the first output
 
 
 @settings(max_examples=12)
@@ -124,7 +67,7 @@ def test_prefetched_windows_count_like_unprefetched_ones(tmp_path_factory: pytes
     sch = make_schedule(tokens["decode"], num_ranks=ranks, batch_per_gpu=None)
     placement = Placement.contiguous([1], E, ranks)
     fetched = RoutingSource(trace=tr, layers=(1,), top_k=K)
-    assert len(fetched.row_groups) == ranks * S
+    assert len(fetched.reader.row_groups) == ranks * S
     spr = E // ranks
     for s in range(S):
         kw = {"step_lo": s, "step_hi": s + 1, "ranks_per_node": 2}
@@ -141,20 +84,7 @@ def test_prefetched_windows_count_like_unprefetched_ones(tmp_path_factory: pytes
         )
         np.testing.assert_array_equal(ew.peer_tokens[0, 0], ref.rank_tokens)
         np.testing.assert_array_equal(ew.rank_pairs[0, 0], ref.expert_tokens)
-    assert not fetched._pending  # every prefetched row group was taken by a later window
-
-
-def test_a_row_group_queued_for_prefetch_reads_the_same_batches(tmp_path: Path) -> None:
-    rng = np.random.default_rng(3)
-    ids = random_ids(rng, (2, 3, 1, 4), 8, 2)
-    write_ranked_trace(tmp_path / "t", ids, num_experts=8, rows_per_part=4)
-    src = RoutingSource(trace=open_trace(tmp_path / "t"), layers=(1,), top_k=2)
-    items = [(f, i) for f, i, _, _ in src.row_groups]
-    src.prefetch(items)
-    for item in items:  # taken back before the thread starts it, waited for, or already decoded
-        got = pa.Table.from_batches(src.read(item))
-        want = pq.ParquetFile(item[0]).read_row_group(item[1], columns=got.column_names)
-        assert got.equals(want)
+    assert not fetched.reader._pending  # every prefetched row group was taken by a later window
 
 
 @settings(max_examples=8, deadline=None)
@@ -219,44 +149,6 @@ def test_rows_in_any_order_without_statistics_count_like_the_writers_files(tmp_p
             np.testing.assert_array_equal(
                 got.recv[0, li], np.bincount(ids[:, s, li].reshape(-1), minlength=E)
             )
-
-
-@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=40))
-def test_tokens_are_sorted_with_the_first_of_repeated_keys_kept(keys: list[tuple[int, int, int]]) -> None:
-    import polars as pl
-
-    from tracekit.replay.workload import _sorted_unique
-
-    frame = pl.DataFrame(
-        {
-            "rank": [k[0] for k in keys],
-            "step": [k[1] for k in keys],
-            "token_index": [k[2] for k in keys],
-            "row": list(range(len(keys))),
-        }
-    )
-    got = _sorted_unique(frame)
-    # second implementation: a dict keeps the first row of each key; sorted by (step, rank, index)
-    first: dict[tuple[int, int, int], int] = {}
-    for i, (r, s, t) in enumerate(keys):
-        first.setdefault((s, r, t), i)
-    assert got["row"].to_list() == [first[k] for k in sorted(first)]
-
-
-def test_a_damaged_routing_row_group_is_a_one_line_trace_error(tmp_path: Path) -> None:
-    from tests.trace.test_validate import _flip_inside
-    from tracekit.errors import TraceError
-
-    ids = random_ids(np.random.default_rng(5), (1, 2, 1, 4), 8, 2)
-    write_ranked_trace(tmp_path / "t", ids, num_experts=8)
-    part = sorted((tmp_path / "t" / "routing").glob("*.parquet"))[0]
-    _flip_inside(part, "expert_ids")
-    src = RoutingSource(trace=open_trace(tmp_path / "t"), layers=(1,), top_k=2)
-    with pytest.raises(
-        TraceError, match=r"routing row group 0 cannot be decoded .*the file is damaged"
-    ) as err:
-        src.read((str(part), 0))
-    assert str(part) in str(err.value) and "\n" not in str(err.value)
 
 
 @settings(max_examples=8, deadline=None)
