@@ -13,8 +13,10 @@ import numpy as np
 from tracekit.cli._render import echo_json, format_option, render_rows
 from tracekit.errors import UsageError
 from tracekit.hardware import COMM_IMPLS, HardwareSpec, get_hardware, parse_set_options
+from tracekit.precision import DEPLOYMENT_FORMATS, WIRE_FORMATS, compute_class, wire_bytes_per_token
 
-DTYPES = ("bf16", "fp8", "fp4", "nvfp4", "mxfp4")
+#: Weight formats (int4 is weight-only) and payload formats, as the replay's --precision names them.
+DTYPES = DEPLOYMENT_FORMATS
 
 
 def _hw_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,19 +37,6 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
         echo_json(result)
         return
     click.echo(render_rows(["quantity", "value"], [[k, v] for k, v in result.items()], "table"))
-
-
-def _dispatch_bytes(dtype: str, hidden: int) -> float:
-    """Bytes per token on the wire for a dispatch in ``dtype`` (with the scales a quantised payload carries)."""
-    if dtype == "bf16":
-        return 2.0 * hidden
-    if dtype == "fp8":
-        return hidden + hidden / 128 * 4  # one fp32 scale per 128 values
-    if dtype in ("fp4", "nvfp4"):
-        return hidden / 2 + hidden / 16  # one fp8 scale per 16 values
-    if dtype == "mxfp4":
-        return hidden / 2 + hidden / 32
-    raise UsageError(f"--dtype {dtype!r}: valid are {', '.join(DTYPES)}")
 
 
 @click.group()
@@ -71,7 +60,7 @@ def _ep_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--model", default=None, help="Catalog model or config.json giving hidden/topk/experts."
         ),
-        click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Payload dtype."),
+        click.option("--dtype", type=click.Choice(WIRE_FORMATS), default=None, help="Payload dtype."),
         click.option(
             "--impl",
             type=click.Choice(COMM_IMPLS),
@@ -158,7 +147,7 @@ def _comm(op: str, hw_name: str, sets: tuple[str, ...], as_json: bool, **kw: Any
             num_ranks=ep, tokens_per_rank=tokens, num_experts=experts, top_k=topk, domain_size=hw.scaleup_size
         )
         routing = "uniform (expected)"
-    bpt = _dispatch_bytes(dtype, hidden)
+    bpt = wire_bytes_per_token(dtype, hidden)
     fn = dispatch if op == "dispatch" else combine
     c = fn(hw, traffic, impl=kw["impl"], bytes_per_token=bpt)
     slow = c.slowest()
@@ -218,7 +207,7 @@ def _collective_cmd(name: str, doc: str) -> click.Command:
     @click.option("--ranks", type=click.IntRange(1), required=True, help="Ranks in the collective.")
     @_hw_options
     def run(hw_name: str, sets: tuple[str, ...], as_json: bool, nbytes: float, ranks: int) -> None:
-        from tracekit import cost as costs
+        import tracekit.cost as costs
 
         hw = _hw(hw_name, sets)
         fn = {
@@ -315,7 +304,7 @@ def grouped_gemm_cmd(
         raise UsageError(f"--experts {experts} cannot be split evenly over --ep {ep}; pick a divisor")
     local = experts // ep
     per_expert = np.full(local, tokens * ep * topk / experts)  # every rank sends its tokens' expert copies
-    compute = "fp8" if dtype in ("fp8",) else ("fp4" if dtype in ("fp4", "nvfp4", "mxfp4") else "bf16")
+    compute = compute_class(dtype)  # int4 weights compute in bf16
     hw = _hw(hw_name, sets)
     c = grouped_gemm(
         hw,

@@ -21,7 +21,7 @@ from tracekit.hardware import get_hardware
 from tracekit.models import kv_cache_bytes_per_token_all_layers
 from tracekit.replay.deployment import Deployment
 from tracekit.replay.engine import ReplayResult, replay
-from tracekit.replay.summary import DisaggSummary
+from tracekit.replay.summary import DisaggSummary, PhaseSummary
 from tracekit.replay.tables import frame
 from tracekit.trace.reader import Trace, open_trace
 
@@ -45,6 +45,24 @@ def _requests(trace: Trace) -> tuple[float, float]:
     return prompt, out
 
 
+def _pools(
+    ps: PhaseSummary, ds: PhaseSummary, prompt: float, outputs: float, prefill_gpus: int | None
+) -> tuple[float, float, int]:
+    """Request rates one instance of each pool sustains, and the prefill pool's GPUs (sized to feed
+    the decode pool when not given)."""
+    ep_p, ep_d = ps.num_gpus, ds.num_gpus
+    prefill_rate = ps.tokens_per_s_per_gpu * ep_p / prompt
+    decode_rate = ds.tokens_per_s_per_gpu * ep_d / (outputs - 1.0) if outputs > 1.0 else math.inf
+    if prefill_gpus is None:
+        instances = max(1, math.ceil(decode_rate / prefill_rate)) if math.isfinite(decode_rate) else 1
+        return prefill_rate, decode_rate, instances * ep_p
+    if prefill_gpus % ep_p:
+        raise UsageError(
+            f"{param('prefill_gpus')} {prefill_gpus} is not a multiple of the prefill pool's EP degree {ep_p}"
+        )
+    return prefill_rate, decode_rate, prefill_gpus
+
+
 def replay_disaggregated(
     trace: str | Path | Trace,
     *,
@@ -60,19 +78,7 @@ def replay_disaggregated(
     prompt, outputs = _requests(tr)
     ps, ds = pre.phases[0], dec.phases[0]
     ep_p, ep_d = ps.num_gpus, ds.num_gpus
-    # Request rates one instance of each pool sustains.
-    prefill_rate = ps.tokens_per_s_per_gpu * ep_p / prompt
-    decode_rate = ds.tokens_per_s_per_gpu * ep_d / (outputs - 1.0) if outputs > 1.0 else math.inf
-    if prefill_gpus is None:
-        instances = max(1, math.ceil(decode_rate / prefill_rate)) if math.isfinite(decode_rate) else 1
-        gpus_p = instances * ep_p
-    else:
-        if prefill_gpus % ep_p:
-            raise UsageError(
-                f"{param('prefill_gpus')} {prefill_gpus} is not a multiple of the prefill pool's EP degree "
-                f"{ep_p}"
-            )
-        gpus_p = prefill_gpus
+    prefill_rate, decode_rate, gpus_p = _pools(ps, ds, prompt, outputs, prefill_gpus)
     rate = min(prefill_rate * gpus_p / ep_p, decode_rate)
     hw_p = get_hardware(prefill.hw, prefill.hw_overrides or None)
     hw_d = get_hardware(decode.hw, decode.hw_overrides or None)

@@ -119,6 +119,61 @@ def load_tokens(
 
     ``min_step``: drop the tokens of trace steps before it (a placement's ``from_step``: the steps
     it was computed from are not replayed); their routing rows then map to no token."""
+    tok = _phased_tokens(trace, kv_len=kv_len, min_step=min_step)
+    # tok is in (step, rank, token_index) order, each token once (_token_frame)
+    t_step = tok["step"].to_numpy().astype(np.int64)
+    t_rank = tok["rank"].to_numpy().astype(np.int64)
+    t_ti = tok["token_index"].to_numpy().astype(np.int64)
+    ranks = np.sort(tok["rank"].unique().to_numpy()).astype(np.int64)
+    step_min = int(t_step[0])
+    num_steps = int(t_step[-1]) - step_min + 1
+    # Flat order: one block per (step, rank) of size max(token_index) + 1 (its last token's + 1).
+    ends = np.flatnonzero(np.concatenate([(np.diff(t_step) != 0) | (np.diff(t_rank) != 0), [True]]))
+    sizes = np.zeros(num_steps * ranks.size, dtype=np.int64)
+    sizes[(t_step[ends] - step_min) * ranks.size + np.searchsorted(ranks, t_rank[ends])] = t_ti[ends] + 1
+    offset = np.zeros(sizes.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offset[1:])
+    flat = offset[(t_step - step_min) * ranks.size + np.searchsorted(ranks, t_rank)] + t_ti
+    is_prefill = tok["is_prefill"].to_numpy()
+    position = tok["position"].to_numpy()
+    request = tok["request_id"].fill_null(-1).to_numpy().astype(np.int64)
+    last = tok["_last"].to_numpy()
+    out: dict[str, PhaseTokens] = {}
+    steps_by_phase: dict[str, np.ndarray] = {}
+    stream_flat: dict[str, np.ndarray] = {}
+    for phase in PHASES:
+        idx = np.nonzero(is_prefill if phase == "prefill" else ~is_prefill)[0]
+        stream_flat[phase] = flat[idx]
+        if not idx.size:
+            continue
+        if kv_len is not None and (phase == "decode" or np.isnan(position[idx].astype(np.float64)).any()):
+            kv = np.full(idx.size, kv_len, dtype=np.int64)
+        else:
+            kv = position[idx].astype(np.int64) + 1
+        out[phase] = PhaseTokens(
+            phase=phase,
+            trace_step=t_step[idx],
+            trace_rank=t_rank[idx],
+            request=request[idx],
+            kv_len=kv,
+            output=np.ones(idx.size, dtype=bool) if phase == "decode" else last[idx].astype(bool),
+        )
+        ts = t_step[idx]  # ascending
+        steps_by_phase[phase] = ts[np.concatenate([[True], np.diff(ts) != 0])]
+    index = TokenIndex(
+        step_min=step_min,
+        num_steps=num_steps,
+        ranks=ranks,
+        offset=offset,
+        stream_flat=stream_flat,
+        steps_by_phase=steps_by_phase,
+    )
+    return out, index
+
+
+def _phased_tokens(trace: Trace, *, kv_len: int | None, min_step: int | None) -> pl.DataFrame:
+    """The trace's tokens with their phase (``is_prefill``) and whether each produces an output
+    token (``_last``), from ``min_step`` on."""
     tok = _token_frame(trace)
     if tok.height == 0:
         raise TraceError(
@@ -159,58 +214,7 @@ def load_tokens(
                 "where the placement comes into force; nothing is left to replay: compute the placement "
                 f"with a shorter --window, or replay without {param('placement')}"
             )
-    # tok is in (step, rank, token_index) order, each token once (_token_frame)
-    t_step = tok["step"].to_numpy().astype(np.int64)
-    t_rank = tok["rank"].to_numpy().astype(np.int64)
-    t_ti = tok["token_index"].to_numpy().astype(np.int64)
-    ranks = np.sort(tok["rank"].unique().to_numpy()).astype(np.int64)
-    step_min = int(t_step[0])
-    num_steps = int(t_step[-1]) - step_min + 1
-    # Flat order: one block per (step, rank) of size max(token_index) + 1 (its last token's + 1).
-    ends = np.flatnonzero(np.concatenate([(np.diff(t_step) != 0) | (np.diff(t_rank) != 0), [True]]))
-    sizes = np.zeros(num_steps * ranks.size, dtype=np.int64)
-    sizes[(t_step[ends] - step_min) * ranks.size + np.searchsorted(ranks, t_rank[ends])] = t_ti[ends] + 1
-    offset = np.zeros(sizes.size + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offset[1:])
-    flat = offset[(t_step - step_min) * ranks.size + np.searchsorted(ranks, t_rank)] + t_ti
-    is_prefill = tok["is_prefill"].to_numpy()
-    position = tok["position"].to_numpy()
-    request = tok["request_id"].fill_null(-1).to_numpy().astype(np.int64)
-    last = tok["_last"].to_numpy()
-    out: dict[str, PhaseTokens] = {}
-    steps_by_phase: dict[str, np.ndarray] = {}
-    stream_flat: dict[str, np.ndarray] = {}
-    for phase in PHASES:
-        sel = is_prefill if phase == "prefill" else ~is_prefill
-        idx = np.nonzero(sel)[0]
-        stream_flat[phase] = flat[idx]
-        if not idx.size:
-            continue
-        if (kv_len is not None and phase == "decode") or (
-            kv_len is not None and np.isnan(position[idx].astype(np.float64)).any()
-        ):
-            kv = np.full(idx.size, kv_len, dtype=np.int64)
-        else:
-            kv = position[idx].astype(np.int64) + 1
-        out[phase] = PhaseTokens(
-            phase=phase,
-            trace_step=t_step[idx],
-            trace_rank=t_rank[idx],
-            request=request[idx],
-            kv_len=kv,
-            output=np.ones(idx.size, dtype=bool) if phase == "decode" else last[idx].astype(bool),
-        )
-        ts = t_step[idx]  # ascending
-        steps_by_phase[phase] = ts[np.concatenate([[True], np.diff(ts) != 0])]
-    index = TokenIndex(
-        step_min=step_min,
-        num_steps=num_steps,
-        ranks=ranks,
-        offset=offset,
-        stream_flat=stream_flat,
-        steps_by_phase=steps_by_phase,
-    )
-    return out, index
+    return tok
 
 
 def _token_frame(trace: Trace) -> pl.DataFrame:
