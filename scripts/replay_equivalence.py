@@ -86,7 +86,7 @@ def scenarios(traces: Path) -> list[tuple[str, list[str]]]:
         ("r1-place-evaluate", ["place", r1, "--ep", "32", "--redundant", "32", "--nodes", "4",
                                "--evaluate", "--hw", "h200-sxm"]),
     ]  # fmt: skip
-    for name, args in out:
+    for _, args in out:
         if args[0] == "replay" and "--out" not in args:
             args += ["--out", "{out}/r"]
     return out
@@ -209,7 +209,9 @@ def diff(before: Path, after: Path) -> int:
                 problems.append(f"{where}: differs")
     for p in problems:
         print(p)
-    print(f"{len(names)} scenarios compared, {len(problems)} differences; {len(notes)} all-null columns now typed")
+    print(
+        f"{len(names)} scenarios compared, {len(problems)} differences; {len(notes)} all-null columns now typed"
+    )
     return 1 if problems else 0
 
 

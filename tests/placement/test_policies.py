@@ -195,7 +195,7 @@ def test_file_policy(tmp_path: Path) -> None:
     problem = PlacementProblem(layers=(3, 5), loads=np.ones((2, 8)), num_ranks=4, file=tmp_path / "p.parquet")
     got = compute_placement("file", problem)
     assert got.layers == (3, 5) and np.array_equal(got.phy2log, p.phy2log[1:])
-    with pytest.raises(UsageError, match="--ep"):
+    with pytest.raises(UsageError, match=r"\(num_ranks\)"):
         compute_placement("file", PlacementProblem(**{**problem.__dict__, "num_ranks": 2}))
     with pytest.raises(UsageError, match="needs a placement file"):
         compute_placement("file", PlacementProblem(**{**problem.__dict__, "file": None}))

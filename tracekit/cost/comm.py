@@ -31,7 +31,7 @@ from numpy.typing import ArrayLike
 
 from tracekit.cost.result import F64, CommCost, Cost, pick_bound
 from tracekit.cost.traffic import EPTraffic, num_domains
-from tracekit.errors import DeploymentError, UsageError
+from tracekit.errors import DeploymentError, UsageError, param
 from tracekit.hardware import COMM_IMPL_REGISTRY, CommParams, HardwareSpec, comm_impl
 
 
@@ -214,7 +214,9 @@ def alltoall(hw: HardwareSpec, *, nbytes: ArrayLike, ranks: int, impl: str = "nc
         raise UsageError(f"ranks must be >= 1, got {ranks}")
     b = np.asarray(nbytes, dtype=np.float64)
     if np.any(b < 0):
-        raise UsageError(f"--bytes must be >= 0, got {float(b.min()):g}; give a byte count per rank")
+        raise UsageError(
+            f"{param('nbytes', '--bytes')} must be >= 0, got {float(b.min()):g}; give a byte count per rank"
+        )
     m = np.broadcast_to(b[..., None, None] / ranks, (*b.shape, ranks, ranks))
     return dispatch(hw, EPTraffic.from_rank_matrix(m, hw.scaleup_size), impl=impl)
 
@@ -224,7 +226,9 @@ def _collective(hw: HardwareSpec, nbytes: ArrayLike, ranks: int, impl: str, kind
         raise UsageError(f"ranks must be >= 1, got {ranks}")
     b = np.asarray(nbytes, dtype=np.float64)
     if np.any(b < 0):
-        raise UsageError(f"--bytes must be >= 0, got {float(b.min()):g}; give a byte count per rank")
+        raise UsageError(
+            f"{param('nbytes', '--bytes')} must be >= 0, got {float(b.min()):g}; give a byte count per rank"
+        )
     p = hw.comm_params(impl)
     s = min(ranks, hw.scaleup_size)
     n = num_domains(ranks, hw.scaleup_size)

@@ -117,10 +117,6 @@ class HardwareSpec:
             return self.bf16_flops / 2.0  # TF32 tensor cores run at half the BF16 rate
         return self.bf16_flops
 
-    def domain_of(self, rank: Any) -> Any:
-        """Scale-up domain of a rank (ranks are numbered domain by domain)."""
-        return rank // self.scaleup_size
-
 
 SCALAR_FIELDS = tuple(
     f.name for f in dataclasses.fields(HardwareSpec) if f.name not in ("comm", "sources", "calibration")

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracekit.errors import SchemaError, UsageError
+from tracekit.errors import SchemaError, UsageError, param
 from tracekit.schema.tables import table_spec
 from tracekit.trace.layout import make_output_dir
 
@@ -280,13 +280,15 @@ def write_placements(path: str | os.PathLike[str], epochs: list[Placement]) -> P
             raise UsageError("placement epochs must share ranks, slots per rank and expert count")
     out = Path(path)
     if out.is_dir():
-        raise UsageError(f"--out {out}: is a directory; give a file name such as {out / 'placement.parquet'}")
+        raise UsageError(
+            f"{param('path', '--out')} {out}: is a directory; give a file name such as {out / 'placement.parquet'}"
+        )
     if out.exists():
         try:
             read_placements(out)
         except (SchemaError, UsageError):
             raise UsageError(
-                f"--out {out}: exists and is not a placement file; choose another --out "
+                f"{param('path', '--out')} {out}: exists and is not a placement file; choose another path "
                 "(only an earlier placement file is replaced)"
             ) from None
     if out.parent and not out.parent.exists():

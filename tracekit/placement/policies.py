@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracekit.errors import UnknownNameError, UsageError
+from tracekit.errors import UnknownNameError, UsageError, param
 from tracekit.placement import eplb
 from tracekit.placement.core import Placement, read_placements
 
@@ -47,12 +47,13 @@ class PlacementProblem:
         object.__setattr__(self, "loads", loads)
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         if self.num_ranks < 1:
-            raise UsageError(f"--ep must be at least 1 rank, got {self.num_ranks}")
+            raise UsageError(f"{param('num_ranks', '--ep')} must be at least 1 rank, got {self.num_ranks}")
         if self.num_nodes < 1:
-            raise UsageError(f"--nodes must be at least 1, got {self.num_nodes}")
+            raise UsageError(f"{param('num_nodes', '--nodes')} must be at least 1, got {self.num_nodes}")
         if self.num_ranks % self.num_nodes:
             raise UsageError(
-                f"--ep {self.num_ranks} ranks do not split over --nodes {self.num_nodes}; "
+                f"{param('num_ranks', '--ep')} {self.num_ranks} ranks do not split over "
+                f"{param('num_nodes', '--nodes')} {self.num_nodes}; "
                 "give a node count that divides the EP size"
             )
 
@@ -142,13 +143,15 @@ def _eplb_auto(p: PlacementProblem) -> Placement:
 
 def _file(p: PlacementProblem) -> Placement:
     if p.file is None:
-        raise UsageError("the file policy needs a placement file: give --placement-file FILE")
+        raise UsageError(
+            f"the file policy needs a placement file: give {param('file', '--placement-file')} FILE"
+        )
     epochs = read_placements(p.file)
     first = epochs[0]
     if first.num_ranks != p.num_ranks or first.num_experts != p.num_experts:
         raise UsageError(
             f"{p.file}: places {first.num_experts} experts on {first.num_ranks} ranks, but the problem has "
-            f"{p.num_experts} experts on {p.num_ranks} ranks (--ep); give a matching file"
+            f"{p.num_experts} experts on {p.num_ranks} ranks ({param('num_ranks', '--ep')}); give a matching file"
         )
     if len(epochs) > 1:
         raise UsageError(f"{p.file}: holds {len(epochs)} placement epochs; the file policy takes one")
