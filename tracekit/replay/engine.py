@@ -252,9 +252,9 @@ def _replay_phase(ph: _Phase, *, collect_ranks: bool, progress: Progress | None)
             counts = counted.result()
             if hi < total:  # the next window's routing, counted while this one is timed
                 counted = ahead.submit(_count, ph, hi)
-            peer_tokens += counts.peer_tokens.astype(np.float64).sum(axis=0)
             seqs = window_sequences(ph.tokens, ph.schedule, lo, hi)
             cost = time_window(setup, phase=ph.name, counts=counts, load=ph.load, seqs=seqs, lo=lo, hi=hi)
+            peer_tokens += cost.routed.peer_tokens.sum(axis=0)
             w = Window(
                 setup=setup,
                 phase=ph.name,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -82,12 +83,23 @@ class Window:
         """[W, T] mean-rank exposed time of communication component ``name``."""
         return self.att.layers.exposed_parts[name].mean(axis=-1)
 
+    # per (step, target layer, rank) [W, T, R], shared by the tables
+    @cached_property
+    def dispatch_bytes(self) -> np.ndarray:
+        return self.cost.layer_map.layers(self.cost.routed.dispatch_bytes, 0.0)
+
+    @cached_property
+    def network_bytes(self) -> np.ndarray:
+        return self.cost.layer_map.layers(self.cost.routed.network_bytes, 0.0)
+
+    @cached_property
+    def tokens_recv(self) -> np.ndarray:
+        return self.cost.layer_map.layers(self.cost.routed.tokens_recv.astype(np.float64), 0.0)
+
 
 def steps_frame(w: Window) -> pl.DataFrame:
     W, lo, hi, load = w.W, w.lo, w.hi, w.load
     tok = load.tokens[lo:hi].astype(np.float64)
-    r = w.cost.routed
-    lm = w.cost.layer_map
     hidden = (w.att.ranks.comm - w.att.ranks.exposed).mean(axis=-1).sum(axis=-1)
     return frame(
         "replay_steps",
@@ -113,8 +125,8 @@ def steps_frame(w: Window) -> pl.DataFrame:
             "embedding_s": w.cost.embedding.time.mean(axis=-1),
             "lm_head_s": w.cost.lm_head.time.mean(axis=-1),
             "hidden_comm_s": hidden,
-            "dispatch_bytes": lm.layers(r.dispatch_bytes, 0.0).sum(axis=(-1, -2)).astype(np.int64),
-            "network_bytes": lm.layers(r.network_bytes, 0.0).sum(axis=(-1, -2)).astype(np.int64),
+            "dispatch_bytes": w.dispatch_bytes.sum(axis=(-1, -2)).astype(np.int64),
+            "network_bytes": w.network_bytes.sum(axis=(-1, -2)).astype(np.int64),
             "bound": bound_names(w.att.steps.bound),
             "measured_time_s": pl.Series([None] * W, dtype=pl.Float64),
         },
@@ -125,10 +137,9 @@ def layers_frame(w: Window) -> pl.DataFrame:
     setup, W = w.setup, w.W
     lm = w.cost.layer_map
     T = lm.source_of.size
-    r = w.cost.routed
     lt = w.att.layers
     wi, ti = np.meshgrid(np.arange(W), np.arange(T), indexing="ij")
-    recv = lm.layers(r.tokens_recv.astype(np.float64), 0.0)
+    recv = w.tokens_recv
     recv_mean, recv_max = recv.mean(axis=-1), recv.max(axis=-1)
     src = np.where(
         lm.moe_mask, np.asarray(setup.trace_arch.moe_layers)[np.where(lm.moe_mask, lm.source_of, 0)], -1
@@ -155,8 +166,8 @@ def layers_frame(w: Window) -> pl.DataFrame:
             "imbalance": np.divide(
                 recv_max - recv_mean, recv_mean, out=np.zeros_like(recv_mean), where=recv_mean > 0
             ).reshape(-1),
-            "dispatch_bytes": lm.layers(r.dispatch_bytes, 0.0).sum(axis=-1).reshape(-1).astype(np.int64),
-            "network_bytes": lm.layers(r.network_bytes, 0.0).sum(axis=-1).reshape(-1).astype(np.int64),
+            "dispatch_bytes": w.dispatch_bytes.sum(axis=-1).reshape(-1).astype(np.int64),
+            "network_bytes": w.network_bytes.sum(axis=-1).reshape(-1).astype(np.int64),
             "bound": bound_names(lt.bound),
         },
     )
@@ -184,14 +195,14 @@ def ranks_frame(w: Window) -> pl.DataFrame:
             "rank": ri.reshape(-1).astype(np.int32),
             "tokens": lm.ranks(w.load.tokens[lo:hi].astype(np.float64)).reshape(-1).astype(np.int64),
             "kv_tokens": np.moveaxis(kv_sum, 0, 1).reshape(-1).astype(np.int64),
-            "tokens_recv": lm.layers(r.tokens_recv.astype(np.float64), 0.0).reshape(-1).astype(np.int64),
+            "tokens_recv": w.tokens_recv.reshape(-1).astype(np.int64),
             "active_experts": lm.layers(r.active_experts.astype(np.float64), 0.0)
             .reshape(-1)
             .astype(np.int32),
             "weight_bytes": lm.layers(r.weight_bytes, 0.0).reshape(-1).astype(np.int64),
-            "dispatch_bytes": lm.layers(r.dispatch_bytes, 0.0).reshape(-1).astype(np.int64),
+            "dispatch_bytes": w.dispatch_bytes.reshape(-1).astype(np.int64),
             "dispatch_recv_bytes": lm.layers(r.dispatch_recv_bytes, 0.0).reshape(-1).astype(np.int64),
-            "network_bytes": lm.layers(r.network_bytes, 0.0).reshape(-1).astype(np.int64),
+            "network_bytes": w.network_bytes.reshape(-1).astype(np.int64),
             "combine_bytes": lm.layers(r.combine_bytes, 0.0).reshape(-1).astype(np.int64),
             **{f"{c}_s": comps[c].time.reshape(-1) for c in COMPONENTS},
             "compute_s": ranks.compute.reshape(-1),

@@ -17,6 +17,7 @@ Shape legend: ``W`` steps of the window, ``L`` trace MoE layers, ``T`` target de
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,7 @@ class LayerMap:
     W: int
     R: int
 
-    @property
+    @cached_property
     def moe_mask(self) -> np.ndarray:
         return self.source_of >= 0
 
@@ -95,10 +96,15 @@ class LayerMap:
     def shape(self) -> tuple[int, int, int]:
         return (self.W, self.source_of.size, self.R)
 
+    @cached_property
+    def _source(self) -> np.ndarray:
+        return np.where(self.moe_mask, self.source_of, 0)
+
     def layers(self, moe_arr: np.ndarray, fill: float) -> np.ndarray:
         """[W, L, R] per trace MoE layer -> [W, T, R] (``fill`` for dense layers)."""
-        src = np.where(self.moe_mask, self.source_of, 0)
-        return np.where(self.moe_mask[None, :, None], moe_arr[:, src, :], np.full(self.shape, fill))
+        if self.moe_mask.all():
+            return moe_arr[:, self._source, :]
+        return np.where(self.moe_mask[None, :, None], moe_arr[:, self._source, :], np.full(self.shape, fill))
 
     def ranks(self, x: np.ndarray) -> np.ndarray:
         """[W, R] -> [W, T, R], the same in every layer."""
@@ -112,6 +118,8 @@ class RoutedWork:
     expert_gemm: Timed
     dispatch: Timed
     combine: Timed
+    #: [W, L, R, R] tokens each source rank sends each destination rank (once per destination).
+    peer_tokens: np.ndarray
     #: Token-expert pairs each rank's experts receive.
     tokens_recv: np.ndarray
     #: Experts with tokens on the rank.
@@ -227,6 +235,7 @@ def routed_work(setup: ReplaySetup, phase: str, counts: ExpertWindow) -> RoutedW
         expert_gemm=gemms,
         dispatch=Timed(time=times * d.time_s, bound=bound_codes(d.bound)),
         combine=Timed(time=times * c.time_s, bound=bound_codes(c.bound)),
+        peer_tokens=peer,
         tokens_recv=local.sum(axis=-1),
         active_experts=(local > 0).sum(axis=-1),
         weight_bytes=weight_read,
