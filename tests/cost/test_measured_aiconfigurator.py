@@ -123,7 +123,7 @@ def test_version_backfill_and_errors(data_dir: Path) -> None:
 def test_a_changed_layout_is_named(data_dir: Path) -> None:
     path = data_dir / "h200_sxm/gemm/trtllm/1.0.0/gemm_perf.parquet"
     pl.read_parquet(path).drop("m").write_parquet(path)
-    with pytest.raises(InputFormatError, match="gemm_perf.parquet: missing column"):
+    with pytest.raises(InputFormatError, match=r"gemm_perf\.parquet: missing column"):
         aic.import_aiconfigurator(system="h200_sxm", data_dir=data_dir)
 
 
