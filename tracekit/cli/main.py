@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "report": "tracekit.cli.sql:report",
     "import": "tracekit.cli.io:import_",
     "export": "tracekit.cli.io:export",
+    "bench": "tracekit.cli.bench:bench",
 }
 
 

@@ -203,7 +203,7 @@ class RoutingCollector:
         self._last_flush_ns = time.monotonic_ns()
         if self._cuda:
             self._origin: Any = torch.cuda.Event(enable_timing=True)
-            self._origin.record()
+            self._origin.record(torch.cuda.current_stream(self.device))
         else:
             self._origin = time.perf_counter_ns()
         self._attach()
@@ -447,8 +447,9 @@ class RoutingCollector:
 
     def _now(self) -> Any:
         if self._cuda:
+            # on the model's device (the current device may be another one): events on one stream
             ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
+            ev.record(torch.cuda.current_stream(self.device))
             return ev
         return time.perf_counter_ns()
 
@@ -463,9 +464,11 @@ class RoutingCollector:
             size = max(n, 2 * (buf.numel() if buf is not None else 0))
             buf = self._pinned[i] = torch.empty(size, dtype=torch.int32, pin_memory=True)
         host = buf[:n]
-        host.copy_(packed, non_blocking=True)
+        stream = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(stream):  # the copy and its event on the stream that made `packed`
+            host.copy_(packed, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(stream)
         return host, done
 
     def _times_ns(self, p: _Pending) -> tuple[int, int]:

@@ -445,6 +445,7 @@ class _Call:
 
     __slots__ = (
         "backend",
+        "device",
         "dtype",
         "end_event",
         "end_ns",
@@ -481,6 +482,8 @@ class _Call:
         self.end_ns: int | None = None
         self.start_event: Any = None
         self.end_event: Any = None
+        #: CUDA device of the payload (None on the CPU): its current stream carries the events.
+        self.device: Any = None
 
 
 class _TimedWork:
@@ -647,6 +650,7 @@ class CommCollector:
         tensor = payload.tensor
         if tensor is not None and tensor.is_cuda:
             self._ensure_anchor(tensor.device)
+            call.device = tensor.device
             call.start_event = torch.cuda.Event(enable_timing=True)
             call.start_event.record(torch.cuda.current_stream(tensor.device))
         else:
@@ -688,8 +692,10 @@ class CommCollector:
     def _completed(self, call: _Call) -> None:
         if call.start_event is not None:
             if call.end_event is None:
+                # after the call (or its wait()) the current stream waits for the collective, so an
+                # event recorded on it now completes when the collective has
                 ev = torch.cuda.Event(enable_timing=True)
-                ev.record(torch.cuda.current_stream(call.start_event.device))
+                ev.record(torch.cuda.current_stream(call.device))
                 call.end_event = ev
         elif call.end_ns is None:
             call.end_ns = time.perf_counter_ns() - self._origin
@@ -724,6 +730,7 @@ class CommCollector:
                     if not final:
                         keep_from = i
                         break
+                    call.start_event.synchronize()  # elapsed_time needs a completed event
                     call.start_ns = self._event_ns(call.start_event)
                 elif final or call.end_event.query():
                     call.end_event.synchronize()
