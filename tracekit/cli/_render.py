@@ -25,144 +25,26 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
-import numpy as np
+
+from tracekit.reports.display import (
+    KINDS,
+    ColumnDisplay,
+    byte_unit,
+    column_kind,
+    compact,
+    float32_text,
+    number,
+    plain,
+)
 
 FORMATS = ("table", "csv", "json", "markdown")
-#: Kinds of column :func:`column_kind` tells apart; callers may name them explicitly via ``kinds``.
-KINDS = ("time", "bytes", "share", "number", "text")
-
-_TIME_SCALE_TO_MS = {"_s": 1e3, "_ms": 1.0, "_us": 1e-3, "_ns": 1e-6}
-_BYTE_UNITS = (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1.0))
-
-
-def column_kind(name: str) -> str:
-    """The display kind a column's name implies: ``time``, ``bytes``, ``share`` or ``number``."""
-    n = name.lower()
-    if n == "share" or n.endswith(("_share", "_frac", "_fraction")):
-        return "share"
-    if n.endswith(("_per_s", "_per_ms", "_per_us")):
-        return "number"
-    if n == "bytes" or n.startswith("bytes_") or n.endswith("_bytes") or "_bytes_" in n:
-        return "bytes"
-    if any(n.endswith(suffix) for suffix in _TIME_SCALE_TO_MS) and n not in _TIME_SCALE_TO_MS:
-        return "time"
-    return "number"
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
-
-
-def number(v: float | int) -> str:
-    """A number for people: integers exact, others with 4 significant digits and all integer digits."""
-    if isinstance(v, int | np.integer):
-        return f"{int(v):,}"
-    x = float(v)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    if x.is_integer() and abs(x) < 1e15:
-        return number(int(x))
-    if abs(x) >= 1e15 or abs(x) < 1e-4:
-        mantissa, _, exponent = f"{x:.3e}".partition("e")
-        return (mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa) + "e" + exponent
-    digits = math.floor(math.log10(abs(x))) + 1
-    decimals = max(0, 4 - digits)
-    text = f"{x:,.{decimals}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def float32_text(v: float) -> str:
-    """``v`` as the shortest text that reads back as the same float32, when ``v`` is a float32 value."""
-    f32 = np.float32(v)
-    if float(f32) == float(v) and np.isfinite(f32):
-        return str(f32)
-    return repr(float(v))
-
-
-def _compact(v: Any) -> Any:
-    """List elements that are float32 values as their shortest float32 value (for JSON)."""
-    if isinstance(v, list | tuple):
-        return [_compact(x) for x in v]
-    if isinstance(v, float) and np.isfinite(v) and float(np.float32(v)) == v:
-        return float(str(np.float32(v)))
-    return v
-
-
-def _list_text(v: Sequence[Any]) -> str:
-    parts = []
-    for x in v:
-        if isinstance(x, float | np.floating):
-            parts.append(float32_text(float(x)))
-        elif isinstance(x, list | tuple):
-            parts.append(_list_text(x))
-        else:
-            parts.append("null" if x is None else str(x))
-    return "[" + ", ".join(parts) + "]"
-
-
-def _plain(v: Any) -> str:
-    """A value for CSV: as stored (full precision), lists as ``[a, b]``."""
-    if v is None:
-        return ""
-    if isinstance(v, bool | np.bool_):
-        return "true" if v else "false"
-    if isinstance(v, list | tuple):
-        return _list_text(v)
-    if isinstance(v, float | np.floating):
-        return repr(float(v))
-    return str(v)
-
-
-def _byte_unit(values: Sequence[Any]) -> tuple[str, float]:
-    peak = max((abs(float(v)) for v in values if _is_number(v) and math.isfinite(float(v))), default=0.0)
-    for unit, scale in _BYTE_UNITS:
-        if peak >= scale:
-            return unit, scale
-    return "B", 1.0
-
-
-class _Shown:
-    """How one column's values are shown to people."""
-
-    def __init__(self, name: str, values: Sequence[Any], kind: str | None) -> None:
-        self.kind = kind or column_kind(name)
-        numbers = [v for v in values if v is not None]
-        self.numeric = bool(numbers) and all(_is_number(v) for v in numbers)
-        if not self.numeric and self.kind != "text":
-            self.kind = "text"
-        self.time_scale = next(
-            (s for suffix, s in _TIME_SCALE_TO_MS.items() if name.lower().endswith(suffix)), 1e3
-        )
-        self.byte_unit, self.byte_scale = _byte_unit(numbers) if self.kind == "bytes" else ("B", 1.0)
-
-    def text(self, v: Any) -> str:
-        if v is None:
-            return ""
-        if isinstance(v, bool | np.bool_):
-            return "true" if v else "false"
-        if isinstance(v, list | tuple):
-            return _list_text(v)
-        if not _is_number(v) or self.kind == "text":
-            return str(v)
-        if self.kind == "time":
-            return f"{number(float(v) * self.time_scale)} ms"
-        if self.kind == "bytes":
-            scaled = float(v) / self.byte_scale
-            return f"{number(int(v) if self.byte_scale == 1 else scaled)} {self.byte_unit}"
-        if self.kind == "share":
-            return f"{float(v) * 100:.1f}%"
-        return number(v)
+__all__ = ["FORMATS", "KINDS", "column_kind", "float32_text", "number", "render_fields", "render_rows"]
 
 
 def _json_default(v: Any) -> Any:
@@ -198,18 +80,18 @@ def render_rows(
 ) -> str:
     """Rows as text in one of :data:`FORMATS`; ``kinds`` overrides :func:`column_kind` per column."""
     if fmt == "json":
-        records = [{c: _compact(v) for c, v in zip(columns, r, strict=True)} for r in rows]
+        records = [{c: compact(v) for c, v in zip(columns, r, strict=True)} for r in rows]
         return json.dumps(records, default=_json_default, indent=2)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(columns)
         for r in rows:
-            w.writerow([_plain(v) for v in r])
+            w.writerow([plain(v) for v in r])
         return buf.getvalue().rstrip("\n")
     if fmt not in ("table", "markdown"):
         raise click.BadParameter(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
-    shown = [_Shown(c, [r[i] for r in rows], (kinds or {}).get(c)) for i, c in enumerate(columns)]
+    shown = [ColumnDisplay(c, [r[i] for r in rows], (kinds or {}).get(c)) for i, c in enumerate(columns)]
     cells = [[s.text(v) for s, v in zip(shown, r, strict=True)] for r in rows]
     if fmt == "markdown":
         head = "| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |"
@@ -269,10 +151,10 @@ def render_fields(
     comes from its name as for columns.
     """
     if fmt == "json":
-        return json.dumps({k: _compact(v) for k, v in fields}, default=_json_default, indent=2)
+        return json.dumps({k: compact(v) for k, v in fields}, default=_json_default, indent=2)
     if fmt == "csv":
         return render_rows(["field", "value"], [(k, v) for k, v in fields], "csv")
-    shown = [_Shown(k, [v], (kinds or {}).get(k)) for k, v in fields]
+    shown = [ColumnDisplay(k, [v], (kinds or {}).get(k)) for k, v in fields]
     rows = [(k, s.text(v)) for (k, v), s in zip(fields, shown, strict=True)]
     return render_rows(["field", "value"], rows, fmt, title, kinds={"value": "text"})
 
@@ -295,5 +177,5 @@ def format_option(default: str = "table") -> Any:
 
 def human_bytes(n: float) -> str:
     """Bytes in one decimal unit (B, kB, MB, GB, TB)."""
-    unit, scale = _byte_unit([n])
+    unit, scale = byte_unit([n])
     return f"{number(int(n))} B" if scale == 1 else f"{number(n / scale)} {unit}"
