@@ -238,8 +238,8 @@ def _comm_timeline(
     # calls: occurrence index per (rank, step, layer, purpose), to match calls across ranks
     timed = timed.with_columns(occurrence=pl.int_range(pl.len()).over("rank", "step", "layer", "purpose"))
     where: dict[tuple[Any, ...], bool] = {}
-    for row in timed.select("rank", "step", "layer", "purpose", "occurrence").iter_rows():
-        where[(int(row[0]), row[1], row[2], row[3], int(row[4]))] = True
+    for rk, st, ly, pu, oc in timed.select("rank", "step", "layer", "purpose", "occurrence").iter_rows():
+        where[(int(rk), st, ly, pu, int(oc))] = True
     flows_out: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     flows_in: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     budget = MAX_FLOWS
@@ -267,12 +267,12 @@ def _comm_timeline(
         for row, lane in zip(part.iter_rows(named=True), lane_of, strict=True):
             if lane not in tracks:
                 tracks[lane] = tl.track(procs[r], f"comm {lane + 1}", 2)
-            key = (r, row["step"], row["layer"], row["purpose"], int(row["occurrence"]))
+            call_key = (r, row["step"], row["layer"], row["purpose"], int(row["occurrence"]))
             args = {k: row[k] for k in ("op", "backend", "bytes_sent", "bytes_recv", "step", "layer", "peer")
                     if row.get(k) is not None}  # fmt: skip
             tl.slice(tracks[lane], str(row["purpose"] or row["op"]), int(row["start_ns"]), int(row["end_ns"]),
-                     category="communication", args=args, flows_out=flows_out.get(key, ()),
-                     flows_in=flows_in.get(key, ()))  # fmt: skip
+                     category="communication", args=args, flows_out=flows_out.get(call_key, ()),
+                     flows_in=flows_in.get(call_key, ()))  # fmt: skip
             tl.counter(counters[r], int(row["start_ns"]), float(row["bytes_sent"] or 0))
             tl.counter(counters[r], int(row["end_ns"]), 0.0)
 
@@ -333,11 +333,11 @@ def _kernel_timeline(
         r = int(rank)
         lane_of = lanes(part["start_ns"].to_list(), part["end_ns"].to_list())
         base = "cpu" if stream is None else f"stream {stream}"
-        tracks: dict[int, int] = {}
+        lane_tracks: dict[int, int] = {}
         for row, lane in zip(part.iter_rows(named=True), lane_of, strict=True):
-            if lane not in tracks:
-                tracks[lane] = tl.track(procs[r], base if lane == 0 else f"{base} ({lane + 1})", 3)
+            if lane not in lane_tracks:
+                lane_tracks[lane] = tl.track(procs[r], base if lane == 0 else f"{base} ({lane + 1})", 3)
             args = {k: row[k] for k in ("category", "step", "layer", "correlation", "collective", "message_bytes")
                     if row.get(k) is not None}  # fmt: skip
-            tl.slice(tracks[lane], str(row["name"]), int(row["start_ns"]), int(row["end_ns"]),
+            tl.slice(lane_tracks[lane], str(row["name"]), int(row["start_ns"]), int(row["end_ns"]),
                      category=str(row["category"]), args=args)  # fmt: skip
