@@ -393,14 +393,14 @@ def _replay_rank_steps(con: duckdb.DuckDBPyConnection, inp: CatalogInput) -> str
     pool = "pool" if "pool" in cols else "'all'"
     data = execute(
         con,
-        f'SELECT {pool} AS pool, {phase} AS phase, step, rank, sum(total_s) AS busy_s FROM "{view}" '
-        "GROUP BY ALL ORDER BY pool, CASE phase WHEN 'prefill' THEN 0 ELSE 1 END, phase, step, rank",
+        f'SELECT {pool} AS p, {phase} AS ph, step, rank, sum(total_s) AS busy_s FROM "{view}" '
+        "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
     ).fetchall()
-    keys: list[tuple[str, str, int]] = []
-    for r in data:
-        k = (str(r[0]), str(r[1]), int(r[2]))
-        if not keys or keys[-1] != k:
-            keys.append(k)
+    phase_order = {"prefill": 0, "mixed": 1, "decode": 2}
+    keys = sorted(
+        {(str(r[0]), str(r[1]), int(r[2])) for r in data},
+        key=lambda k: (k[0], phase_order.get(k[1], 3), k[1], k[2]),
+    )
     keys = keys[:MAX_TIMELINE_STEPS]
     ranks = sorted({int(r[3]) for r in data})
     if len(ranks) < 2 or not keys:
