@@ -17,7 +17,7 @@ def test_models_list_json() -> None:
     rows = {r["name"]: r for r in json.loads(out.output)}
     assert set(rows) == set(model_names())
     ds = rows["deepseek-v3"]
-    assert ds["total_B"] == f"{param_counts(catalog_entry('deepseek-v3').arch).total / 1e9:.1f}"
+    assert ds["total_params_billion"] == round(param_counts(catalog_entry("deepseek-v3").arch).total / 1e9, 1)
     assert ds["experts"] == 256 and ds["top_k"] == 8
 
 

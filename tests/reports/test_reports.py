@@ -388,7 +388,7 @@ def test_report_errors_are_usage_errors(inputs: Inputs) -> None:
     with pytest.raises(UnknownNameError, match="parameter of report imbalance"):
         run([inputs.trace], "imbalance", epp=4)
     with pytest.raises(UsageError, match="below the minimum"):
-        run([inputs.trace], "imbalance", ep=0)
+        run([inputs.trace], "imbalance", ep=-1)
     with pytest.raises(UsageError, match="not one of"):
         run([inputs.trace], "kernel-summary", by="stream")
     with pytest.raises(UsageError, match="not a valid integer"):

@@ -48,27 +48,27 @@ def hw_list(fmt: str) -> None:
             [
                 name,
                 h.gpu,
-                f"{h.bf16_flops / 1e12:.0f}",
-                f"{h.fp8_flops / 1e12:.0f}",
-                f"{h.fp4_flops / 1e12:.0f}" if h.fp4_flops else "-",
-                f"{h.hbm_bytes / 1e9:.0f}",
-                f"{h.hbm_bw / 1e12:.2f}",
+                h.bf16_flops / 1e12,
+                h.fp8_flops / 1e12,
+                h.fp4_flops / 1e12 if h.fp4_flops else None,
+                h.hbm_bytes / 1e9,
+                h.hbm_bw / 1e12,
                 h.scaleup_size,
-                f"{h.scaleup_bw / 1e9:.0f}",
-                f"{h.scaleout_bw / 1e9:.0f}",
+                h.scaleup_bw / 1e9,
+                h.scaleout_bw / 1e9,
             ]
         )
     cols = [
         "name",
         "gpu",
-        "bf16_TFLOPs",
-        "fp8_TFLOPs",
-        "fp4_TFLOPs",
-        "hbm_GB",
-        "hbm_TBps",
-        "nvlink_domain",
-        "nvlink_GBps_per_dir",
-        "nic_GBps",
+        "bf16_tflop_per_s",
+        "fp8_tflop_per_s",
+        "fp4_tflop_per_s",
+        "hbm_gb",
+        "hbm_tb_per_s",
+        "nvlink_domain_gpus",
+        "nvlink_gb_per_s_per_dir",
+        "nic_gb_per_s",
     ]
     click.echo(render_rows(cols, rows, fmt))
 
@@ -112,7 +112,11 @@ def hw_show(name: str, sets: tuple[str, ...], fmt: str) -> None:
         )
         return
     title = f"{h.name}: {h.description}"
-    click.echo(render_rows(["field", "value", "unit", "shown", "source"], rows, fmt, title=title))
+    click.echo(
+        render_rows(
+            ["field", "value", "unit", "shown", "source"], rows, fmt, title=title, kinds={"value": "text"}
+        )
+    )
 
 
 @click.group()
@@ -139,9 +143,10 @@ def models_list(fmt: str) -> None:
                 a.num_shared_experts,
                 a.top_k,
                 a.attention.kind,
-                f"{c.total / 1e9:.1f}",
-                f"{c.active / 1e9:.1f}",
-                f"{e.reported_total_params / 1e9:.1f} / {e.reported_active_params / 1e9:.1f}",
+                round(c.total / 1e9, 1),
+                round(c.active / 1e9, 1),
+                round(e.reported_total_params / 1e9, 1),
+                round(e.reported_active_params / 1e9, 1),
             ]
         )
     cols = [
@@ -153,9 +158,10 @@ def models_list(fmt: str) -> None:
         "shared",
         "top_k",
         "attention",
-        "total_B",
-        "active_B",
-        "published_B",
+        "total_params_billion",
+        "active_params_billion",
+        "published_total_billion",
+        "published_active_billion",
     ]
     click.echo(render_rows(cols, rows, fmt))
 
@@ -185,17 +191,21 @@ def models_show(name: str, fmt: str) -> None:
         ["expert groups", arch.num_expert_groups, f"top {arch.topk_groups} groups"],
         ["attention", a.kind, f"{a.num_heads} q / {a.num_kv_heads} kv heads, head dim {a.head_dim}"],
         ["vocab", arch.vocab_size, ""],
-        ["params total", f"{c.total / 1e9:.2f}", "B"],
-        ["params active", f"{c.active / 1e9:.2f}", "B per token (input embedding excluded)"],
+        ["params total", round(c.total / 1e9, 2), "billion parameters"],
+        [
+            "params active",
+            round(c.active / 1e9, 2),
+            "billion parameters per token (input embedding excluded)",
+        ],
         [
             "expert weights",
-            f"{expert_weight_bytes(arch, precision) / 1e6:.2f}",
+            round(expert_weight_bytes(arch, precision) / 1e6, 2),
             f"MB per expert at {precision}",
         ],
-        ["expert weights bf16", f"{expert_weight_bytes(arch, 'bf16') / 1e6:.2f}", "MB per expert"],
-        ["attention params", f"{attention_params(arch) / 1e6:.2f}", "M per layer"],
-        ["kv cache", f"{kv_cache_bytes_per_token(arch):.0f}", "B per token per layer (bf16)"],
-        ["moe flops", f"{moe_flops_per_token(arch) / 1e6:.1f}", "MFLOP per token per MoE layer"],
+        ["expert weights bf16", round(expert_weight_bytes(arch, "bf16") / 1e6, 2), "MB per expert"],
+        ["attention params", round(attention_params(arch) / 1e6, 2), "million parameters per layer"],
+        ["kv cache", round(kv_cache_bytes_per_token(arch)), "bytes per token per layer (bf16)"],
+        ["moe flops", round(moe_flops_per_token(arch) / 1e6, 1), "MFLOP per token per MoE layer"],
         ["source", source, ""],
     ]
     click.echo(render_rows(["field", "value", "note"], rows, fmt, title=arch.name))

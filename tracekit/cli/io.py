@@ -151,17 +151,34 @@ def sglang(
 
 @click.group("export")
 def export() -> None:
-    """Export timelines to viewers' formats (Perfetto / chrome://tracing JSON)."""
+    """Export timelines to Perfetto (protobuf .pftrace, or chrome://tracing JSON)."""
 
 
 @export.command("perfetto")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="JSON file to write.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="File to write (.pftrace, or .json for JSON).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pftrace", "json"]),
+    default=None,
+    help="pftrace (Perfetto protobuf) or json (Chrome trace) [default: json for a .json --out, else pftrace].",
+)
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def perfetto(source: Path, out: Path, force: bool) -> None:
-    """Write a Chrome-trace JSON of SOURCE: a replay result directory (per-rank replayed timeline) or an
-    imported trace (its kernels, one track per rank and stream). Open it in ui.perfetto.dev."""
+def perfetto(source: Path, out: Path, fmt: str | None, force: bool) -> None:
+    """Write a Perfetto timeline of SOURCE: a replay result directory (per-rank steps, layers, compute
+    and comm tracks, flows between ranks, counters), a recorded trace (its steps and comm calls) or an
+    imported trace (its kernels). Open it in ui.perfetto.dev or query it with the trace processor."""
     from tracekit.exporters.perfetto import export_perfetto
 
-    report = export_perfetto(source, out, overwrite=force)
-    click.echo(f"wrote {report.out}: {report.events} events on {report.tracks} tracks ({report.kind})")
+    report = export_perfetto(source, out, overwrite=force, fmt=fmt)
+    extra = f", {report.flows} flows, {report.counters} counter values" if report.format == "pftrace" else ""
+    click.echo(
+        f"wrote {report.out}: {report.events} {'slices' if report.format == 'pftrace' else 'events'} "
+        f"on {report.tracks} tracks{extra} ({report.kind}, {report.format})"
+    )

@@ -180,7 +180,12 @@ def db(inputs: tuple[str, ...], out: str, force: bool) -> None:
 @click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
 )
-@click.option("--ep", type=int, default=None, help="Shorthand for --param ep=N (imbalance, html).")
+@click.option(
+    "--ep",
+    type=int,
+    default=None,
+    help="Shorthand for --param ep=N (imbalance, html) [default: each trace's own EP].",
+)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the output here (required for html).")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--memory-limit", default=None, help=_MEMORY_HELP)

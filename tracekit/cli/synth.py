@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tracekit.cli._render import FORMATS, echo_json, render_rows
+from tracekit.cli._render import echo_json, format_option, render_fields, render_rows
 from tracekit.errors import UsageError
 from tracekit.schema.manifest import ModelArch
 
@@ -57,10 +57,8 @@ _SHOWN = [
 )
 @click.option("--out", type=click.Path(), default=None, help="Directory for stats_*.parquet and stats.json.")
 @click.option("--force", is_flag=True, help="Replace the statistics already in --out.")
-@click.option("--json", "as_json", is_flag=True, help="Print the per-layer table as JSON.")
-@click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
-)
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
+@format_option()
 def stats(
     trace: str,
     ep: int | None,
@@ -174,7 +172,8 @@ def _resolve_model(name: str) -> ModelArch:
 )
 @click.option("--no-gate-weights", is_flag=True, help="Leave routing.gate_weights null (smaller, faster).")
 @click.option("--force", is_flag=True, help="Replace an existing trace at --out.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
+@format_option()
 def synth(
     model_name: str,
     phase: str,
@@ -189,6 +188,7 @@ def synth(
     no_gate_weights: bool,
     force: bool,
     as_json: bool,
+    fmt: str,
 ) -> None:
     """Write a synthetic trace (steps, tokens, routing, expert_load, requests) for any model at full
     scale, with uniform, zipf, balanced or fitted routing. The manifest says source "synthetic" and
@@ -240,8 +240,11 @@ def synth(
     if "fit" in result.detail:
         fit = result.detail["fit"]
         summary["fit"] = {k: v for k, v in fit.items() if k not in ("layer_map",)}
-    if as_json:
+    if as_json or fmt == "json":
         echo_json(summary)
+        return
+    if fmt in ("csv", "markdown"):
+        click.echo(render_fields(_flatten(summary), fmt))
         return
     click.echo(
         f"wrote {result.path}: {arch.name} {phase}, {steps} steps x {tokens_per_step} tokens, routing {config.spec} "
@@ -270,6 +273,17 @@ def synth(
             if key in fit:
                 lines.append(f"{key}: source {fit[key]['source']:.4f} fitted {fit[key]['fitted']:.4f}")
         click.echo("fit (per source layer): " + "; ".join(lines))
+
+
+def _flatten(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested summary fields as dotted ``(field, value)`` pairs."""
+    out: list[tuple[str, Any]] = []
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 def _fmt(values: list[float]) -> str:

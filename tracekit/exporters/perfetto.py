@@ -1,4 +1,5 @@
-"""Chrome-trace JSON (Perfetto UI, chrome://tracing) of a replayed timeline or of imported kernels.
+"""Timelines for Perfetto: protobuf (``.pftrace``, :mod:`tracekit.exporters.pftrace`, the default)
+or Chrome-trace JSON (an ``--out`` ending in ``.json``, or ``--format json``), described here.
 
 A replay result (``replay_ranks`` / ``replay_layers`` / ``replay_steps``, docs/replay.md) becomes one
 process per pool and one thread (track) per rank. Steps follow each other; a step is its embedding,
@@ -42,15 +43,32 @@ class ExportReport:
     """What an export wrote."""
 
     out: Path
-    #: "replay" or "kernels".
+    #: "replay", "kernels" or "recorded comm and steps".
     kind: str
+    #: Slices (protobuf) or events (JSON) written.
     events: int
     tracks: int
+    #: "pftrace" or "json".
+    format: str = "json"
+    #: Flows between slices (protobuf only).
+    flows: int = 0
+    #: Counter values (protobuf only).
+    counters: int = 0
 
 
-def export_perfetto(source: str | Path, out: str | Path, *, overwrite: bool = False) -> ExportReport:
-    """Write ``source`` (a replay result directory or a trace directory) as Chrome-trace JSON."""
+#: Output formats: Perfetto's protobuf trace, or Chrome-trace JSON.
+FORMATS = ("pftrace", "json")
+
+
+def export_perfetto(
+    source: str | Path, out: str | Path, *, overwrite: bool = False, fmt: str | None = None
+) -> ExportReport:
+    """Write ``source`` (a replay result directory or a trace directory) as a Perfetto timeline:
+    protobuf unless ``fmt`` is ``json`` or ``out`` ends in ``.json``."""
     src, dst = Path(source), Path(out)
+    fmt = fmt or ("json" if dst.suffix.lower() == ".json" else "pftrace")
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: not one of {', '.join(FORMATS)}")
     if dst.exists() and not overwrite:
         raise UsageError(f"{dst}: exists; choose another --out or pass --force to replace it")
     if dst.is_dir():
@@ -61,9 +79,22 @@ def export_perfetto(source: str | Path, out: str | Path, *, overwrite: bool = Fa
             "create it or give a --out in a writable folder"
         )
     if (src / "result.json").is_file():
-        return _export_replay(src, dst)
+        if fmt == "json":
+            return _export_replay(src, dst)
+        from tracekit.exporters.pftrace import write_replay
+
+        ranks, step_len = _replay_layout(src)
+        counts = write_replay(ranks, step_len, src, dst)
+        return ExportReport(out=dst, kind="replay", events=counts.slices, tracks=counts.tracks,
+                            format=fmt, flows=counts.flows, counters=counts.counters)  # fmt: skip
     if (src / "manifest.json").is_file():
-        return _export_kernels(src, dst)
+        if fmt == "json":
+            return _export_kernels(src, dst)
+        from tracekit.exporters.pftrace import write_trace
+
+        kind, counts = write_trace(src, dst)
+        return ExportReport(out=dst, kind=kind, events=counts.slices, tracks=counts.tracks,
+                            format=fmt, flows=counts.flows, counters=counts.counters)  # fmt: skip
     raise UsageError(
         f"{src}: neither a replay result directory (no result.json) nor a trace (no manifest.json); "
         "give the --out directory of 'tracekit replay' or of 'tracekit import'"
@@ -110,7 +141,9 @@ def _keyed(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _export_replay(src: Path, dst: Path) -> ExportReport:
+def _replay_layout(src: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Each rank-layer row of ``replay_ranks`` with its layer's start and length on the timeline
+    (``layer_start_s``, ``layer_s``, ``step_order``), and each step's start and parts (``step_len``)."""
     try:
         result = json.loads((src / "result.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -186,7 +219,11 @@ def _export_replay(src: Path, dst: Path) -> ExportReport:
     ranks = ranks.join(
         layer_len.select(*_KEY, "layer", "layer_start_s", "layer_s", "step_order"), on=[*_KEY, "layer"]
     )
+    return ranks, step_len
 
+
+def _export_replay(src: Path, dst: Path) -> ExportReport:
+    ranks, step_len = _replay_layout(src)
     # drawing order on a track: step, then layer (embedding before, LM head after), then segment
     cols = [
         *_KEY,

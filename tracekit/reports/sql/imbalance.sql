@@ -5,7 +5,9 @@
 --   contiguous placement (expert e on rank e // ceil(num_experts / ep)): max/mean of the rank loads
 --   and the excess (max - mean) / mean that the slowest rank adds, over the whole trace and per step.
 -- needs: expert_load, inputs
--- param: ep (INTEGER, default 8, min 1): expert-parallel ranks the experts are spread over
+-- param: ep (INTEGER, default 0, min 0): expert-parallel ranks the experts are spread over; 0: each
+--   trace's own EP (the manifest's parallel.ep_size, else the ranks of its placement table; a trace
+--   recorded on one GPU is shown at EP 8, one HGX node)
 -- column: input: the input (trace) the row comes from
 -- column: layer: decoder layer index
 -- column: num_experts: routed experts of the model (experts with no token count as zero)
@@ -13,12 +15,23 @@
 -- column: hot_expert: the expert with the most tokens (lowest id on ties)
 -- column: expert_max_over_mean: tokens of the hottest expert / mean tokens per expert
 -- column: expert_gini: Gini coefficient of tokens per expert (0 = even, near 1 = one expert takes all)
--- column: ep: the ep parameter
+-- column: ep: EP ranks used for this input (the ep parameter, or the trace's own EP)
 -- column: rank_max_over_mean: tokens of the busiest EP rank / mean per rank, whole trace
 -- column: rank_excess: (max - mean) / mean of the EP rank loads, whole trace
 -- column: step_rank_excess_mean: the same excess computed per step, averaged over steps
 -- column: step_rank_excess_max: the largest per-step excess
-WITH expert_total AS (
+WITH placement_ranks AS (
+    SELECT input, count(DISTINCT rank) AS ranks FROM placement GROUP BY input
+),
+ep_of AS (
+    SELECT i.input,
+           CASE WHEN $ep > 0 THEN $ep
+                WHEN coalesce(i.ep_size, 1) > 1 THEN i.ep_size
+                WHEN coalesce(p.ranks, 1) > 1 THEN p.ranks
+                ELSE 8 END AS ep
+    FROM inputs AS i LEFT JOIN placement_ranks AS p USING (input)
+),
+expert_total AS (
     SELECT input, layer, expert, sum(num_tokens) AS num_tokens
     FROM expert_load
     GROUP BY input, layer, expert
@@ -47,22 +60,23 @@ expert_stats AS (
     GROUP BY input, layer
 ),
 rank_step AS (
-    SELECT l.input, l.layer, l.step,
-           l.expert // ((i.num_experts + $ep - 1) // $ep) AS ep_rank,
+    SELECT l.input, l.layer, l.step, e.ep,
+           l.expert // ((i.num_experts + e.ep - 1) // e.ep) AS ep_rank,
            sum(l.num_tokens) AS num_tokens
-    FROM expert_load AS l JOIN inputs AS i USING (input)
+    FROM expert_load AS l JOIN inputs AS i USING (input) JOIN ep_of AS e USING (input)
     GROUP BY ALL
 ),
 step_excess AS (
     SELECT input, layer, step,
-           max(num_tokens) * $ep / sum(num_tokens) - 1.0 AS excess
+           max(num_tokens) * any_value(ep) / sum(num_tokens) - 1.0 AS excess
     FROM rank_step
     GROUP BY input, layer, step
     HAVING sum(num_tokens) > 0
 ),
 rank_total AS (
-    SELECT input, layer, max(num_tokens) * $ep / sum(num_tokens) AS rank_max_over_mean
-    FROM (SELECT input, layer, ep_rank, sum(num_tokens) AS num_tokens FROM rank_step GROUP BY ALL)
+    SELECT input, layer, any_value(ep) AS ep,
+           max(num_tokens) * any_value(ep) / sum(num_tokens) AS rank_max_over_mean
+    FROM (SELECT input, layer, ep, ep_rank, sum(num_tokens) AS num_tokens FROM rank_step GROUP BY ALL)
     GROUP BY input, layer
     HAVING sum(num_tokens) > 0
 ),
@@ -78,7 +92,7 @@ SELECT
     s.hot_expert,
     s.max_tokens * s.num_experts / s.num_tokens AS expert_max_over_mean,
     s.expert_gini,
-    $ep AS ep,
+    r.ep,
     r.rank_max_over_mean,
     r.rank_max_over_mean - 1.0 AS rank_excess,
     x.step_rank_excess_mean,
