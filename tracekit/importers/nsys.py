@@ -195,12 +195,15 @@ class _File:
         return {i: self._strings[i] for i in ids}
 
     def chunks(self, sql: str, params: Sequence[Any], rows: int) -> Iterator[list[tuple[Any, ...]]]:
-        cur = self.con.execute(sql, params)
-        while True:
-            part = cur.fetchmany(rows)
-            if not part:
-                return
-            yield part
+        try:
+            cur = self.con.execute(sql, params)
+            while True:
+                part = cur.fetchmany(rows)
+                if not part:
+                    return
+                yield part
+        except sqlite3.Error as exc:
+            raise _sql_error(self.path, exc) from None
 
 
 def _int_expr(col: str, cols: set[str], default: int = -1) -> str:
@@ -546,8 +549,9 @@ class _Reader:
             if n:
                 self.skipped[f"{what} row with a missing or invalid start/end/device/stream/name"] += n
 
-    def rows(self, where_extra: str = "", params: Sequence[Any] = ()) -> Iterator[_Rows]:
-        """Chunks of valid rows of the kernel, memcpy and memset tables."""
+    def rows(self, where_extra: str = "", params: Sequence[Any] = (), *, count: bool = True) -> Iterator[_Rows]:
+        """Chunks of valid rows of the kernel, memcpy and memset tables (``count``: add the rows
+        dropped here to ``skipped``; off for the extra pass that infers layers)."""
         f = self.file
         chunk = self.options.chunk_rows
         for table in (KERNEL_TABLE, MEMCPY_TABLE, MEMSET_TABLE):
@@ -561,8 +565,9 @@ class _Reader:
                 if table == KERNEL_TABLE:
                     codes = self._kernel_codes(a[:, 6])
                     ok = codes >= 0
-                    if not ok.all():
+                    if not ok.all() and count:
                         self.skipped["kernel whose name id is not in StringIds"] += int((~ok).sum())
+                    if not ok.all():
                         a, codes = a[ok], codes[ok]
                 elif table == MEMCPY_TABLE:
                     codes = self._label_codes(*_memcpy_names(a[:, 6], a[:, 7], a[:, 8]))
@@ -710,7 +715,7 @@ def _infer(reader: _Reader, key: int, model: ModelArch | None) -> InferredLayers
     """Layers of one rank from its kernels' repeating sequence (a pass over its kernel rows)."""
     col = "deviceId" if reader.options.rank_by == "device" else "(globalPid >> 24)"
     starts, codes, streams, steps = [], [], [], []
-    for rows in reader.rows(f"{col} = ?", (key,)):
+    for rows in reader.rows(f"{col} = ?", (key,), count=False):
         if rows.memcpy:
             continue
         starts.append(rows.start)
