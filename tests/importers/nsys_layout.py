@@ -75,12 +75,22 @@ class NsysBuilder:
             self.strings[text] = len(self.strings) + 1
         return self.strings[text]
 
-    def launch(self, start: int, corr: int, *, pid: int | None = None, name: str = "cudaLaunchKernel_v7000") -> None:
+    def launch(
+        self, start: int, corr: int, *, pid: int | None = None, name: str = "cudaLaunchKernel_v7000"
+    ) -> None:
         p = self.pid if pid is None else pid
         self.runtime.append((start, start + 4200, 1, global_tid(p, p), corr, self.sid(name), 0, None))
 
     def kernel(
-        self, name: str, start: int, end: int, *, device: int = 0, stream: int = 7, corr: int, pid: int | None = None
+        self,
+        name: str,
+        start: int,
+        end: int,
+        *,
+        device: int = 0,
+        stream: int = 7,
+        corr: int,
+        pid: int | None = None,
     ) -> None:
         p = self.pid if pid is None else pid
         short = name.split("(")[0].split("<")[0].split("::")[-1].split()[-1]
@@ -90,15 +100,28 @@ class NsysBuilder:
         )  # fmt: skip
 
     def memcpy(
-        self, start: int, end: int, *, kind: int, src: int, dst: int, corr: int, device: int = 0, stream: int = 7
+        self,
+        start: int,
+        end: int,
+        *,
+        kind: int,
+        src: int,
+        dst: int,
+        corr: int,
+        device: int = 0,
+        stream: int = 7,
     ) -> None:
         self.memcpys.append(
             (start, end, device, 1, None, stream, corr, self.pid << 24, 4096, kind, None, src, dst,
              None, None, device, 1, None, None, None)
         )  # fmt: skip
 
-    def memset(self, start: int, end: int, *, mem_kind: int, corr: int, device: int = 0, stream: int = 7) -> None:
-        self.memsets.append((start, end, device, 1, None, stream, corr, self.pid << 24, 0, 4096, None, mem_kind))
+    def memset(
+        self, start: int, end: int, *, mem_kind: int, corr: int, device: int = 0, stream: int = 7
+    ) -> None:
+        self.memsets.append(
+            (start, end, device, 1, None, stream, corr, self.pid << 24, 0, 4096, None, mem_kind)
+        )
 
     def range(
         self,
@@ -128,7 +151,16 @@ class NsysBuilder:
         con.execute("PRAGMA journal_mode = OFF")
         con.execute("PRAGMA synchronous = OFF")
         try:
-            for ddl in (KERNEL_DDL, MEMCPY_DDL, MEMSET_DDL, RUNTIME_DDL, NVTX_DDL, STRINGS_DDL, GPU_DDL, META_DDL):
+            for ddl in (
+                KERNEL_DDL,
+                MEMCPY_DDL,
+                MEMSET_DDL,
+                RUNTIME_DDL,
+                NVTX_DDL,
+                STRINGS_DDL,
+                GPU_DDL,
+                META_DDL,
+            ):
                 con.execute(ddl)
             con.executemany("INSERT INTO StringIds VALUES (?, ?)", [(i, s) for s, i in self.strings.items()])
             for table, rows in (

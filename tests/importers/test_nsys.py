@@ -90,12 +90,14 @@ def test_chunked_reads_give_the_same_rows(tmp_path: Path) -> None:
 
 def test_ranks_per_device_and_per_process(tmp_path: Path) -> None:
     b = NsysBuilder()
-    corr = 0
     # process 10 drives devices 0 and 3; process 11 drives device 5
-    for pid, device, name in ((10, 3, "k_a"), (10, 0, "k_b"), (11, 5, "k_c"), (10, 3, "k_a")):
-        corr += 1
+    for corr, (pid, device, name) in enumerate(
+        ((10, 3, "k_a"), (10, 0, "k_b"), (11, 5, "k_c"), (10, 3, "k_a")), 1
+    ):
         b.launch(1_000 * corr, corr, pid=pid)
-        b.kernel(f"void {name}(int)", 1_000 * corr + 500, 1_000 * corr + 900, device=device, corr=corr, pid=pid)
+        b.kernel(
+            f"void {name}(int)", 1_000 * corr + 500, 1_000 * corr + 900, device=device, corr=corr, pid=pid
+        )
     path = b.write(tmp_path / "multi.sqlite")
     rep = import_nsys([path], tmp_path / "d")
     assert rep.files[0].ranks == {0: 0, 1: 3, 2: 5}
@@ -128,7 +130,14 @@ def test_layers_are_inferred_when_the_export_has_no_layer_ranges(tmp_path: Path)
 
     k("embedding_kernel", None)
     for layer in range(4):
-        for name in ("rms_norm_kernel", "qkv_gemm", "attention_decode", "o_gemm", "rms_norm_kernel", "router_topk"):
+        for name in (
+            "rms_norm_kernel",
+            "qkv_gemm",
+            "attention_decode",
+            "o_gemm",
+            "rms_norm_kernel",
+            "router_topk",
+        ):
             k(name, layer)
         for _ in range(1 + layer % 2):  # the experts actually hit differ per layer
             k("expert_ffn_kernel", layer)
@@ -185,7 +194,9 @@ def test_rows_with_broken_fields_are_skipped_and_counted(tmp_path: Path) -> None
         (b"SQLite format 3\x00" + b"\x00" * 200, "SQLite cannot read it"),
     ],
 )
-def test_files_that_are_not_exports_are_refused_in_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+def test_files_that_are_not_exports_are_refused_in_one_line(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
     path = tmp_path / "x.sqlite"
     path.write_bytes(content)
     code, out = _invoke("import", "nsys", str(path), "--out", str(tmp_path / "o"))
@@ -210,7 +221,9 @@ def test_an_export_without_cuda_activity_or_rows_is_refused(tmp_path: Path) -> N
 def test_user_rules_apply_to_nsys_too(tmp_path: Path) -> None:
     nsys = workload.write_nsys(tmp_path / "run.sqlite")
     rules = tmp_path / "rules.toml"
-    rules.write_text('[[rules]]\nlibrary = "acme internal"\ncategory = "elementwise"\nfunction = "^mystery_op$"\n')
+    rules.write_text(
+        '[[rules]]\nlibrary = "acme internal"\ncategory = "elementwise"\nfunction = "^mystery_op$"\n'
+    )
     code, out = _invoke("import", "nsys", str(nsys), "--out", str(tmp_path / "o"), "--rules", str(rules))
     assert code == 0, out
     assert "unclassified kernels: none" in out

@@ -39,7 +39,13 @@ kernel_row = st.fixed_dictionaries(
     {"start": values, "end": values, "deviceId": values, "streamId": values, "demangledName": names}
 )
 memset_row = st.fixed_dictionaries(
-    {"start": values, "end": values, "deviceId": values, "streamId": values, "memKind": st.one_of(values, st.none())}
+    {
+        "start": values,
+        "end": values,
+        "deviceId": values,
+        "streamId": values,
+        "memKind": st.one_of(values, st.none()),
+    }
 )
 
 
@@ -109,7 +115,9 @@ def _read(path: Path) -> list[tuple[str, int]]:
     try:
         out = []
         for rows in reader.rows():
-            out += [(reader.name_list[c], int(d)) for c, d in zip(rows.codes, rows.end - rows.start, strict=True)]
+            out += [
+                (reader.name_list[c], int(d)) for c, d in zip(rows.codes, rows.end - rows.start, strict=True)
+            ]
         return out
     finally:
         reader.file.con.close()
@@ -117,7 +125,9 @@ def _read(path: Path) -> list[tuple[str, int]]:
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kernels=st.lists(kernel_row, max_size=7), memsets=st.lists(memset_row, max_size=3))
-def test_rows_read_are_exactly_the_valid_ones(kernels: list[dict[str, Any]], memsets: list[dict[str, Any]]) -> None:
+def test_rows_read_are_exactly_the_valid_ones(
+    kernels: list[dict[str, Any]], memsets: list[dict[str, Any]]
+) -> None:
     path = _write(kernels, memsets)
     kernels, memsets = _stored(path)  # as SQLite stored them (0.0 in an INTEGER column is 0)
     strings = {1: "void a(int)", 2: "void b<int>(int)", 3: "ncclDevKernel_AllReduce_Sum_f32_RING_LL()"}
@@ -127,7 +137,10 @@ def test_rows_read_are_exactly_the_valid_ones(kernels: list[dict[str, Any]], mem
         if _valid(r) and r["demangledName"] in strings
     ]
     want += [
-        (f"Memset ({MEM_KINDS.get(r['memKind'], '<unknown>') if _int(r['memKind']) else '<unknown>'})", r["end"] - r["start"])
+        (
+            f"Memset ({MEM_KINDS.get(r['memKind'], '<unknown>') if _int(r['memKind']) else '<unknown>'})",
+            r["end"] - r["start"],
+        )
         for r in memsets
         if _valid(r)
     ]
@@ -140,7 +153,9 @@ def test_rows_read_are_exactly_the_valid_ones(kernels: list[dict[str, Any]], mem
     at=st.floats(min_value=0.0, max_value=1.0),
     junk=st.binary(min_size=1, max_size=64),
 )
-def test_corrupted_files_give_rows_or_one_error(kernels: list[dict[str, Any]], at: float, junk: bytes) -> None:
+def test_corrupted_files_give_rows_or_one_error(
+    kernels: list[dict[str, Any]], at: float, junk: bytes
+) -> None:
     path = _write(kernels, [])
     raw = bytearray(path.read_bytes())
     i = int(len(raw) * at)

@@ -16,9 +16,13 @@ from pathlib import Path
 from tests.importers.kineto_layout import BASE_US, KinetoBuilder
 from tests.importers.nsys_layout import NsysBuilder
 
-ATTENTION = "void flash::flash_fwd_splitkv_kernel<Flash_fwd_kernel_traits<128, 64, 128, 4>, true>(Flash_fwd_params)"
+ATTENTION = (
+    "void flash::flash_fwd_splitkv_kernel<Flash_fwd_kernel_traits<128, 64, 128, 4>, true>(Flash_fwd_params)"
+)
 NOTIFY = "void acme::ep::internode::notify_dispatch<8, 4>(int const*, int*, int, int*, void**, int)"
-DISPATCH = "void acme::ep::internode::dispatch<false, 8, 4096>(int4*, float*, long*, int4 const*, void**, int)"
+DISPATCH = (
+    "void acme::ep::internode::dispatch<false, 8, 4096>(int4*, float*, long*, int4 const*, void**, int)"
+)
 COMBINE = "void acme::ep::internode::combine<__nv_bfloat16, 8, 4096>(int4*, float*, int4 const*, void**, int)"
 GEMM = "void cutlass::device_kernel<cutlass::gemm::kernel::GemmUniversal<cutlass::gemm::GroupProblemShape<cute::tuple<int, int, int> > > >(int)"
 NORM = "void flashinfer::norm::FusedAddRMSNormKernel<8u, __nv_bfloat16>(__nv_bfloat16*, __nv_bfloat16*, unsigned int, float)"
@@ -76,7 +80,12 @@ def build() -> tuple[list[Event], list[Range]]:
                 t += dur + 4_000
             ranges.append(Range(f"model.layers.{layer}", layer_start, t))
             t += 500
-        for name, dur, kind in ((NCCL, 9_000, "kernel"), (UNKNOWN, 3_333, "kernel"), (MEMCPY, 2_111, "memcpy"), (MEMSET, 777, "memset")):
+        for name, dur, kind in (
+            (NCCL, 9_000, "kernel"),
+            (UNKNOWN, 3_333, "kernel"),
+            (MEMCPY, 2_111, "memcpy"),
+            (MEMSET, 777, "memset"),
+        ):
             corr += 1
             events.append(Event(name, t + 3_000, dur, t, 7, corr, kind))
             if name == NCCL:
@@ -126,7 +135,13 @@ def write_nsys(path: Path, *, base_ns: int = 0) -> Path:
     b.gpu(0, "NVIDIA H200")
     for r in ranges:
         json_text = f'{{"Message size [bytes]": {ALLREDUCE_BYTES}}}' if r.name.startswith("nccl") else None
-        b.range(r.name, base_ns + r.start_ns, base_ns + r.end_ns, json_text=json_text, via_string_id=r.name.startswith("model"))
+        b.range(
+            r.name,
+            base_ns + r.start_ns,
+            base_ns + r.end_ns,
+            json_text=json_text,
+            via_string_id=r.name.startswith("model"),
+        )
     for e in events:
         s, end = base_ns + e.start_ns, base_ns + e.start_ns + e.dur_ns
         b.launch(base_ns + e.launch_ns, e.corr)

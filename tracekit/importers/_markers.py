@@ -70,7 +70,7 @@ def _layer_anchors(codes: np.ndarray) -> np.ndarray | None:
     between consecutive anchor occurrences."""
     if codes.size < 2 * MIN_LAYERS:
         return None
-    uniq, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+    _uniq, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
     multi = counts >= MIN_LAYERS
     if not multi.any():
         return None

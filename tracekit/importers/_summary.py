@@ -59,7 +59,9 @@ class KernelSummary:
         return out
 
 
-def summarize(names: np.ndarray, codes: np.ndarray, categories: np.ndarray, duration_ns: np.ndarray) -> KernelSummary:
+def summarize(
+    names: np.ndarray, codes: np.ndarray, categories: np.ndarray, duration_ns: np.ndarray
+) -> KernelSummary:
     """Summary of rows given as name codes into ``names`` (one entry per distinct name) with the
     category of each name (``categories[code]``) and each row's duration."""
     if codes.size == 0:
@@ -70,11 +72,11 @@ def summarize(names: np.ndarray, codes: np.ndarray, categories: np.ndarray, dura
     rows_cat: dict[str, int] = {}
     for cat in np.unique(categories[np.flatnonzero(rows_by_code)]).tolist():
         sel = (categories == cat) & (rows_by_code > 0)
-        by_cat[cat] = int(round(time_by_code[sel].sum()))
+        by_cat[cat] = round(time_by_code[sel].sum())
         rows_cat[cat] = int(rows_by_code[sel].sum())
     other = np.flatnonzero((categories == UNCLASSIFIED) & (rows_by_code > 0))
     unclassified = tuple(
-        NameTime(name=str(names[i]), kernels=int(rows_by_code[i]), time_ns=int(round(time_by_code[i])))
+        NameTime(name=str(names[i]), kernels=int(rows_by_code[i]), time_ns=round(time_by_code[i]))
         for i in other.tolist()
     )
     return KernelSummary(

@@ -86,9 +86,7 @@ class VariantRule:
     origin: str = ""
 
     def matches(self, category: str, parsed: KernelName) -> bool:
-        return category in self.categories and all(
-            rx.search(_part(parsed, key)) for key, rx in self.matchers
-        )
+        return category in self.categories and all(rx.search(_part(parsed, key)) for key, rx in self.matchers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,7 +113,9 @@ def _compile(raw: Mapping[str, Any], where: str) -> tuple[tuple[str, re.Pattern[
         try:
             out.append((key, re.compile(pattern)))
         except re.error as exc:
-            raise InputFormatError(f"{where}: '{key}' {pattern!r} is not a valid regular expression: {exc}")
+            raise InputFormatError(
+                f"{where}: '{key}' {pattern!r} is not a valid regular expression: {exc}"
+            ) from None
     if not out:
         raise InputFormatError(f"{where}: give at least one of {', '.join(MATCHERS)} (a regular expression)")
     return tuple(out)
@@ -145,9 +145,7 @@ def _parse_rules(doc: Any, source: str) -> tuple[tuple[CategoryRule, ...], tuple
             )
         category = raw.get("category")
         if category not in CATEGORIES:
-            raise InputFormatError(
-                f"{where}: category {category!r} is not one of {', '.join(CATEGORIES)}"
-            )
+            raise InputFormatError(f"{where}: category {category!r} is not one of {', '.join(CATEGORIES)}")
         variant = raw.get("variant")
         if variant is not None and (not isinstance(variant, str) or not variant):
             raise InputFormatError(f"{where}: 'variant' must be a non-empty string")

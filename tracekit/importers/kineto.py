@@ -451,7 +451,9 @@ def _collect(
             )
         elif cpu_m.any() and gpu.any():
             times = launch_times(cols["corr"][gpu], launch["corr"], launch["ts"])
-            target[gpu] = assign_innermost(times, marks["ts"][cpu_m], marks["end"][cpu_m], marks["value"][cpu_m])
+            target[gpu] = assign_innermost(
+                times, marks["ts"][cpu_m], marks["end"][cpu_m], marks["value"][cpu_m]
+            )
         if cpu_m.any() and (~gpu).any():
             target[~gpu] = assign_innermost(
                 cols["ts"][~gpu], marks["ts"][cpu_m], marks["end"][cpu_m], marks["value"][cpu_m]

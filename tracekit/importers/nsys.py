@@ -247,9 +247,9 @@ def _nccl_bytes(json_text: Any, u64: Any, i64: Any) -> int:
             item = stack.pop()
             if isinstance(item, dict):
                 for k, v in item.items():
-                    if isinstance(k, str) and "size" in k.lower() and "byte" in k.lower():
-                        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-                            return v
+                    sized = isinstance(k, str) and "size" in k.lower() and "byte" in k.lower()
+                    if sized and isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+                        return v
                     stack.append(v)
             elif isinstance(item, list):
                 stack.extend(item)
@@ -354,9 +354,7 @@ def _read_launches(f: _File, chunk: int) -> _Launches:
     return _Launches(key[first], start[first])
 
 
-def _by_process(
-    markers: _Markers, kind: int, proc: np.ndarray, times: np.ndarray
-) -> np.ndarray:
+def _by_process(markers: _Markers, kind: int, proc: np.ndarray, times: np.ndarray) -> np.ndarray:
     """Value of the innermost ``kind`` range of the same process holding each time (-1: none)."""
     out = np.full(times.shape, -1, dtype=np.int64)
     sel = markers.kind == kind
@@ -549,7 +547,9 @@ class _Reader:
             if n:
                 self.skipped[f"{what} row with a missing or invalid start/end/device/stream/name"] += n
 
-    def rows(self, where_extra: str = "", params: Sequence[Any] = (), *, count: bool = True) -> Iterator[_Rows]:
+    def rows(
+        self, where_extra: str = "", params: Sequence[Any] = (), *, count: bool = True
+    ) -> Iterator[_Rows]:
         """Chunks of valid rows of the kernel, memcpy and memset tables (``count``: add the rows
         dropped here to ``skipped``; off for the extra pass that infers layers)."""
         f = self.file
@@ -779,7 +779,9 @@ def _import_file(
             message_bytes = np.full(rows.start.size, -1, dtype=np.int64)
             comm = np.flatnonzero(cats == "collective")
             if comm.size:
-                by_code = {int(c): nccl_collective_from_name(reader.name_list[c]) for c in np.unique(codes[comm])}
+                by_code = {
+                    int(c): nccl_collective_from_name(reader.name_list[c]) for c in np.unique(codes[comm])
+                }
                 collective[comm] = [by_code[int(c)] for c in codes[comm]]
                 sizes = _by_process(reader.markers, 2, rows.proc[comm], launch[comm])
                 message_bytes[comm] = sizes
@@ -797,7 +799,9 @@ def _import_file(
                 rank = first_rank + local
                 w = writers.get(rank)
                 if w is None:
-                    w = TraceWriter(out, manifest, rank=rank, rows_per_part=rows_per_part, overwrite=overwrite)
+                    w = TraceWriter(
+                        out, manifest, rank=rank, rows_per_part=rows_per_part, overwrite=overwrite
+                    )
                     writers[rank] = w
                 w.append(
                     "kernels",

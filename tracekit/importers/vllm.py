@@ -90,16 +90,25 @@ def _numpy(value: Any, path: Path, key: str) -> np.ndarray:
             raise InputFormatError(f"{path}: {key} is a ragged list; expected a tensor") from None
     else:
         raise InputFormatError(f"{path}: {key} is {type(value).__name__}; expected a tensor")
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-        if np.issubdtype(arr.dtype, np.floating) and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.rint(arr)):
-            return arr.astype(np.int64)
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.floating):
+        whole = np.all(np.isfinite(arr)) and np.all(arr == np.rint(arr))
+        if not (whole and np.all(np.abs(arr) < 2**62)):
+            raise InputFormatError(f"{path}: {key} holds values that are not integers (token counts, ids)")
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer) or arr.dtype == object:
         raise InputFormatError(f"{path}: {key} has dtype {arr.dtype}; expected integers (token counts, ids)")
+    if np.issubdtype(arr.dtype, np.unsignedinteger) and int(arr.max()) >= 2**63:
+        raise InputFormatError(f"{path}: {key} holds values too large for int64")
     return arr.astype(np.int64)
 
 
 def _load(path: Path) -> Any:
     if not path.is_file():
-        raise UsageError(f"{path}: no such file; give the EPLB state dumped from vLLM (.pt, .safetensors, .npz)")
+        raise UsageError(
+            f"{path}: no such file; give the EPLB state dumped from vLLM (.pt, .safetensors, .npz)"
+        )
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -109,7 +118,9 @@ def _load(path: Path) -> Any:
             try:
                 from safetensors.numpy import load_file
             except ModuleNotFoundError:
-                raise MissingDependencyError("safetensors", "torch", "reading .safetensors EPLB dumps") from None
+                raise MissingDependencyError(
+                    "safetensors", "torch", "reading .safetensors EPLB dumps"
+                ) from None
             return load_file(str(path))
     except (OSError, ValueError, EOFError) as exc:
         raise InputFormatError(f"{path}: cannot read it as {suffix[1:]} ({_first(exc)})") from None
@@ -118,7 +129,9 @@ def _load(path: Path) -> Any:
     try:
         import torch
     except ModuleNotFoundError:
-        raise MissingDependencyError("torch", "torch", "reading torch.save EPLB dumps (or give .npz)") from None
+        raise MissingDependencyError(
+            "torch", "torch", "reading torch.save EPLB dumps (or give .npz)"
+        ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
@@ -141,7 +154,13 @@ def _state(obj: Any, path: Path) -> Mapping[str, Any]:
         )
     if MAP_KEY in obj:
         return obj
-    nested = [v for v in obj.values() if isinstance(v, Mapping) and MAP_KEY in v]
+    nested: list[Mapping[str, Any]] = []
+    level: list[Mapping[str, Any]] = [obj]
+    for _ in range(3):  # e.g. {"model_states": {config hash: state}}
+        level = [v for m in level for v in m.values() if isinstance(v, Mapping)]
+        nested = [m for m in level if MAP_KEY in m]
+        if nested:
+            break
     if len(nested) == 1:
         return nested[0]
     if len(nested) > 1:
@@ -149,7 +168,9 @@ def _state(obj: Any, path: Path) -> Mapping[str, Any]:
             f"{path}: holds the EPLB state of {len(nested)} models; dump one model's state per file"
         )
     keys = sorted(str(k) for k in obj)[:8]
-    raise InputFormatError(f"{path}: no {MAP_KEY} (found {keys}); give vLLM's EplbState tensors by their names")
+    raise InputFormatError(
+        f"{path}: no {MAP_KEY} (found {keys}); give vLLM's EplbState tensors by their names"
+    )
 
 
 def parse_dump(obj: Any, path: Path) -> EplbDump:
@@ -157,7 +178,9 @@ def parse_dump(obj: Any, path: Path) -> EplbDump:
     state = _state(obj, path)
     phy2log = _numpy(state[MAP_KEY], path, MAP_KEY)
     if phy2log.ndim != 2 or phy2log.shape[0] < 1 or phy2log.shape[1] < 1:
-        raise InputFormatError(f"{path}: {MAP_KEY} has shape {phy2log.shape}; expected [moe layers, physical experts]")
+        raise InputFormatError(
+            f"{path}: {MAP_KEY} has shape {phy2log.shape}; expected [moe layers, physical experts]"
+        )
     if phy2log.min() < 0:
         raise InputFormatError(f"{path}: {MAP_KEY} holds negative expert ids")
     if phy2log.max() > MAX_ID or phy2log.shape[0] > MAX_ID:
@@ -187,7 +210,9 @@ def parse_dump(obj: Any, path: Path) -> EplbDump:
     elif PASS_KEY in state:
         one = _numpy(state[PASS_KEY], path, PASS_KEY)
         if one.ndim != 2 or one.shape[0] != num_layers:
-            raise InputFormatError(f"{path}: {PASS_KEY} has shape {one.shape}; expected [{num_layers} layers, experts]")
+            raise InputFormatError(
+                f"{path}: {PASS_KEY} has shape {one.shape}; expected [{num_layers} layers, experts]"
+            )
         loads = one[None]
     else:
         raise InputFormatError(f"{path}: neither {WINDOW_KEY} nor {PASS_KEY}; the dump holds no loads")
@@ -208,7 +233,9 @@ def _check_inverse(state: Mapping[str, Any], phy2log: np.ndarray, path: Path) ->
         return
     replicas = _numpy(state[REPLICA_KEY], path, REPLICA_KEY)
     if replicas.ndim != 2 or replicas.shape[0] != phy2log.shape[0]:
-        raise InputFormatError(f"{path}: {REPLICA_KEY} has shape {replicas.shape}; expected [layers, experts]")
+        raise InputFormatError(
+            f"{path}: {REPLICA_KEY} has shape {replicas.shape}; expected [layers, experts]"
+        )
     num = max(replicas.shape[1], int(phy2log.max()) + 1)
     counted = np.stack([np.bincount(row, minlength=num) for row in phy2log])
     padded = np.zeros_like(counted)
@@ -241,13 +268,17 @@ def combine(dumps: Sequence[EplbDump], ranks: Sequence[int], world: int, num_exp
                 f"{d.path}: its {MAP_KEY} differs from {first.path}'s; dump every rank at the same pass"
             )
         if d.loads.shape != first.loads.shape:
-            raise InputFormatError(f"{d.path}: loads of shape {d.loads.shape}, {first.path} {first.loads.shape}")
+            raise InputFormatError(
+                f"{d.path}: loads of shape {d.loads.shape}, {first.path} {first.loads.shape}"
+            )
     phy2log = first.phy2log
     num_layers, num_slots = phy2log.shape
     width = first.loads.shape[2]
     notes: list[str] = []
     if not all(d.ordered for d in dumps):
-        notes.append(f"no {WINDOW_STEP_KEY} in the dump: window slots taken in stored order, not oldest first")
+        notes.append(
+            f"no {WINDOW_STEP_KEY} in the dump: window slots taken in stored order, not oldest first"
+        )
     stack = np.stack([d.loads for d in dumps])  # [files, passes, layers, width]
     if width != num_slots:
         per = num_slots // width
@@ -284,9 +315,13 @@ def combine(dumps: Sequence[EplbDump], ranks: Sequence[int], world: int, num_exp
     kept = np.flatnonzero(used)
     sel = per_rank[:, kept]  # [ranks, passes, layers, slots]
     idx = (np.arange(num_layers)[:, None] * num_experts + phy2log)[None, None]
-    base = (np.arange(sel.shape[0] * sel.shape[1]) * num_layers * num_experts).reshape(sel.shape[0], sel.shape[1], 1, 1)
+    base = (np.arange(sel.shape[0] * sel.shape[1]) * num_layers * num_experts).reshape(
+        sel.shape[0], sel.shape[1], 1, 1
+    )
     flat = np.bincount(
-        (idx + base).reshape(-1), weights=sel.reshape(-1).astype(np.float64), minlength=sel.shape[0] * sel.shape[1] * num_layers * num_experts
+        (idx + base).reshape(-1),
+        weights=sel.reshape(-1).astype(np.float64),
+        minlength=sel.shape[0] * sel.shape[1] * num_layers * num_experts,
     )
     logical = np.rint(flat).astype(np.int64).reshape(sel.shape[0], sel.shape[1], num_layers, num_experts)
     return Combined(logical=logical, ranks=out_ranks, kept=kept, notes=tuple(notes))
@@ -295,9 +330,7 @@ def combine(dumps: Sequence[EplbDump], ranks: Sequence[int], world: int, num_exp
 def _layer_ids(model: ModelArch | None, num_layers: int, path: Path) -> tuple[tuple[int, ...], str | None]:
     if model is None:
         return tuple(range(num_layers)), (
-            "layers are vLLM's MoE-layer indices 0..{}; pass --model to map them to decoder layers".format(
-                num_layers - 1
-            )
+            f"layers are vLLM's MoE-layer indices 0..{num_layers - 1}; pass --model to map them to decoder layers"
         )
     if len(model.moe_layers) != num_layers:
         raise UsageError(
@@ -347,7 +380,9 @@ def import_vllm(
     if layer_note:
         notes.append(layer_note)
     missing = [
-        (layers[i], e) for i in range(num_layers) for e in np.setdiff1d(np.arange(num_experts), phy2log[i])[:1]
+        (layers[i], e)
+        for i in range(num_layers)
+        for e in np.setdiff1d(np.arange(num_experts), phy2log[i])[:1]
     ]
     write_placement = num_slots % world == 0 and not missing
     if num_slots % world:
