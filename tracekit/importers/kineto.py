@@ -127,7 +127,7 @@ class ImportReport:
     summary: KernelSummary = field(default_factory=KernelSummary)
 
 
-def _compile(pattern: str, option: str) -> re.Pattern[str]:
+def compile_marker_pattern(pattern: str, option: str) -> re.Pattern[str]:
     try:
         rx = re.compile(pattern)
     except re.error as exc:
@@ -541,8 +541,8 @@ def import_kineto(
     for p in paths:
         if not p.is_file():
             raise UsageError(f"{p}: no such file; give the Kineto JSON (or .json.gz) written by the profiler")
-    step_rx = _compile(options.step_pattern, "--step-pattern")
-    layer_rx = _compile(options.layer_pattern, "--layer-pattern")
+    step_rx = compile_marker_pattern(options.step_pattern, "--step-pattern")
+    layer_rx = compile_marker_pattern(options.layer_pattern, "--layer-pattern")
     ranks = ranks_for(paths, options.rank_from)
     order = sorted(range(len(paths)), key=lambda i: ranks[i])
     arch = model or unknown_arch()

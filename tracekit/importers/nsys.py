@@ -39,7 +39,7 @@ from tracekit.importers._arch import unknown_arch
 from tracekit.importers._markers import InferredLayers, assign_innermost, infer_layers
 from tracekit.importers._summary import KernelSummary, merge, summarize
 from tracekit.importers.categories import KernelRules, load_rules, nccl_collective_from_name
-from tracekit.importers.kineto import DEFAULT_LAYER_PATTERN, DEFAULT_STEP_PATTERN, _compile
+from tracekit.importers.kineto import DEFAULT_LAYER_PATTERN, DEFAULT_STEP_PATTERN, compile_marker_pattern
 from tracekit.schema import Manifest, ModelArch, ParallelLayout
 from tracekit.trace import TraceWriter
 
@@ -636,8 +636,8 @@ def import_nsys(
     paths = [Path(p) for p in files]
     if not paths:
         raise UsageError("no input files; give the .sqlite files written by nsys export --type sqlite")
-    step_rx = _compile(options.step_pattern, "--step-pattern")
-    layer_rx = _compile(options.layer_pattern, "--layer-pattern")
+    step_rx = compile_marker_pattern(options.step_pattern, "--step-pattern")
+    layer_rx = compile_marker_pattern(options.layer_pattern, "--layer-pattern")
     rules = rules or load_rules()
     readers = []
     offset = 0
