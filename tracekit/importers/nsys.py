@@ -149,7 +149,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     return con
 
 
-def _sql_error(path: Path, exc: sqlite3.Error) -> InputFormatError:
+def _sql_error(path: Path, exc: sqlite3.Error | UnicodeDecodeError) -> InputFormatError:
     return InputFormatError(
         f"{path}: SQLite cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
         "export it again with nsys export --type sqlite"
@@ -202,7 +202,7 @@ class _File:
                 if not part:
                     return
                 yield part
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise _sql_error(self.path, exc) from None
 
 
@@ -469,7 +469,7 @@ class _Reader:
             )
             self.rank_keys = self._rank_keys()
             self.devices = self._devices()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             raise _sql_error(path, exc) from None
         self.names: dict[str, int] = {}
         self.name_list: list[str] = []
@@ -821,7 +821,7 @@ def _import_file(
                         "group_size": _nullable(np.full(int(sel.sum()), -1, np.int64), "int32"),
                     },
                 )
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         raise _sql_error(reader.path, exc) from None
     codes = np.concatenate(codes_all) if codes_all else np.zeros(0, np.int64)
     durs = np.concatenate(durs_all) if durs_all else np.zeros(0, np.int64)
