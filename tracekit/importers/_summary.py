@@ -68,13 +68,22 @@ def summarize(
         return KernelSummary()
     time_by_code = np.bincount(codes, weights=duration_ns.astype(np.float64), minlength=len(names))
     rows_by_code = np.bincount(codes, minlength=len(names))
+    return summarize_counts(names, categories, rows_by_code, time_by_code)
+
+
+def summarize_counts(
+    names: np.ndarray, categories: np.ndarray, rows_by_code: np.ndarray, time_by_code: np.ndarray
+) -> KernelSummary:
+    """Summary from per-name row counts and summed durations (ns), ``names[i]`` of category
+    ``categories[i]``."""
     by_cat: dict[str, int] = {}
     rows_cat: dict[str, int] = {}
-    for cat in np.unique(categories[np.flatnonzero(rows_by_code)]).tolist():
-        sel = (categories == cat) & (rows_by_code > 0)
+    seen = rows_by_code > 0
+    for cat in np.unique(categories[seen]).tolist():
+        sel = (categories == cat) & seen
         by_cat[cat] = round(time_by_code[sel].sum())
         rows_cat[cat] = int(rows_by_code[sel].sum())
-    other = np.flatnonzero((categories == UNCLASSIFIED) & (rows_by_code > 0))
+    other = np.flatnonzero((categories == UNCLASSIFIED) & seen)
     unclassified = tuple(
         NameTime(name=str(names[i]), kernels=int(rows_by_code[i]), time_ns=round(time_by_code[i]))
         for i in other.tolist()

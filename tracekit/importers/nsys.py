@@ -15,8 +15,9 @@ Tables read (NVIDIA's documented export schema; columns checked by name, others 
 
 Ranks: one per GPU (``deviceId``) of each file, or one per process (``globalPid``) with
 ``rank_by="process"``; files follow each other in the order given. Times: int64 ns since the
-earliest event of the file. The file is read in chunks of rows (``fetchmany``); memory holds the
-launch table as numpy arrays (about 24 bytes per launch), the markers, and one chunk of rows.
+earliest event of the file. The file is read in chunks of rows (``fetchmany``) and rows are written
+as they come; memory holds the launch table as numpy arrays (16 bytes per launch, when there are NVTX
+ranges), the markers, the distinct names, one chunk, and the writers' buffered part.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import pyarrow as pa
 from tracekit.errors import InputFormatError, UsageError
 from tracekit.importers._arch import unknown_arch
 from tracekit.importers._markers import InferredLayers, assign_innermost, infer_layers
-from tracekit.importers._summary import KernelSummary, merge, summarize
+from tracekit.importers._summary import KernelSummary, merge, summarize_counts
 from tracekit.importers.categories import KernelRules, load_rules, nccl_collective_from_name
 from tracekit.importers.kineto import DEFAULT_LAYER_PATTERN, DEFAULT_STEP_PATTERN, compile_marker_pattern
 from tracekit.schema import Manifest, ModelArch, ParallelLayout
@@ -627,7 +628,9 @@ def import_nsys(
     rows_per_part: int = 500_000,
     on_file: Callable[[NsysFileReport], None] | None = None,
 ) -> NsysReport:
-    """Import nsys SQLite exports into a trace at ``out`` (kernels table, one rank per GPU)."""
+    """Import nsys SQLite exports into a trace at ``out`` (kernels table, one rank per GPU).
+
+    ``rows_per_part``: rows buffered before a part file is written, over all ranks together."""
     options = options or NsysOptions()
     if options.rank_by not in RANK_BY:
         raise UsageError(f"--rank-by {options.rank_by!r}: valid values are {', '.join(RANK_BY)}")
@@ -676,6 +679,8 @@ def import_nsys(
     )
     reports: list[NsysFileReport] = []
     writers: dict[int, TraceWriter] = {}
+    # every rank buffers a part before writing it: share one part's worth of rows among the ranks
+    rows_per_part = max(10_000, rows_per_part // max(1, world))
     total = 0
     max_layer = -1
     try:
@@ -757,8 +762,8 @@ def _import_file(
                 inferred[local] = _infer(reader, key, model)
         by_table: Counter[str] = Counter()
         nccl_sizes = 0
-        codes_all: list[np.ndarray] = []
-        durs_all: list[np.ndarray] = []
+        rows_by_code = np.zeros(0, dtype=np.int64)
+        time_by_code = np.zeros(0, dtype=np.float64)
         max_layer = -1
         for rows in reader.rows():
             local_rank = reader.rank_of(rows)
@@ -787,8 +792,11 @@ def _import_file(
                 message_bytes[comm] = sizes
                 nccl_sizes += int((sizes >= 0).sum())
             dur = rows.end - rows.start
-            codes_all.append(codes)
-            durs_all.append(dur)
+            size = len(reader.name_list)
+            rows_by_code = np.pad(rows_by_code, (0, size - rows_by_code.size))
+            time_by_code = np.pad(time_by_code, (0, size - time_by_code.size))
+            rows_by_code += np.bincount(codes, minlength=size)
+            time_by_code += np.bincount(codes, weights=dur.astype(np.float64), minlength=size)
             by_table["memcpy" if rows.memcpy else "kernels"] += rows.start.size
             if (layer >= 0).any():
                 max_layer = max(max_layer, int(layer.max()))
@@ -823,12 +831,13 @@ def _import_file(
                 )
     except (sqlite3.Error, UnicodeDecodeError) as exc:
         raise _sql_error(reader.path, exc) from None
-    codes = np.concatenate(codes_all) if codes_all else np.zeros(0, np.int64)
-    durs = np.concatenate(durs_all) if durs_all else np.zeros(0, np.int64)
+    size = len(reader.name_list)
+    rows_by_code = np.pad(rows_by_code, (0, size - rows_by_code.size))
+    time_by_code = np.pad(time_by_code, (0, size - time_by_code.size))
     report = NsysFileReport(
         path=reader.path,
         ranks={first_rank + i: k for i, k in enumerate(reader.rank_keys)},
-        rows=int(codes.size),
+        rows=int(rows_by_code.sum()),
         rows_by_table=dict(by_table),
         skipped=dict(reader.skipped),
         step_markers=int((reader.markers.kind == 0).sum()),
@@ -836,8 +845,11 @@ def _import_file(
         nccl_sizes=nccl_sizes,
         devices=reader.devices,
         layers_notes={first_rank + k: v.describe() for k, v in inferred.items()},
-        summary=summarize(
-            np.array(reader.name_list, dtype=object), codes, np.array(reader.categories, dtype=object), durs
+        summary=summarize_counts(
+            np.array(reader.name_list, dtype=object),
+            np.array(reader.categories, dtype=object),
+            rows_by_code,
+            time_by_code,
         ),
     )
     return report, max_layer
