@@ -216,6 +216,15 @@ def test_an_export_without_cuda_activity_or_rows_is_refused(tmp_path: Path) -> N
     assert code == 2 and out.count("\n") == 1 and "no kernel, memcpy or memset rows kept" in out
     with pytest.raises(UsageError, match="no such file"):
         import_nsys([tmp_path / "missing.sqlite"], tmp_path / "o3")
+    b = NsysBuilder()
+    b.kernel("void k(int)", 10, 20, corr=1)
+    nameless = b.write(tmp_path / "nameless.sqlite")
+    con = sqlite3.connect(nameless)
+    con.execute("DELETE FROM StringIds")
+    con.commit()
+    con.close()
+    code, out = _invoke("import", "nsys", str(nameless), "--out", str(tmp_path / "o4"))
+    assert code == 2 and out.count("\n") == 1 and "no kernel, memcpy or memset rows kept (1 rows skipped)" in out
 
 
 def test_user_rules_apply_to_nsys_too(tmp_path: Path) -> None:

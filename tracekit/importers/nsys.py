@@ -557,7 +557,7 @@ class _Reader:
         chunk = self.options.chunk_rows
         for table in (KERNEL_TABLE, MEMCPY_TABLE, MEMSET_TABLE):
             q = _table_sql(f, table, where_extra)
-            if q is None:
+            if q is None or ("globalPid" in where_extra and "globalPid" not in q[1]):
                 continue
             sql, _ = q
             for part in f.chunks(sql, params, chunk):
@@ -696,9 +696,16 @@ def import_nsys(
         detail["skipped"] = {str(r.path): r.skipped for r in reports if r.skipped}
         detail["ranks"] = {str(r.path): {str(k): v for k, v in r.ranks.items()} for r in reports}
         detail["layers_inferred"] = {str(k): v for r in reports for k, v in r.layers_notes.items()}
+        if total == 0:
+            raise InputFormatError(
+                f"{paths[0]}: no kernel, memcpy or memset rows kept ({_counts(reports)}); "
+                "profile with nsys profile --trace=cuda,nvtx and export the report again"
+            )
         if model is None and max_layer >= 0:
             manifest = manifest.replace(model=unknown_arch(num_layers=max_layer + 1))
         manifest = manifest.replace(source_detail=detail)
+        if 0 not in writers:  # rank 0 kept no row: it still holds the manifest
+            writers[0] = TraceWriter(out, manifest, rank=0, overwrite=overwrite)
         writers[0].update_manifest(manifest)
         for rank in sorted(writers, reverse=True):
             writers.pop(rank).close()
@@ -714,6 +721,11 @@ def import_nsys(
         manifest=manifest,
         summary=merge(r.summary for r in reports),
     )
+
+
+def _counts(reports: Sequence[NsysFileReport]) -> str:
+    skipped = sum(sum(r.skipped.values()) for r in reports)
+    return f"{skipped} rows skipped" if skipped else "the tables are empty"
 
 
 def _infer(reader: _Reader, key: int, model: ModelArch | None) -> InferredLayers:
