@@ -688,6 +688,11 @@ def import_nsys(
             rep, file_max_layer = _import_file(
                 reader, first_rank, manifest, out, overwrite, rows_per_part, writers, model
             )
+            if rep.rows == 0:
+                raise InputFormatError(
+                    f"{reader.path}: no kernel, memcpy or memset rows kept ({_counts([rep])}); "
+                    "profile with nsys profile --trace=cuda,nvtx and export the report again"
+                )
             reports.append(rep)
             total += rep.rows
             max_layer = max(max_layer, file_max_layer)
@@ -696,11 +701,6 @@ def import_nsys(
         detail["skipped"] = {str(r.path): r.skipped for r in reports if r.skipped}
         detail["ranks"] = {str(r.path): {str(k): v for k, v in r.ranks.items()} for r in reports}
         detail["layers_inferred"] = {str(k): v for r in reports for k, v in r.layers_notes.items()}
-        if total == 0:
-            raise InputFormatError(
-                f"{paths[0]}: no kernel, memcpy or memset rows kept ({_counts(reports)}); "
-                "profile with nsys profile --trace=cuda,nvtx and export the report again"
-            )
         if model is None and max_layer >= 0:
             manifest = manifest.replace(model=unknown_arch(num_layers=max_layer + 1))
         manifest = manifest.replace(source_detail=detail)
