@@ -224,7 +224,9 @@ def test_an_export_without_cuda_activity_or_rows_is_refused(tmp_path: Path) -> N
     con.commit()
     con.close()
     code, out = _invoke("import", "nsys", str(nameless), "--out", str(tmp_path / "o4"))
-    assert code == 2 and out.count("\n") == 1 and "no kernel, memcpy or memset rows kept (1 rows skipped)" in out
+    assert (
+        code == 2 and out.count("\n") == 1 and "no kernel, memcpy or memset rows kept (1 rows skipped)" in out
+    )
 
 
 def test_user_rules_apply_to_nsys_too(tmp_path: Path) -> None:
