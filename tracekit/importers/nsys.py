@@ -22,7 +22,6 @@ ranges), the markers, the distinct names, one chunk, and the writers' buffered p
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from collections import Counter
@@ -30,14 +29,34 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
 
 from tracekit.errors import InputFormatError, UsageError
 from tracekit.importers._arch import unknown_arch
-from tracekit.importers._markers import InferredLayers, assign_innermost, infer_layers
+from tracekit.importers._markers import InferredLayers, infer_layers
+from tracekit.importers._nsys_tables import (
+    IS_INT,
+    KERNEL_TABLE,
+    MEM_KINDS,
+    MEMCPY_TABLE,
+    MEMSET_TABLE,
+    ExportFile,
+    Launches,
+    by_process,
+    connect,
+    count_rows,
+    kernel_name_column,
+    memcpy_names,
+    memset_names,
+    read_launches,
+    read_markers,
+    sql_error,
+    table_sql,
+    time_origin,
+    valid_times,
+)
 from tracekit.importers._summary import KernelSummary, merge, summarize_counts
 from tracekit.importers.categories import KernelRules, load_rules, nccl_collective_from_name
 from tracekit.importers.kineto import DEFAULT_LAYER_PATTERN, DEFAULT_STEP_PATTERN, compile_marker_pattern
@@ -45,45 +64,7 @@ from tracekit.schema import Manifest, ModelArch, ParallelLayout
 from tracekit.trace import TraceWriter
 
 RANK_BY = ("device", "process")
-KERNEL_TABLE = "CUPTI_ACTIVITY_KIND_KERNEL"
-MEMCPY_TABLE = "CUPTI_ACTIVITY_KIND_MEMCPY"
-MEMSET_TABLE = "CUPTI_ACTIVITY_KIND_MEMSET"
-RUNTIME_TABLE = "CUPTI_ACTIVITY_KIND_RUNTIME"
-NVTX_TABLE = "NVTX_EVENTS"
-#: NVTX event types that are ranges: push/pop and start/end, C and NVTXT flavours.
-NVTX_RANGE_TYPES = (59, 60, 70, 71)
-#: CUDA memcpy kinds (CUPTI / nsys ENUM_CUDA_MEMCPY_OPER ids) as Kineto spells them.
-COPY_KINDS = {
-    0: "<unknown>",
-    1: "HtoD",
-    2: "DtoH",
-    3: "HtoA",
-    4: "AtoH",
-    5: "AtoA",
-    6: "AtoD",
-    7: "DtoA",
-    8: "DtoD",
-    9: "HtoH",
-    10: "PtoP",
-    11: "UVM HtoD",
-    12: "UVM DtoH",
-    13: "UVM DtoD",
-}
-#: nsys memory kinds (ENUM_CUDA_MEM_KIND ids; note: not CUPTI's numbering) as Kineto spells them.
-MEM_KINDS = {
-    0: "Pageable",
-    1: "Pinned",
-    2: "Device",
-    3: "Array",
-    4: "Managed",
-    5: "Device Static",
-    6: "Managed Static",
-    7: "Unknown",
-}
-_NCCL_RANGE = re.compile(r"^nccl(AllReduce|AllGather|ReduceScatter|Broadcast|Reduce|Send|Recv|AllToAll)\b")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_MAX_NS = 2**62
-_INT = "typeof({c}) = 'integer'"
+__all__ = ["MEM_KINDS", "RANK_BY", "NsysFileReport", "NsysOptions", "NsysReport", "import_nsys"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,260 +115,6 @@ class NsysReport:
     summary: KernelSummary = field(default_factory=KernelSummary)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file; give the .sqlite file written by nsys export --type sqlite")
-    with path.open("rb") as fh:
-        head = fh.read(16)
-    if head != _SQLITE_MAGIC:
-        hint = " (an .nsys-rep report: convert it first)" if path.suffix == ".nsys-rep" else ""
-        raise InputFormatError(
-            f"{path}: not an SQLite database{hint}; run nsys export --type sqlite REPORT.nsys-rep "
-            "and import the .sqlite file"
-        )
-    con = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)
-    con.text_factory = lambda b: b.decode("utf-8", errors="backslashreplace")
-    return con
-
-
-def _sql_error(path: Path, exc: sqlite3.Error | UnicodeDecodeError) -> InputFormatError:
-    return InputFormatError(
-        f"{path}: SQLite cannot read it ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-        "export it again with nsys export --type sqlite"
-    )
-
-
-class _File:
-    """One open export: its tables, columns and string table."""
-
-    def __init__(self, path: Path, con: sqlite3.Connection) -> None:
-        self.path = path
-        self.con = con
-        self.tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        self._columns: dict[str, set[str]] = {}
-        self._strings: dict[int, str | None] = {}
-
-    def columns(self, table: str) -> set[str]:
-        if table not in self._columns:
-            self._columns[table] = (
-                {r[1] for r in self.con.execute(f'PRAGMA table_info("{table}")')}
-                if table in self.tables
-                else set()
-            )
-        return self._columns[table]
-
-    def has(self, table: str, *cols: str) -> bool:
-        return table in self.tables and set(cols) <= self.columns(table)
-
-    def strings(self, ids: Sequence[int]) -> dict[int, str | None]:
-        """StringIds values of ``ids`` (None where the id is missing), cached."""
-        todo = [i for i in ids if i not in self._strings]
-        for lo in range(0, len(todo), 500):
-            part = todo[lo : lo + 500]
-            for i in part:
-                self._strings[i] = None
-            if "StringIds" in self.tables:
-                marks = ",".join("?" * len(part))
-                for sid, value in self.con.execute(
-                    f"SELECT id, value FROM StringIds WHERE id IN ({marks})", part
-                ):
-                    if isinstance(sid, int) and isinstance(value, str):
-                        self._strings[sid] = value
-        return {i: self._strings[i] for i in ids}
-
-    def chunks(self, sql: str, params: Sequence[Any], rows: int) -> Iterator[list[tuple[Any, ...]]]:
-        try:
-            cur = self.con.execute(sql, params)
-            while True:
-                part = cur.fetchmany(rows)
-                if not part:
-                    return
-                yield part
-        except (sqlite3.Error, UnicodeDecodeError) as exc:
-            raise _sql_error(self.path, exc) from None
-
-
-def _int_expr(col: str, cols: set[str], default: int = -1) -> str:
-    if col not in cols:
-        return str(default)
-    return f"CASE WHEN {_INT.format(c=col)} THEN {col} ELSE {default} END"
-
-
-def _valid_times(cols: set[str]) -> str:
-    return (
-        f"{_INT.format(c='start')} AND {_INT.format(c='end')} AND start >= 0 AND end >= start "
-        f"AND end < {_MAX_NS} AND {_INT.format(c='deviceId')} AND deviceId >= 0 AND "
-        f"{_INT.format(c='streamId')}"
-    )
-
-
-def _count(f: _File, table: str, where: str) -> int:
-    return int(f.con.execute(f'SELECT count(*) FROM "{table}" WHERE {where}').fetchone()[0])
-
-
-@dataclass
-class _Markers:
-    """Host-side ranges of one file, by process: steps, layers and NCCL calls."""
-
-    proc: np.ndarray  # int64 process key per range
-    start: np.ndarray
-    end: np.ndarray
-    kind: np.ndarray  # 0 step, 1 layer, 2 nccl
-    value: np.ndarray  # step / layer number, or NCCL message bytes (-1 unknown)
-
-
-def _nccl_bytes(json_text: Any, u64: Any, i64: Any) -> int:
-    """The message size an NCCL NVTX range carries, -1 when the export holds none."""
-    if isinstance(json_text, str) and json_text:
-        try:
-            doc = json.loads(json_text)
-        except json.JSONDecodeError:
-            doc = None
-        stack = [doc]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, dict):
-                for k, v in item.items():
-                    sized = isinstance(k, str) and "size" in k.lower() and "byte" in k.lower()
-                    if sized and isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-                        return v
-                    stack.append(v)
-            elif isinstance(item, list):
-                stack.extend(item)
-    for v in (u64, i64):
-        if isinstance(v, int) and 0 <= v < 2**62:
-            return v
-    return -1
-
-
-def _read_markers(
-    f: _File, step_rx: re.Pattern[str], layer_rx: re.Pattern[str], chunk: int, skipped: Counter[str]
-) -> _Markers:
-    out: dict[str, list[int]] = {"proc": [], "start": [], "end": [], "kind": [], "value": []}
-    cols = f.columns(NVTX_TABLE)
-    if not {"start", "end", "eventType"} <= cols:
-        return _Markers(*(np.zeros(0, np.int64) for _ in range(5)))
-    text = "text" if "text" in cols else "NULL"
-    text_id = _int_expr("textId", cols)
-    tid = _int_expr("globalTid", cols)
-    extra = ", ".join(c if c in cols else "NULL" for c in ("jsonText", "uint64Value", "int64Value"))
-    types = ",".join(str(t) for t in NVTX_RANGE_TYPES)
-    sql = (
-        f"SELECT start, end, {text}, {text_id}, {tid}, {extra} FROM {NVTX_TABLE} "
-        f"WHERE eventType IN ({types}) AND {_INT.format(c='start')} AND {_INT.format(c='end')} "
-        "AND start >= 0 AND end >= start"
-    )
-    for part in f.chunks(sql, (), chunk):
-        ids = sorted({r[3] for r in part if r[2] is None and r[3] >= 0})
-        names = f.strings(ids) if ids else {}
-        for start, end, txt, sid, gtid, jtext, u64, i64 in part:
-            name = txt if isinstance(txt, str) else names.get(sid)
-            if not isinstance(name, str):
-                continue
-            proc = gtid >> 24 if gtid >= 0 else -1
-            if _NCCL_RANGE.match(name):
-                out["proc"].append(proc)
-                out["start"].append(start)
-                out["end"].append(end)
-                out["kind"].append(2)
-                out["value"].append(_nccl_bytes(jtext, u64, i64))
-                continue
-            for kind, rx in ((0, step_rx), (1, layer_rx)):
-                m = rx.search(name)
-                if not m:
-                    continue
-                digits = m.group(1)
-                value = int(digits) if digits and digits.isdecimal() else -1
-                if not 0 <= value < (2**31 if kind == 0 else 2**15):
-                    skipped[f"{('step', 'layer')[kind]} range whose number is not a valid id"] += 1
-                    continue
-                out["proc"].append(proc)
-                out["start"].append(start)
-                out["end"].append(end)
-                out["kind"].append(kind)
-                out["value"].append(value)
-    arr = {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
-    return _Markers(arr["proc"], arr["start"], arr["end"], arr["kind"], arr["value"])
-
-
-@dataclass
-class _Launches:
-    """Runtime API calls by (process, correlation id), sorted by key."""
-
-    key: np.ndarray
-    start: np.ndarray
-
-    def times(self, proc: np.ndarray, corr: np.ndarray) -> np.ndarray:
-        """Launch time of each (process, correlation id); -1 where unknown."""
-        out = np.full(corr.shape, -1, dtype=np.int64)
-        if self.key.size == 0 or corr.size == 0:
-            return out
-        ok = (corr >= 0) & (corr < 2**32) & (proc >= 0) & (proc < 2**30)
-        key = proc * 2**32 + corr
-        pos = np.clip(np.searchsorted(self.key, key), 0, self.key.size - 1)
-        hit = ok & (self.key[pos] == key)
-        out[hit] = self.start[pos[hit]]
-        return out
-
-
-def _read_launches(f: _File, chunk: int) -> _Launches:
-    cols = f.columns(RUNTIME_TABLE)
-    if not {"start", "correlationId", "globalTid"} <= cols:
-        return _Launches(np.zeros(0, np.int64), np.zeros(0, np.int64))
-    sql = (
-        f"SELECT (globalTid >> 24) * 4294967296 + correlationId, start FROM {RUNTIME_TABLE} WHERE "
-        f"{_INT.format(c='start')} AND start >= 0 AND {_INT.format(c='correlationId')} AND "
-        f"correlationId >= 0 AND correlationId < 4294967296 AND {_INT.format(c='globalTid')} "
-        "AND globalTid >= 0 AND (globalTid >> 24) < 1073741824"
-    )
-    keys, starts = [], []
-    for part in f.chunks(sql, (), chunk):
-        a = np.asarray(part, dtype=np.int64).reshape(-1, 2)
-        keys.append(a[:, 0])
-        starts.append(a[:, 1])
-    if not keys:
-        return _Launches(np.zeros(0, np.int64), np.zeros(0, np.int64))
-    key, start = np.concatenate(keys), np.concatenate(starts)
-    order = np.lexsort((start, key))  # the earliest launch record of a key first
-    key, start = key[order], start[order]
-    first = np.ones(key.size, dtype=bool)
-    first[1:] = key[1:] != key[:-1]
-    return _Launches(key[first], start[first])
-
-
-def _by_process(markers: _Markers, kind: int, proc: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Value of the innermost ``kind`` range of the same process holding each time (-1: none)."""
-    out = np.full(times.shape, -1, dtype=np.int64)
-    sel = markers.kind == kind
-    if not sel.any():
-        return out
-    for p in np.unique(proc).tolist():
-        rows = (proc == p) & (times >= 0)
-        m = sel & (markers.proc == p)
-        if rows.any() and m.any():
-            out[rows] = assign_innermost(
-                times[rows].astype(np.float64),
-                markers.start[m].astype(np.float64),
-                markers.end[m].astype(np.float64),
-                markers.value[m],
-            )
-    return out
-
-
-def _origin(f: _File) -> int:
-    """The earliest start of any event the import looks at (the file's time origin)."""
-    best: int | None = None
-    for table in (KERNEL_TABLE, MEMCPY_TABLE, MEMSET_TABLE, RUNTIME_TABLE, NVTX_TABLE):
-        if not f.has(table, "start"):
-            continue
-        (v,) = f.con.execute(
-            f"SELECT min(start) FROM {table} WHERE {_INT.format(c='start')} AND start >= 0"
-        ).fetchone()
-        if isinstance(v, int):
-            best = v if best is None else min(best, v)
-    return best or 0
-
-
 @dataclass
 class _Rows:
     """Kernel-table columns of one chunk of one table, before rank split."""
@@ -400,41 +127,6 @@ class _Rows:
     proc: np.ndarray
     codes: np.ndarray  # int64 name code per row (index into the reader's name list)
     memcpy: bool
-
-
-def _kernel_name_col(cols: set[str]) -> str:
-    return "demangledName" if "demangledName" in cols else "shortName"
-
-
-def _table_sql(f: _File, table: str, where_extra: str = "") -> tuple[str, set[str]] | None:
-    cols = f.columns(table)
-    need = {"start", "end", "deviceId", "streamId"}
-    if table == KERNEL_TABLE and not ({"demangledName", "shortName"} & cols):
-        return None
-    if not need <= cols:
-        return None
-    base = [
-        "start",
-        "end",
-        "deviceId",
-        "streamId",
-        _int_expr("correlationId", cols),
-        f"CASE WHEN {_INT.format(c='globalPid')} AND globalPid >= 0 THEN globalPid >> 24 ELSE -1 END"
-        if "globalPid" in cols
-        else "-1",
-    ]
-    if table == KERNEL_TABLE:
-        name = _kernel_name_col(cols)
-        base.append(_int_expr(name, cols))
-        valid = f"{_valid_times(cols)} AND {_INT.format(c=name)}"
-    elif table == MEMCPY_TABLE:
-        base += [_int_expr(c, cols) for c in ("copyKind", "srcKind", "dstKind")]
-        valid = _valid_times(cols)
-    else:
-        base.append(_int_expr("memKind", cols))
-        valid = _valid_times(cols)
-    where = valid + (f" AND {where_extra}" if where_extra else "")
-    return f'SELECT {", ".join(base)} FROM "{table}" WHERE {where}', cols
 
 
 class _Reader:
@@ -453,25 +145,25 @@ class _Reader:
         self.rules = rules
         self.skipped: Counter[str] = Counter()
         try:
-            self.file = _File(path, _connect(path))
+            self.file = ExportFile(path, connect(path))
             f = self.file
             if not ({KERNEL_TABLE, MEMCPY_TABLE, MEMSET_TABLE} & f.tables):
                 raise InputFormatError(
                     f"{path}: no {KERNEL_TABLE} table (the report holds no CUDA activity); profile with "
                     "nsys profile --trace=cuda,nvtx and export again"
                 )
-            self.origin = _origin(f)
-            self.markers = _read_markers(f, step_rx, layer_rx, options.chunk_rows, self.skipped)
+            self.origin = time_origin(f)
+            self.markers = read_markers(f, step_rx, layer_rx, options.chunk_rows, self.skipped)
             needs_launch = self.markers.kind.size > 0
             self.launches = (
-                _read_launches(f, options.chunk_rows)
+                read_launches(f, options.chunk_rows)
                 if needs_launch
-                else _Launches(np.zeros(0, np.int64), np.zeros(0, np.int64))
+                else Launches(np.zeros(0, np.int64), np.zeros(0, np.int64))
             )
             self.rank_keys = self._rank_keys()
             self.devices = self._devices()
         except (sqlite3.Error, UnicodeDecodeError) as exc:
-            raise _sql_error(path, exc) from None
+            raise sql_error(path, exc) from None
         self.names: dict[str, int] = {}
         self.name_list: list[str] = []
         #: Category of each name code.
@@ -484,13 +176,13 @@ class _Reader:
         col = "deviceId" if self.options.rank_by == "device" else "globalPid"
         keys: set[int] = set()
         for table in (KERNEL_TABLE, MEMCPY_TABLE, MEMSET_TABLE):
-            q = _table_sql(self.file, table)
+            q = table_sql(self.file, table)
             if q is None or col not in q[1]:
                 continue
             expr = "deviceId" if col == "deviceId" else "globalPid >> 24"
-            valid = _valid_times(q[1])
+            valid = valid_times(q[1])
             if col == "globalPid":
-                valid += f" AND {_INT.format(c='globalPid')} AND globalPid >= 0"
+                valid += f" AND {IS_INT.format(c='globalPid')} AND globalPid >= 0"
             for (k,) in self.file.con.execute(f'SELECT DISTINCT {expr} FROM "{table}" WHERE {valid}'):
                 keys.add(int(k))
         return sorted(keys)
@@ -531,20 +223,20 @@ class _Reader:
         """Rows of the activity tables that are not imported, by reason."""
         f = self.file
         for table in (KERNEL_TABLE, MEMCPY_TABLE, MEMSET_TABLE):
-            q = _table_sql(f, table)
+            q = table_sql(f, table)
             if table not in f.tables:
                 continue
             what = {KERNEL_TABLE: "kernel", MEMCPY_TABLE: "memcpy", MEMSET_TABLE: "memset"}[table]
             if q is None:
-                n = _count(f, table, "1")
+                n = count_rows(f, table, "1")
                 if n:
                     self.skipped[f"{what} rows (the table lacks start/end/deviceId/streamId columns)"] += n
                 continue
             cols = q[1]
-            valid = _valid_times(cols)
+            valid = valid_times(cols)
             if table == KERNEL_TABLE:
-                valid += f" AND {_INT.format(c=_kernel_name_col(cols))}"
-            n = _count(f, table, f"NOT ({valid})")
+                valid += f" AND {IS_INT.format(c=kernel_name_column(cols))}"
+            n = count_rows(f, table, f"NOT ({valid})")
             if n:
                 self.skipped[f"{what} row with a missing or invalid start/end/device/stream/name"] += n
 
@@ -556,7 +248,7 @@ class _Reader:
         f = self.file
         chunk = self.options.chunk_rows
         for table in (KERNEL_TABLE, MEMCPY_TABLE, MEMSET_TABLE):
-            q = _table_sql(f, table, where_extra)
+            q = table_sql(f, table, where_extra)
             if q is None or ("globalPid" in where_extra and "globalPid" not in q[1]):
                 continue
             sql, _ = q
@@ -571,9 +263,9 @@ class _Reader:
                     if not ok.all():
                         a, codes = a[ok], codes[ok]
                 elif table == MEMCPY_TABLE:
-                    codes = self._label_codes(*_memcpy_names(a[:, 6], a[:, 7], a[:, 8]))
+                    codes = self._label_codes(*memcpy_names(a[:, 6], a[:, 7], a[:, 8]))
                 else:
-                    codes = self._label_codes(*_memset_names(a[:, 6]))
+                    codes = self._label_codes(*memset_names(a[:, 6]))
                 if a.shape[0] == 0:
                     continue
                 yield _Rows(
@@ -595,22 +287,6 @@ class _Reader:
             return np.full(by.shape, -1, dtype=np.int64)
         pos = np.clip(np.searchsorted(keys, by), 0, keys.size - 1)
         return np.where(keys[pos] == by, pos, -1)
-
-
-def _memcpy_names(kind: np.ndarray, src: np.ndarray, dst: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """Distinct memcpy labels (Kineto's spelling) and each row's index into them."""
-    combos, inverse = np.unique(np.stack([kind, src, dst], axis=1), axis=0, return_inverse=True)
-    labels = [
-        f"Memcpy {COPY_KINDS.get(int(k), '<unknown>')} "
-        f"({MEM_KINDS.get(int(s), '<unknown>')} -> {MEM_KINDS.get(int(d), '<unknown>')})"
-        for k, s, d in combos.tolist()
-    ]
-    return labels, inverse
-
-
-def _memset_names(kind: np.ndarray) -> tuple[list[str], np.ndarray]:
-    uniq, inverse = np.unique(kind, return_inverse=True)
-    return [f"Memset ({MEM_KINDS.get(int(k), '<unknown>')})" for k in uniq.tolist()], inverse
 
 
 def _nullable(a: np.ndarray, dt: str) -> pa.Array:
@@ -739,7 +415,7 @@ def _infer(reader: _Reader, key: int, model: ModelArch | None) -> InferredLayers
         codes.append(rows.codes)
         streams.append(rows.stream)
         launch = reader.launches.times(rows.proc, rows.corr)
-        steps.append(_by_process(reader.markers, 0, rows.proc, launch))
+        steps.append(by_process(reader.markers, 0, rows.proc, launch))
     if not starts:
         empty = np.zeros(0, np.int64)
         return infer_layers(empty, empty, empty, np.zeros(0, bool), empty, arch=model)
@@ -780,8 +456,8 @@ def _import_file(
         for rows in reader.rows():
             local_rank = reader.rank_of(rows)
             launch = reader.launches.times(rows.proc, rows.corr)
-            step = _by_process(reader.markers, 0, rows.proc, launch)
-            layer = _by_process(reader.markers, 1, rows.proc, launch)
+            step = by_process(reader.markers, 0, rows.proc, launch)
+            layer = by_process(reader.markers, 1, rows.proc, launch)
             codes = rows.codes
             names = np.array(reader.name_list, dtype=object)[codes]
             cats = np.array(reader.categories, dtype=object)[codes]
@@ -800,7 +476,7 @@ def _import_file(
                     int(c): nccl_collective_from_name(reader.name_list[c]) for c in np.unique(codes[comm])
                 }
                 collective[comm] = [by_code[int(c)] for c in codes[comm]]
-                sizes = _by_process(reader.markers, 2, rows.proc[comm], launch[comm])
+                sizes = by_process(reader.markers, 2, rows.proc[comm], launch[comm])
                 message_bytes[comm] = sizes
                 nccl_sizes += int((sizes >= 0).sum())
             dur = rows.end - rows.start
@@ -842,7 +518,7 @@ def _import_file(
                     },
                 )
     except (sqlite3.Error, UnicodeDecodeError) as exc:
-        raise _sql_error(reader.path, exc) from None
+        raise sql_error(reader.path, exc) from None
     size = len(reader.name_list)
     rows_by_code = np.pad(rows_by_code, (0, size - rows_by_code.size))
     time_by_code = np.pad(time_by_code, (0, size - time_by_code.size))
