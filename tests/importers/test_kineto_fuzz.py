@@ -104,7 +104,7 @@ def _accepted(e: Any) -> bool:
 def _read(path: Path) -> tuple[list[str], Any]:
     reader = _FileReader(path, 0, KinetoOptions(events="gpu"), _STEP, _LAYER)
     state = reader.read()
-    cols = _collect(reader)
+    cols = _collect(reader).columns
     return list(cols["name"]), state
 
 

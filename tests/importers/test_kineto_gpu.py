@@ -18,11 +18,11 @@ from tracekit.trace import open_trace
 KERNELS: list[tuple[str, str]] = [
     (
         "void deep_ep::layout::get_dispatch_layout<256, 32, 8>(long const*, int*, int*, int*, bool*, int, int, int, int)",
-        "moe_dispatch",
+        "moe_layout",
     ),
     (
         "void deep_ep::intranode::notify_dispatch<8>(int const*, int*, int, int const*, int*, int, int, int, bool const*, int*, int*, int, int, void**, int**, int)",
-        "moe_dispatch",
+        "moe_layout",
     ),
     (
         "void deep_ep::intranode::dispatch<8, 768, 8192>(int4*, float*, int*, long*, float*, int*, int*, int4 const*, float const*, long const*, float const*, bool const*, int const*, int, int, int, int, int, int, int, void**, int, int, int)",

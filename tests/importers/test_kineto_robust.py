@@ -47,6 +47,10 @@ def test_truncated_file_keeps_complete_events(tmp_path: Path, keep: int, where: 
     path = tmp_path / "t.json"
     path.write_text(text[:cut])
     code, out = _run(path, tmp_path / "o")
+    if keep == 0:  # nothing complete before the cut: an import that keeps nothing is refused
+        assert code == 2 and out.count("\n") == 1, out
+        assert str(path) in out and "no kernel rows kept" in out
+        return
     assert code == 0, out
     assert "truncated" in out
     df = open_trace(tmp_path / "o").scan("kernels").collect()

@@ -244,3 +244,28 @@ def test_missing_torch_names_the_extra(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(MissingDependencyError, match=r"tracekit\[torch\]"):
         import_sglang([tmp_path / "x.pt"], tmp_path / "o")
+
+
+def test_expert_ids_beyond_int16_are_refused_not_wrapped(tmp_path: Path) -> None:
+    """The schema stores expert ids as int16: a dump naming expert 32768 or above is refused in one
+    line naming the file (before, the id wrapped to a negative one silently)."""
+    stat = tmp_path / "stat.pt"
+    counts = torch.zeros((2, 2, 32769), dtype=torch.int64)
+    counts[0, 1, 32768] = 5
+    torch.save({"rank": 0, "logical_count": counts, "average_utilization_rate_over_window": None}, stat)
+    wide_map = torch.tensor([[0, 1, 40000, 3]] * 2)
+    per_pass = tmp_path / "per_pass.pt"
+    record = {
+        "forward_pass_id": 1,
+        "rank": 0,
+        "gatherer_key": "primary",
+        "global_physical_count": torch.ones((2, 4), dtype=torch.int64),
+    }
+    torch.save({"records": [record], "last_physical_to_logical_map": wide_map}, per_pass)
+    for path in (stat, per_pass):
+        res = CliRunner().invoke(
+            cli, ["import", "sglang", str(path), "--out", str(tmp_path / f"o_{path.stem}")]
+        )
+        assert res.exit_code == 2, res.output
+        assert res.output.count("\n") == 1 and str(path) in res.output and "int16" in res.output
+        assert not (tmp_path / f"o_{path.stem}").exists()

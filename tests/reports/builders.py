@@ -170,6 +170,7 @@ def write_ep_trace(path: Path, *, seed: int = 1, world: int = 4, steps: int = 3,
             names = [f"{c}_kernel_{i % 3}" for i, c in enumerate(cats)]
             names[0] = EVIL_KERNEL
             cats[0] = "elementwise"
+            names[1], cats[1] = "void acme::unknown_op<1>(int)", "other"  # for unclassified-kernels
             w.append(
                 "kernels",
                 {

@@ -1,4 +1,4 @@
-"""``tracekit import kineto|sglang`` and ``tracekit export perfetto``."""
+"""``tracekit import kineto|nsys|sglang|vllm`` and ``tracekit export perfetto``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from tracekit.importers._summary import KernelSummary
 from tracekit.importers.kineto import (
     DEFAULT_LAYER_PATTERN,
     DEFAULT_STEP_PATTERN,
@@ -29,6 +30,47 @@ def _model(name: str | None) -> ModelArch | None:
 
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {what}" for what, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _echo_summary(summary: KernelSummary) -> None:
+    """Kernel time by category, then the unclassified-kernels report."""
+    total = summary.total_ns
+    if total:
+        parts = sorted(summary.time_ns_by_category.items(), key=lambda kv: (-kv[1], kv[0]))
+        click.echo("kernel time by category: " + ", ".join(f"{c} {t / total:.1%}" for c, t in parts))
+    for line in summary.lines():
+        click.echo(line)
+
+
+def _rules_option(fn: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "--rules",
+        "rules_file",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="TOML or JSON file of kernel classification rules, tried before the shipped ones.",
+    )(fn)
+
+
+def _marker_options(fn: Callable[..., None]) -> Callable[..., None]:
+    for decorate in reversed(
+        (
+            click.option(
+                "--step-pattern",
+                default=DEFAULT_STEP_PATTERN,
+                show_default=True,
+                help="Regex over annotation / NVTX range names; group 1 is the step number.",
+            ),
+            click.option(
+                "--layer-pattern",
+                default=DEFAULT_LAYER_PATTERN,
+                show_default=True,
+                help="Regex over annotation / NVTX range names; group 1 is the decoder layer number.",
+            ),
+        )
+    ):
+        fn = decorate(fn)
+    return fn
 
 
 def _import_inputs(fn: Callable[..., None]) -> Callable[..., None]:
@@ -54,7 +96,8 @@ def _import_inputs(fn: Callable[..., None]) -> Callable[..., None]:
 
 @click.group("import")
 def import_() -> None:
-    """Import traces from profilers and serving engines (Kineto JSON, SGLang dumps)."""
+    """Import traces from profilers and serving engines (Kineto JSON, nsys SQLite, SGLang and vLLM
+    expert loads)."""
 
 
 @import_.command("kineto")
@@ -66,18 +109,7 @@ def import_() -> None:
     show_default=True,
     help="Rank of each file: from 'rank<N>' in its name, or the order given.",
 )
-@click.option(
-    "--step-pattern",
-    default=DEFAULT_STEP_PATTERN,
-    show_default=True,
-    help="Regex over annotation names; group 1 is the step number.",
-)
-@click.option(
-    "--layer-pattern",
-    default=DEFAULT_LAYER_PATTERN,
-    show_default=True,
-    help="Regex over annotation names; group 1 is the decoder layer number.",
-)
+@_marker_options
 @click.option(
     "--events",
     type=click.Choice(EVENT_KINDS),
@@ -85,6 +117,7 @@ def import_() -> None:
     show_default=True,
     help="Rows from GPU kernels and copies, CPU operators, or both.",
 )
+@_rules_option
 @click.option("--force", is_flag=True, help="Replace OUT if it is an existing trace.")
 def kineto(
     files: tuple[Path, ...],
@@ -94,10 +127,14 @@ def kineto(
     step_pattern: str,
     layer_pattern: str,
     events: str,
+    rules_file: Path | None,
     force: bool,
 ) -> None:
     """Import PyTorch profiler (Kineto) Chrome-trace JSON, plain or gzip, one FILE per rank."""
+    from tracekit.importers.categories import load_rules
+
     model = _model(model_name)
+    rules = load_rules(rules_file)
 
     def show(r: FileReport) -> None:
         line = (
@@ -111,6 +148,8 @@ def kineto(
         click.echo(line)
         if r.ignored:
             click.echo(f"  not kernel rows: {_counts(r.ignored)}")
+        if r.layers_note:
+            click.echo(f"  {r.layers_note}")
         if r.truncated:
             click.echo(
                 f"  warning: {r.path} is truncated ({r.truncated}); imported the complete events before it",
@@ -120,11 +159,117 @@ def kineto(
     options = KinetoOptions(
         step_pattern=step_pattern, layer_pattern=layer_pattern, events=events, rank_from=rank_from
     )
-    report = import_kineto(list(files), out, model=model, options=options, overwrite=force, on_file=show)
+    report = import_kineto(
+        list(files), out, model=model, options=options, overwrite=force, on_file=show, rules=rules
+    )
+    _echo_summary(report.summary)
     click.echo(
         f"wrote {report.out}: {report.rows} kernel rows from {len(report.files)} file(s)"
         + ("" if model else "; model unknown (pass --model NAME to make it re-timeable)")
     )
+
+
+@import_.command("nsys")
+@_import_inputs
+@click.option(
+    "--rank-by",
+    type=click.Choice(("device", "process")),
+    default="device",
+    show_default=True,
+    help="One rank per GPU of each file, or one per profiled process.",
+)
+@_marker_options
+@_rules_option
+@click.option("--force", is_flag=True, help="Replace OUT if it is an existing trace.")
+def nsys(
+    files: tuple[Path, ...],
+    out: Path,
+    model_name: str | None,
+    rank_by: str,
+    step_pattern: str,
+    layer_pattern: str,
+    rules_file: Path | None,
+    force: bool,
+) -> None:
+    """Import Nsight Systems SQLite exports (nsys export --type sqlite REPORT.nsys-rep)."""
+    from tracekit.importers.categories import load_rules
+    from tracekit.importers.nsys import NsysFileReport, NsysOptions, import_nsys
+
+    model = _model(model_name)
+    rules = load_rules(rules_file)
+
+    def show(r: NsysFileReport) -> None:
+        ranks = ", ".join(f"{rank}={key}" for rank, key in r.ranks.items())
+        click.echo(
+            f"{r.path}: {r.rows} rows ({_counts(r.rows_by_table)}), ranks {ranks} (rank={rank_by}), "
+            f"{r.step_markers} step and {r.layer_markers} layer ranges, {r.nccl_sizes} NCCL sizes"
+        )
+        if r.skipped:
+            click.echo(f"  skipped {sum(r.skipped.values())} rows ({_counts(r.skipped)})")
+        for rank, note in r.layers_notes.items():
+            click.echo(f"  rank {rank}: {note}")
+
+    options = NsysOptions(step_pattern=step_pattern, layer_pattern=layer_pattern, rank_by=rank_by)
+    report = import_nsys(
+        list(files), out, model=model, options=options, rules=rules, overwrite=force, on_file=show
+    )
+    _echo_summary(report.summary)
+    click.echo(
+        f"wrote {report.out}: {report.rows} kernel rows from {len(report.files)} file(s)"
+        + ("" if model else "; model unknown (pass --model NAME to make it re-timeable)")
+    )
+
+
+@import_.command("vllm")
+@_import_inputs
+@click.option(
+    "--world-size",
+    type=int,
+    default=None,
+    help="EP ranks of the run (default: the ranks found in the files); sets the slots per rank.",
+)
+@click.option(
+    "--rank-from",
+    type=click.Choice(RANK_SOURCES),
+    default="filename",
+    show_default=True,
+    help="Rank of each file: from 'rank<N>' in its name, or the order given.",
+)
+@click.option(
+    "--loads-csv",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the loads summed over steps as CSV (one row per layer, one column per expert) "
+    "for tracekit place --loads.",
+)
+@click.option("--force", is_flag=True, help="Replace OUT if it is an existing trace.")
+def vllm(
+    files: tuple[Path, ...],
+    out: Path,
+    model_name: str | None,
+    world_size: int | None,
+    rank_from: str,
+    loads_csv: Path | None,
+    force: bool,
+) -> None:
+    """Import vLLM EPLB expert-load state (.pt, .safetensors or .npz; one FILE per rank)."""
+    from tracekit.importers.vllm import import_vllm
+
+    report = import_vllm(
+        list(files),
+        out,
+        model=_model(model_name),
+        world_size=world_size,
+        rank_from=rank_from,
+        loads_csv=loads_csv,
+        overwrite=force,
+    )
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    rows = ", ".join(f"{n} {t}" for t, n in report.rows.items() if n)
+    click.echo(f"wrote {report.out}: {len(report.files)} file(s), {report.steps} step(s): {rows}")
+    if report.loads_csv:
+        click.echo(f"wrote {report.loads_csv}: loads per layer and expert (tracekit place --loads)")
 
 
 @import_.command("sglang")

@@ -34,7 +34,14 @@ import numpy as np
 from tracekit.errors import InputFormatError, UsageError
 from tracekit.importers._arch import unknown_arch
 from tracekit.importers._jsonstream import StreamState, clean_text, iter_trace_events
-from tracekit.importers.categories import MEMCPY_EVENT_CATS, category_of, nccl_collective_from_name
+from tracekit.importers._markers import InferredLayers, assign_innermost, infer_layers, launch_times
+from tracekit.importers._summary import KernelSummary, merge, summarize
+from tracekit.importers.categories import (
+    MEMCPY_EVENT_CATS,
+    KernelRules,
+    load_rules,
+    nccl_collective_from_name,
+)
 from tracekit.schema import Manifest, ModelArch, ParallelLayout
 from tracekit.trace import TraceWriter
 
@@ -102,6 +109,10 @@ class FileReport:
     #: Names with bytes that are not UTF-8 (kept with \\xNN escapes).
     escaped_names: int
     truncated: str | None
+    #: Kernel time by category and the unclassified names of this file.
+    summary: KernelSummary = field(default_factory=KernelSummary)
+    #: How layers were found when the file had no layer markers (None: it had markers).
+    layers_note: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,9 +123,11 @@ class ImportReport:
     files: tuple[FileReport, ...]
     rows: int
     manifest: Manifest = field(repr=False)
+    #: Kernel time by category and the unclassified names, over all files.
+    summary: KernelSummary = field(default_factory=KernelSummary)
 
 
-def _compile(pattern: str, option: str) -> re.Pattern[str]:
+def compile_marker_pattern(pattern: str, option: str) -> re.Pattern[str]:
     try:
         rx = re.compile(pattern)
     except re.error as exc:
@@ -383,38 +396,21 @@ class _FileReader:
             self.memcpy_names.add(code)
 
 
-def _assign(times: np.ndarray, starts: np.ndarray, ends: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Value of the innermost interval containing each time (-1 where none). Intervals may nest."""
-    out = np.full(times.shape, -1, dtype=np.int64)
-    if starts.size == 0 or times.size == 0:
-        return out
-    order = np.lexsort((-ends, starts))  # by start; the longer first when starts tie (outer first)
-    s, e, v = starts[order], ends[order], values[order]
-    parent = np.full(s.size, -1, dtype=np.int64)
-    stack: list[int] = []
-    for i in range(s.size):  # markers are few (steps x layers), not per kernel
-        while stack and e[stack[-1]] <= s[i]:
-            stack.pop()
-        parent[i] = stack[-1] if stack else -1
-        stack.append(i)
-    idx = np.searchsorted(s, times, side="right") - 1
-    ok = times == times  # not NaN
-    idx = np.where(ok, idx, -1)
-    for _ in range(len(stack) + 64):
-        live = idx >= 0
-        inside = np.zeros(times.shape, dtype=bool)
-        inside[live] = times[live] < e[idx[live]]
-        move = live & ~inside
-        if not move.any():
-            break
-        idx[move] = parent[idx[move]]
-    live = idx >= 0
-    out[live] = v[idx[live]]
-    return out
+@dataclass(frozen=True, kw_only=True)
+class _Collected:
+    """The kernels columns of one file, what they hold by category, and how layers were found."""
+
+    columns: dict[str, Any]
+    summary: KernelSummary
+    #: Set when the file had no layer markers and layers were inferred (or could not be).
+    inferred: InferredLayers | None
 
 
-def _collect(reader: _FileReader) -> dict[str, Any]:
+def _collect(
+    reader: _FileReader, rules: KernelRules | None = None, arch: ModelArch | None = None
+) -> _Collected:
     """Columns of the kernels table for one file."""
+    rules = rules or load_rules()
     cols = reader.rows.arrays()
     t0 = reader.min_ts if math.isfinite(reader.min_ts) else 0.0
     start_f = (cols["ts"] - t0) * 1000.0
@@ -432,7 +428,10 @@ def _collect(reader: _FileReader) -> dict[str, Any]:
     dur_ns = np.rint(dur_f).astype(np.int64)
     names = np.array(reader.name_list, dtype=object)
     cat_of_name = np.array(
-        ["memcpy" if i in reader.memcpy_names else category_of(nm) for i, nm in enumerate(reader.name_list)],
+        [
+            "memcpy" if i in reader.memcpy_names else rules.category_of(nm)
+            for i, nm in enumerate(reader.name_list)
+        ],
         dtype=object,
     )
     name_codes = cols["name"]
@@ -447,17 +446,32 @@ def _collect(reader: _FileReader) -> dict[str, Any]:
         gpu_m = sel & marks["gpu"]
         cpu_m = sel & ~marks["gpu"]
         if gpu_m.any():
-            target[gpu] = _assign(
+            target[gpu] = assign_innermost(
                 cols["ts"][gpu], marks["ts"][gpu_m], marks["end"][gpu_m], marks["value"][gpu_m]
             )
         elif cpu_m.any() and gpu.any():
-            times = _launch_times(cols["corr"][gpu], launch["corr"], launch["ts"])
-            target[gpu] = _assign(times, marks["ts"][cpu_m], marks["end"][cpu_m], marks["value"][cpu_m])
+            times = launch_times(cols["corr"][gpu], launch["corr"], launch["ts"])
+            target[gpu] = assign_innermost(
+                times, marks["ts"][cpu_m], marks["end"][cpu_m], marks["value"][cpu_m]
+            )
         if cpu_m.any() and (~gpu).any():
-            target[~gpu] = _assign(
+            target[~gpu] = assign_innermost(
                 cols["ts"][~gpu], marks["ts"][cpu_m], marks["end"][cpu_m], marks["value"][cpu_m]
             )
 
+    inferred = None
+    if n and not (marks["kind"] == 1).any():
+        inferred = infer_layers(
+            cols["ts"],
+            name_codes,
+            cols["stream"],
+            cat_of_name[name_codes] != "memcpy",
+            step,
+            arch=arch,
+        )
+        layer = inferred.layer
+        if not (marks["kind"] == 0).any() and inferred.steps_inferred:
+            step = inferred.step
     category = cat_of_name[name_codes] if n else np.zeros(0, dtype=object)
     collective = np.full(n, None, dtype=object)
     dtype = np.full(n, None, dtype=object)
@@ -480,7 +494,7 @@ def _collect(reader: _FileReader) -> dict[str, Any]:
 
         return pa.array(a, type=pa.type_for_alias(dt), mask=a < 0)
 
-    return {
+    columns = {
         "device": nullable(cols["device"], "int32"),
         "stream": nullable(cols["stream"], "int64"),
         "name": names[name_codes] if n else np.zeros(0, dtype=object),
@@ -495,19 +509,8 @@ def _collect(reader: _FileReader) -> dict[str, Any]:
         "dtype": dtype,
         "group_size": nullable(group_size, "int32"),
     }
-
-
-def _launch_times(corr: np.ndarray, launch_corr: np.ndarray, launch_ts: np.ndarray) -> np.ndarray:
-    """Launch (CPU) time of each kernel by correlation id; NaN when the launch is not in the trace."""
-    out = np.full(corr.shape, np.nan)
-    if launch_corr.size == 0:
-        return out
-    order = np.argsort(launch_corr, kind="stable")
-    sc, st = launch_corr[order], launch_ts[order]
-    pos = np.clip(np.searchsorted(sc, corr), 0, sc.size - 1)
-    hit = (sc[pos] == corr) & (corr >= 0)
-    out[hit] = st[pos[hit]]
-    return out
+    summary = summarize(names, name_codes, cat_of_name, dur_ns)
+    return _Collected(columns=columns, summary=summary, inferred=inferred)
 
 
 def import_kineto(
@@ -519,13 +522,17 @@ def import_kineto(
     overwrite: bool = False,
     rows_per_part: int = 500_000,
     on_file: Callable[[FileReport], None] | None = None,
+    rules: KernelRules | None = None,
 ) -> ImportReport:
     """Import Kineto Chrome-trace files (one per rank) into a trace at ``out``.
 
     ``model``: the architecture that ran (``tracekit.models.get_model``); None records the explicit
     placeholder ``unknown`` (see docs/importers.md). ``on_file`` is called after each file.
+    ``rules``: kernel classification rules (``load_rules(user_file)``; default the shipped ones).
+    A file that keeps no row is refused (InputFormatError naming it).
     """
     options = options or KinetoOptions()
+    rules = rules or load_rules()
     if options.events not in EVENT_KINDS:
         raise UsageError(f"--events {options.events!r}: valid values are {', '.join(EVENT_KINDS)}")
     paths = [Path(f) for f in files]
@@ -534,8 +541,8 @@ def import_kineto(
     for p in paths:
         if not p.is_file():
             raise UsageError(f"{p}: no such file; give the Kineto JSON (or .json.gz) written by the profiler")
-    step_rx = _compile(options.step_pattern, "--step-pattern")
-    layer_rx = _compile(options.layer_pattern, "--layer-pattern")
+    step_rx = compile_marker_pattern(options.step_pattern, "--step-pattern")
+    layer_rx = compile_marker_pattern(options.layer_pattern, "--layer-pattern")
     ranks = ranks_for(paths, options.rank_from)
     order = sorted(range(len(paths)), key=lambda i: ranks[i])
     arch = model or unknown_arch()
@@ -571,8 +578,13 @@ def import_kineto(
                     f"{path}: no GPU kernel events (a CPU-only profile with {reader.cpu_ops_seen} CPU "
                     "operators); pass --events cpu to import the CPU operators"
                 )
-            columns = _collect(reader)
+            if reader.rows.n == 0:
+                raise InputFormatError(f"{path}: no kernel rows kept ({_nothing_kept(reader)})")
+            collected = _collect(reader, rules, model)
+            columns = collected.columns
             n = len(columns["start_ns"])
+            if n == 0:
+                raise InputFormatError(f"{path}: no kernel rows kept ({_nothing_kept(reader)})")
             if n:
                 layers = np.asarray(columns["layer"].fill_null(-1))
                 max_layer = max(max_layer, int(layers.max()))
@@ -594,14 +606,17 @@ def import_kineto(
                 layer_markers=int((reader.markers.arrays()["kind"] == 1).sum()),
                 escaped_names=reader.escaped,
                 truncated=state.truncated,
+                summary=collected.summary,
+                layers_note=collected.inferred.describe() if collected.inferred else None,
             )
             reports.append(report)
             total += n
             if on_file:
                 on_file(report)
-            del reader, columns
+            del reader, columns, collected
         detail["skipped"] = {str(r.rank): r.skipped for r in reports if r.skipped}
         detail["truncated"] = {str(r.rank): r.truncated for r in reports if r.truncated}
+        detail["layers_inferred"] = {str(r.rank): r.layers_note for r in reports if r.layers_note}
         if model is None and max_layer >= 0:
             manifest = manifest.replace(model=unknown_arch(num_layers=max_layer + 1))
         manifest = manifest.replace(source_detail=detail)
@@ -612,4 +627,23 @@ def import_kineto(
     finally:
         if writer0 is not None:
             writer0.close(error="import failed")
-    return ImportReport(out=Path(out), files=tuple(reports), rows=total, manifest=manifest)
+    return ImportReport(
+        out=Path(out),
+        files=tuple(reports),
+        rows=total,
+        manifest=manifest,
+        summary=merge(r.summary for r in reports),
+    )
+
+
+def _nothing_kept(reader: _FileReader) -> str:
+    """Why a file gave no rows, in a few words."""
+    parts = []
+    if reader.skipped:
+        parts.append(f"skipped {sum(reader.skipped.values())} broken events")
+    wanted = {"gpu": "GPU kernel/memcpy/memset", "cpu": "CPU operator", "all": "GPU or CPU"}[
+        reader.options.events
+    ]
+    seen = sum(reader.ignored.values())
+    parts.append(f"no complete {wanted} events among {seen} other events")
+    return "; ".join(parts) + "; check --events and that the profiler recorded activity"

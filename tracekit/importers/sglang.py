@@ -34,6 +34,8 @@ from tracekit.importers._arch import unknown_arch
 from tracekit.schema import Manifest, ModelArch, ParallelLayout
 from tracekit.trace import TraceWriter
 
+#: Largest expert or layer id the trace schema stores (its id columns are int16).
+MAX_ID = 2**15 - 1
 #: SGLang ForwardMode values (IntEnum from 1) -> phase; 4 (IDLE) has no tokens.
 FORWARD_MODES: dict[int, str] = {1: "prefill", 2: "decode", 3: "mixed"}
 IDLE_MODE = 4
@@ -108,6 +110,19 @@ def _mode(obj: Any, path: Path) -> str:
         f"{path}: not an SGLang expert distribution dump (found {keys}); expected 'logical_count' "
         "(stat mode) or 'records' (per_pass / per_token mode)"
     )
+
+
+def _check_ids(num_layers: int, num_experts: int, path: Path) -> None:
+    """Refuse ids the schema's int16 columns cannot hold (they would wrap around silently)."""
+    if num_experts - 1 > MAX_ID:
+        raise InputFormatError(
+            f"{path}: expert ids up to {num_experts - 1} do not fit the trace schema's int16 expert ids "
+            f"(at most {MAX_ID}); such a model cannot be imported"
+        )
+    if num_layers - 1 > MAX_ID:
+        raise InputFormatError(
+            f"{path}: {num_layers} layers do not fit the trace schema's int16 layer ids (at most {MAX_ID})"
+        )
 
 
 def _check_model(model: ModelArch, num_layers: int, num_experts: int, path: Path) -> None:
@@ -189,6 +204,7 @@ def _import_stat(
     blocks: list[tuple[Path, np.ndarray]] = []
     for path, obj in loaded:
         counts = _array(obj["logical_count"], path, "logical_count", 3)
+        _check_ids(counts.shape[1], counts.shape[2], path)
         if blocks and counts.shape[1:] != blocks[0][1].shape[1:]:
             raise InputFormatError(
                 f"{path}: logical_count shape {counts.shape} differs from the other files'"
@@ -296,6 +312,7 @@ def _import_records(
         raise InputFormatError(f"{loaded[0][0]}: the dump has no records; record some traffic before dumping")
     num_layers, num_slots = phy2log.shape
     num_experts = model.num_experts if model else int(phy2log.max()) + 1
+    _check_ids(num_layers, max(num_experts, int(phy2log.max()) + 1), loaded[0][0])
     if model is not None:
         _check_model(model, num_layers, max(num_experts, int(phy2log.max()) + 1), loaded[0][0])
     ranks = sorted({p.rank for p in passes})
