@@ -220,9 +220,11 @@ def _from_x(name: str, x: float) -> float:
     return math.exp(x)
 
 
-def _levenberg_marquardt(
+def levenberg_marquardt(
     fn: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, iterations: int = 200
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares of ``fn(x)`` (residuals) from ``x0``: (x, residuals at x). A numerical Jacobian,
+    numpy only."""
     x = x0.astype(np.float64)
     r = fn(x)
     cost = float(r @ r)
@@ -262,7 +264,7 @@ def _fit(spec: FitSpec, rows: list[Measurement]) -> FitResult:
         return np.array([math.log(predict(m, trial)[0] / m.measured) for m in rows])
 
     x0 = np.array([_to_x(n, float(spec.start[n])) for n in names])
-    x, r = _levenberg_marquardt(residuals, x0)
+    x, r = levenberg_marquardt(residuals, x0)
     return FitResult(
         hardware=spec.hardware,
         impl=spec.impl,
@@ -378,9 +380,12 @@ def preset_sections(report: CalibrationReport, preset: str) -> str:
     return "\n".join(lines)
 
 
-def write_presets(report: CalibrationReport) -> list[Path]:
-    """Rewrite the fitted part (below the marker) of every preset the fits touch; returns the files."""
-    targets: set[str] = set()
+def write_presets(report: CalibrationReport, kernel_sections: Mapping[str, str] | None = None) -> list[Path]:
+    """Rewrite the fitted part (below the marker) of every preset the fits touch: the
+    communication fits of ``report`` and, per preset, its ``kernel_sections`` text (the compute
+    curves of :mod:`tracekit.cost.kernel_fit`); returns the files."""
+    kernel_sections = kernel_sections or {}
+    targets: set[str] = set(kernel_sections)
     for f in report.fits:
         targets.update((f.hardware, *f.spec.transfer_to))
     targets.update(r.measurement.hardware for r in report.rows)
@@ -393,7 +398,8 @@ def write_presets(report: CalibrationReport) -> list[Path]:
             raise UsageError(
                 f"preset {path.name} has no calibration marker line; add {CALIBRATION_MARKER!r} at its end"
             )
-        path.write_text(head + CALIBRATION_MARKER + "\n\n" + preset_sections(report, name), encoding="utf-8")
+        body = preset_sections(report, name) + kernel_sections.get(name, "")
+        path.write_text(head + CALIBRATION_MARKER + "\n\n" + body, encoding="utf-8")
         written.append(path)
     reload_presets()
     return written

@@ -129,7 +129,8 @@ def _group_factor(ranks: int) -> float:
 
 def _time(
     hw: HardwareSpec, p: CommParams, loads: dict[str, F64], ranks: int, *, latency_s: float, floor_s: float
-) -> tuple[F64, Any, Any]:
+) -> tuple[F64, Any, Any, F64, F64]:
+    """(time, bound, link, NVLink-limited time, NIC-limited time) of each rank."""
     g = _group_factor(ranks)
     penalty = 1.0 + p.eff_log2_penalty * g
     lat = latency_s + p.latency_log2_s * g
@@ -139,14 +140,14 @@ def _time(
     out_xfer = out_bytes / (hw.scaleout_bw * p.eff_out) * penalty
     t_up = np.where(up_bytes > 0, lat + up_xfer, 0.0)
     hop = max(hw.scaleout_latency_s - hw.scaleup_latency_s, 0.0)  # extra latency of leaving the domain
-    t_out = np.where(out_bytes > 0, lat + hop + out_xfer, 0.0)
+    t_out = np.where(out_bytes > 0, lat + hop + p.latency_out_s + out_xfer, 0.0)
     floor = np.full(up_bytes.shape, floor_s)
     t, which = pick_bound({"floor": floor, "nvlink": t_up, "nic": t_out})
     xfer = np.where(which == "nic", out_xfer, np.where(which == "nvlink", up_xfer, 0.0))
-    lat_of = np.where(which == "nic", lat + hop, lat)
+    lat_of = np.where(which == "nic", lat + hop + p.latency_out_s, lat)
     bound = np.where((which == "floor") | (xfer < lat_of), "latency", "network").astype("<U8")
     link = np.where(which == "floor", "none", which).astype("<U8")
-    return t, bound, link
+    return t, bound, link, t_up, t_out
 
 
 def dispatch(
@@ -164,18 +165,18 @@ def dispatch(
     t = _as_traffic(traffic, hw)
     p = hw.comm_params(impl)
     loads = link_loads(t, impl, bytes_per_token)
-    time, bound, link = _time(
-        hw, p, loads, t.num_ranks, latency_s=p.dispatch_latency_s, floor_s=p.dispatch_floor_s
-    )
-    return _comm_cost(time, bound, link, loads)
+    timed = _time(hw, p, loads, t.num_ranks, latency_s=p.dispatch_latency_s, floor_s=p.dispatch_floor_s)
+    return _comm_cost(*timed, loads)
 
 
-def _comm_cost(time: F64, bound: Any, link: Any, loads: dict[str, F64]) -> CommCost:
+def _comm_cost(time: F64, bound: Any, link: Any, t_up: F64, t_out: F64, loads: dict[str, F64]) -> CommCost:
     """A CommCost from the times and this rank's link loads (sent / received per link)."""
     return CommCost(
         time_s=time,
         bound=bound,
         link=link,
+        up_time_s=t_up,
+        out_time_s=t_out,
         nvlink_bytes_sent=loads["nvlink_sent"],
         nvlink_bytes_recv=loads["nvlink_recv"],
         network_bytes_sent=loads["network_sent"],
@@ -201,10 +202,8 @@ def combine(
         "network_sent": d["network_recv"],
         "network_recv": d["network_sent"],
     }
-    time, bound, link = _time(
-        hw, p, loads, t.num_ranks, latency_s=p.combine_latency_s, floor_s=p.combine_floor_s
-    )
-    return _comm_cost(time, bound, link, loads)
+    timed = _time(hw, p, loads, t.num_ranks, latency_s=p.combine_latency_s, floor_s=p.combine_floor_s)
+    return _comm_cost(*timed, loads)
 
 
 def alltoall(hw: HardwareSpec, *, nbytes: ArrayLike, ranks: int, impl: str = "nccl") -> CommCost:

@@ -1,9 +1,9 @@
-"""Compute primitives: roofline, dense GEMM, grouped expert GEMM, attention.
+"""Compute primitives: roofline, dense GEMM, a rank's routed-expert FFN, one attention layer.
 
-Each time is ``max(flops / (peak * efficiency), bytes / (hbm_bw * hbm_eff), kernel_launch_s)`` and
-the bound is whichever term is largest (compute, memory, latency). GEMM efficiency falls for small
-row counts: ``gemm_eff * m / (m + gemm_half_tokens)``, which is the same as padding every GEMM
-with ``gemm_half_tokens`` rows of compute.
+Each is priced with the hardware preset's kernel curves (:mod:`tracekit.cost.kernels`): GEMMs by
+the ``gemm`` and ``grouped_gemm`` curves (tiles, waves, streaming efficiency), the attention core
+by its family's curve (MLA or GQA, decode or prefill), memory-bound work by the ``elementwise``
+curve. Every result carries the bound that set each time (compute, memory or latency).
 """
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from tracekit.cost.kernels import attention_time, elementwise_time, gemm_time, grouped_gemm_time
 from tracekit.cost.result import F64, ComputeCost, GroupedGemmCost, pick_bound
 from tracekit.errors import UsageError
 from tracekit.hardware import HardwareSpec
 from tracekit.models.work import (
-    attention_flops,
-    attention_kv_bytes,
-    attention_weight_bytes,
+    attended_pairs,
+    attention_flops_per_pair,
+    attention_params,
+    kv_cache_bytes_per_token,
+    layer_window,
 )
 from tracekit.precision import bytes_per_param
 from tracekit.schema import ModelArch
@@ -38,16 +41,25 @@ def roofline(
     precision: str = "bf16",
     compute_eff: ArrayLike | None = None,
 ) -> ComputeCost:
-    """Time of work with ``flops`` FLOPs (at ``precision``'s peak x ``compute_eff``, default
-    ``hw.gemm_eff``) reading or writing ``hbm_bytes``; bound: compute, memory or latency."""
+    """Time of work with ``flops`` FLOPs (at ``precision``'s peak x ``compute_eff``, default the
+    preset's GEMM curve) reading or writing ``hbm_bytes`` (as an elementwise kernel); bound:
+    compute, memory or latency."""
     f = _arr(flops, "flops")
     b = _arr(hbm_bytes, "hbm_bytes")
-    eff = np.asarray(hw.gemm_eff if compute_eff is None else compute_eff, dtype=np.float64)
+    mem = elementwise_time(hw, hbm_bytes=b)
+    eff = np.asarray(
+        hw.kernel_curve("gemm", "bf16").compute_eff if compute_eff is None else compute_eff, dtype=np.float64
+    )
     peak = hw.peak_flops(precision)
     t_compute = np.divide(f, peak * eff, out=np.zeros(np.broadcast(f, eff).shape), where=eff > 0)
-    t_memory = b / (hw.hbm_bw * hw.hbm_eff)
-    t_floor = np.full(np.broadcast(f, b).shape, hw.kernel_launch_s)
-    t, bound = pick_bound({"latency": t_floor, "compute": t_compute, "memory": t_memory})
+    curve = hw.kernel_curve("elementwise", "any")
+    t, bound = pick_bound(
+        {
+            "latency": np.full(np.broadcast(f, b).shape, curve.fixed_s),
+            "compute": t_compute,
+            "memory": np.maximum(mem.time_s - curve.fixed_s, 0.0),
+        }
+    )
     return ComputeCost(
         time_s=t,
         bound=bound,
@@ -60,25 +72,14 @@ def gemm(
     hw: HardwareSpec,
     *,
     m: ArrayLike,
-    n: int,
-    k: int,
+    n: ArrayLike,
+    k: ArrayLike,
     precision: str = "bf16",
     weight_precision: str | None = None,
 ) -> ComputeCost:
-    """Dense GEMM ``[m, k] x [k, n]``: ``m`` rows (tokens, array), weights ``k x n`` read once.
-
-    FLOPs ``2 m n k``; bytes: weights at ``weight_precision`` (default ``precision``), input rows at
-    ``precision``, bf16 output.
-    """
-    rows = _arr(m, "m")
-    wbytes = bytes_per_param(weight_precision or precision)
-    abytes = bytes_per_param(precision)
-    flops = 2.0 * rows * n * k
-    hbm = n * k * wbytes + rows * k * abytes + rows * n * 2.0
-    eff = hw.gemm_eff * rows / (rows + hw.gemm_half_tokens)
-    return roofline(
-        hw, flops=flops, hbm_bytes=hbm, precision=precision, compute_eff=np.where(rows > 0, eff, 1.0)
-    )
+    """Dense GEMM ``[m, k] x [k, n]``: ``m`` rows (tokens, array), weights ``k x n`` read once,
+    inputs at ``precision`` (and its tensor cores), weights at ``weight_precision``, bf16 output."""
+    return gemm_time(hw, m=_arr(m, "m"), n=n, k=k, precision=precision, weight_precision=weight_precision)
 
 
 def grouped_gemm(
@@ -90,40 +91,37 @@ def grouped_gemm(
     precision: str = "bf16",
     weight_precision: str | None = None,
     expert_weight_bytes: float | None = None,
+    layout: str = "masked",
 ) -> GroupedGemmCost:
-    """Grouped SwiGLU expert GEMMs of one rank: ``tokens_per_expert[..., E_local]`` (last axis: the
-    rank's experts) gives times over ``[...]``.
-
-    FLOPs ``6 * tokens * hidden * ffn``; each expert with tokens reads its weights once
-    (``expert_weight_bytes``, default ``3 * hidden * ffn`` at ``weight_precision``); activations:
-    input at ``precision`` and bf16 output per token. Compute efficiency per expert follows the GEMM
-    curve (``gemm_half_tokens`` rows of padding per active expert).
-    """
+    """The SwiGLU experts of one rank: ``tokens_per_expert[..., E_local]`` (last axis: the rank's
+    experts) through two grouped GEMMs (gate-up ``[.., 2 ffn]``, down ``[.., hidden]``); times over
+    ``[...]``. Each expert with tokens reads its weights once (``expert_weight_bytes`` each: default
+    ``3 x hidden x ffn`` at ``weight_precision``; biases included when given)."""
     t = _arr(tokens_per_expert, "tokens_per_expert")
     if t.ndim == 0:
         t = t[None]
-    active = t > 0
-    n_active = active.sum(axis=-1)
-    total = t.sum(axis=-1)
-    per_expert = 6.0 * hidden_size * ffn_size
-    wb = (
+    up = grouped_gemm_time(
+        hw, tokens_per_expert=t, n=2 * ffn_size, k=hidden_size, precision=precision,
+        weight_precision=weight_precision, layout=layout,
+    )  # fmt: skip
+    down = grouped_gemm_time(
+        hw, tokens_per_expert=t, n=hidden_size, k=ffn_size, precision=precision,
+        weight_precision=weight_precision, layout=layout,
+    )  # fmt: skip
+    n_active = (t > 0).sum(axis=-1)
+    per_expert = (
         expert_weight_bytes
         if expert_weight_bytes is not None
         else 3.0 * hidden_size * ffn_size * bytes_per_param(weight_precision or precision)
     )
-    weight_bytes = n_active * wb
-    hbm = weight_bytes + total * hidden_size * (bytes_per_param(precision) + 2.0)
-    flops = per_expert * total
-    padded = per_expert * (total + hw.gemm_half_tokens * n_active)
-    eff = np.divide(hw.gemm_eff * flops, padded, out=np.ones_like(flops), where=padded > 0)
-    base = roofline(hw, flops=flops, hbm_bytes=hbm, precision=precision, compute_eff=eff)
+    time = up.time_s + down.time_s
     return GroupedGemmCost(
-        time_s=base.time_s,
-        bound=base.bound,
-        flops=base.flops,
-        hbm_bytes=base.hbm_bytes,
+        time_s=time,
+        bound=np.where(up.time_s >= down.time_s, up.bound, down.bound),
+        flops=up.flops + down.flops,
+        hbm_bytes=up.hbm_bytes + down.hbm_bytes,
         active_experts=n_active.astype(np.int64),
-        weight_bytes=np.asarray(weight_bytes, dtype=np.float64),
+        weight_bytes=np.asarray(n_active * per_expert, dtype=np.float64),
     )
 
 
@@ -137,31 +135,46 @@ def attention(
     kv_precision: str = "bf16",
     weight_precision: str = "bf16",
     precision: str = "bf16",
+    core_precision: str = "bf16",
     layer: int | None = None,
     tp: int = 1,
     seq_axis: int | None = -1,
 ) -> ComputeCost:
-    """One attention layer of one rank: sequences along ``seq_axis`` of ``new_tokens`` /
-    ``context_tokens`` (per-sequence arrays) are summed; weights are read once per rank.
-
-    ``phase``: prefill (MLA decompressed) or decode (MLA absorbed). ``tp`` splits heads, weights and
-    KV cache ``tp`` ways. ``seq_axis=None``: every element is its own rank (one sequence each).
-    """
+    """One attention layer of one rank: the projections (one GEMM of all projection weights at
+    ``precision``) and the core (its family's curve at ``core_precision``) of the sequences along
+    ``seq_axis`` of ``new_tokens`` / ``context_tokens``; ``tp`` splits heads, weights and KV cache.
+    ``seq_axis=None``: every element is its own rank (one sequence each). The replay prices each
+    kernel of a layer separately (:mod:`tracekit.replay.layer`); this is the one-call estimate."""
     if tp < 1:
         raise UsageError(f"tp must be >= 1, got {tp}")
+    if phase not in ("prefill", "decode"):
+        raise UsageError(f"phase must be prefill or decode, got {phase!r}")
     q = _arr(new_tokens, "new_tokens")
     c = _arr(context_tokens, "context_tokens")
     q, c = np.broadcast_arrays(q, c)
-    flops = attention_flops(arch, new_tokens=q, context_tokens=c, phase=phase, layer=layer)
-    kv = attention_kv_bytes(arch, new_tokens=q, context_tokens=c, kv_precision=kv_precision, layer=layer)
-    acts = q * arch.hidden_size * 2.0 * 2.0  # bf16 input and output rows
+    window = layer_window(arch, layer) if layer is not None else None
+    pairs = attended_pairs(q, c, window)
+    keys = q + c if window is None else np.minimum(q + c, float(window))
+    kv = (keys + q) * kv_cache_bytes_per_token(arch, kv_precision)
+    seqs = (q > 0).astype(np.float64)
     if seq_axis is not None and q.ndim > 0:
-        flops, kv, acts, q = (x.sum(axis=seq_axis) for x in (flops, kv, acts, q))
-    weights = np.where(q > 0, attention_weight_bytes(arch, weight_precision), 0.0)
-    return roofline(
+        pairs, kv, seqs, q = (x.sum(axis=seq_axis) for x in (pairs, kv, seqs, q))
+    family = ("mla_" if arch.attention.kind == "mla" else "gqa_") + phase
+    core = attention_time(
         hw,
-        flops=flops / tp,
-        hbm_bytes=(weights + kv) / tp + acts,
-        precision=precision,
-        compute_eff=hw.attn_eff,
+        family=family,
+        flops=pairs * attention_flops_per_pair(arch, phase) / tp,
+        hbm_bytes=kv / tp + q * arch.hidden_size * 4.0,
+        sequences=seqs,
+        precision=core_precision,
+    )
+    params = attention_params(arch) / tp
+    proj = gemm_time(hw, m=q, n=params / arch.hidden_size, k=arch.hidden_size, precision=precision,
+                     weight_precision=weight_precision)  # fmt: skip
+    time = core.time_s + proj.time_s
+    return ComputeCost(
+        time_s=time,
+        bound=np.where(core.time_s >= proj.time_s, core.bound, proj.bound),
+        flops=core.flops + proj.flops,
+        hbm_bytes=core.hbm_bytes + proj.hbm_bytes,
     )

@@ -61,6 +61,9 @@ class CommCost(Cost):
     nvlink_bytes_recv: F64
     network_bytes_sent: F64
     network_bytes_recv: F64
+    #: The time NVLink traffic alone would take (0 without any), and the NIC traffic's.
+    up_time_s: F64 | None = None
+    out_time_s: F64 | None = None
 
     def slowest(self) -> dict[str, Any]:
         """The slowest rank of a single collective ([R] result) as a plain dict."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from tracekit.errors import UnknownNameError, UsageError
 from tracekit.hardware.comm_impls import COMM_IMPLS
+from tracekit.hardware.curves import CURVE_FIELDS, FAMILIES, KernelCurve
 from tracekit.precision import compute_class
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "hardware"
@@ -56,6 +57,49 @@ class CommParams:
     eff_log2_penalty: float = _f(
         "Relative bandwidth loss per doubling of the group beyond 8 ranks (synchronisation).", "fraction", 0.0
     )
+    latency_out_s: float = _f(
+        "Latency added when the NIC sets the time, beyond the preset's extra network hop (RDMA "
+        "setup of kernels that use NVLink inside the domain).",
+        "s",
+        0.0,
+    )
+    sm_frac: float = _f(
+        "Fraction of the GPU's SMs the kernels hold while a transfer over the NIC is in flight (taken "
+        "from compute that runs beside it; 0: no SMs, as DeepEP's low-latency hook mode).",
+        "fraction",
+        0.0,
+    )
+    sm_frac_up: float = _f(
+        "Fraction of the SMs held while NVLink traffic flows (1: kernels that copy over NVLink stay "
+        "resident until the transfer ends, so nothing overlaps it).",
+        "fraction",
+        0.0,
+    )
+    launch_s: float = _f(
+        "Time the send and receive kernels of one dispatch or combine occupy the GPU in all (issue, "
+        "wait, unpack), never hidden by overlap.",
+        "s",
+        0.0,
+    )
+    overlap_derate: float = _f(
+        "Slowdown of a transfer that runs beside compute (HBM and L2 shared with the GEMMs), as a "
+        "time multiplier (1: as fast as alone).",
+        "x",
+        1.0,
+    )
+
+
+#: Timing families a preset's ``[scale]`` table can scale (a user's calibration; 1 by default).
+SCALE_FAMILIES = (
+    "dense_gemm",
+    "expert_gemm",
+    "attention",
+    "elementwise",
+    "launch",
+    "moe_dispatch",
+    "moe_combine",
+    "collective",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,16 +120,22 @@ class HardwareSpec:
     gpus_per_node: int = _f("GPUs per host or compute tray.", "GPUs")
     scaleup_bw: float = _f("Scale-up (NVLink) bandwidth per GPU, per direction.", "B/s")
     scaleout_bw: float = _f("Scale-out (NIC) bandwidth per GPU, per direction.", "B/s")
-    mem_latency_s: float = _f("Fixed latency of a memory-bound kernel.", "s")
     scaleup_latency_s: float = _f("GPU-to-GPU latency inside the scale-up domain.", "s")
     scaleout_latency_s: float = _f("GPU-to-GPU latency across the network.", "s")
-    kernel_launch_s: float = _f("Least time of one kernel (launch and tail).", "s")
-    gemm_eff: float = _f("Fraction of peak FLOP/s a large GEMM reaches.", "fraction")
-    gemm_half_tokens: float = _f(
-        "Rows (tokens) of a GEMM at which its efficiency is half of gemm_eff (small-batch falloff).", "tokens"
+    num_sms: int = _f("Streaming multiprocessors per GPU.", "SMs")
+    launch_gap_s: float = _f("Gap between two kernels replayed from a CUDA graph.", "s")
+    launch_gap_eager_s: float = _f("Gap between two kernels launched one by one from the host.", "s")
+    kernels: Mapping[tuple[str, str], KernelCurve] = field(
+        default_factory=dict,
+        metadata={"doc": "Efficiency curve per (kernel family, compute class).", "unit": ""},
     )
-    attn_eff: float = _f("Fraction of peak FLOP/s attention reaches.", "fraction")
-    hbm_eff: float = _f("Fraction of HBM bandwidth reached.", "fraction")
+    scale: Mapping[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "doc": "Time multipliers per timing family (a user's calibration; 1 if absent).",
+            "unit": "",
+        },
+    )
     comm: Mapping[str, CommParams] = field(
         default_factory=dict, metadata={"doc": "Parameters per communication implementation.", "unit": ""}
     )
@@ -105,6 +155,22 @@ class HardwareSpec:
             )
         return self.comm[impl]
 
+    def kernel_curve(self, family: str, dtype: str) -> KernelCurve:
+        """The efficiency curve of kernel ``family`` in compute class ``dtype`` (fp4 falls back to
+        fp8 where the preset has no FP4 curve)."""
+        for key in ((family, dtype), (family, "any"), (family, "fp8") if dtype == "fp4" else None):
+            if key is not None and key in self.kernels:
+                return self.kernels[key]
+        have = sorted(f"{f}.{d}" for f, d in self.kernels)
+        raise UsageError(
+            f"hardware preset {self.name} has no [kernel.{family}.{dtype}] curve; add one (presets have: "
+            f"{', '.join(have) or 'none'})"
+        )
+
+    def time_scale(self, family: str) -> float:
+        """The time multiplier of timing family ``family`` (1 unless a calibrated preset sets it)."""
+        return float(self.scale.get(family, 1.0))
+
     def peak_flops(self, precision: str) -> float:
         """Dense peak FLOP/s for GEMMs in ``precision``, by its compute class
         (:func:`tracekit.precision.compute_class`); fp4 falls back to fp8 without FP4 tensor cores."""
@@ -119,8 +185,14 @@ class HardwareSpec:
 
 
 SCALAR_FIELDS = tuple(
-    f.name for f in dataclasses.fields(HardwareSpec) if f.name not in ("comm", "sources", "calibration")
+    f.name
+    for f in dataclasses.fields(HardwareSpec)
+    if f.name not in ("comm", "sources", "calibration", "kernels", "scale")
 )
+#: Scalar fields a preset may leave out (their defaults apply).
+OPTIONAL_FIELDS: tuple[str, ...] = ()
+#: Scalar fields that are whole numbers.
+INTEGER_FIELDS = ("scaleup_size", "gpus_per_node", "num_sms")
 COMM_FIELDS = tuple(f.name for f in dataclasses.fields(CommParams) if f.name != "impl")
 
 
@@ -177,6 +249,12 @@ def _merge_raw(path: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     for impl, entries in raw.get("comm", {}).items():
         comm.setdefault(impl, {}).update(entries)
     merged["comm"] = comm
+    kernel = {fam: {dt: dict(v) for dt, v in by.items()} for fam, by in merged.get("kernel", {}).items()}
+    for fam, by in raw.get("kernel", {}).items():
+        for dt, entries in by.items():
+            kernel.setdefault(fam, {}).setdefault(dt, {}).update(entries)
+    merged["kernel"] = kernel
+    merged["scale"] = {**merged.get("scale", {}), **raw.get("scale", {})}
     for key in ("name", "description", "gpu", "calibration"):
         if key in raw:
             merged[key] = raw[key]
@@ -200,11 +278,11 @@ def _build(raw: dict[str, Any], where: str) -> HardwareSpec:
         raise UsageError(f"{where}: unknown [spec] fields {unknown}; valid: {', '.join(numeric)}")
     for name in numeric:
         if name not in spec:
+            if name in OPTIONAL_FIELDS:
+                continue
             raise UsageError(f"{where}: [spec] has no {name!r}; add it with a value and a source")
         value, src = _value(spec[name], f"{where}: spec.{name}")
-        kwargs[name] = _number(
-            value, f"{where}: spec.{name}", integer=name in ("scaleup_size", "gpus_per_node")
-        )
+        kwargs[name] = _number(value, f"{where}: spec.{name}", integer=name in INTEGER_FIELDS)
         sources[name] = src
     comm: dict[str, CommParams] = {}
     for impl, entries in raw.get("comm", {}).items():
@@ -228,11 +306,47 @@ def _build(raw: dict[str, Any], where: str) -> HardwareSpec:
                 f"{where}: [comm.{impl}] is incomplete ({exc}); add the missing fields"
             ) from None
     kwargs["comm"] = comm
+    kwargs["kernels"] = _curves(raw.get("kernel", {}), where, sources)
+    scale: dict[str, float] = {}
+    for fam, entry in raw.get("scale", {}).items():
+        if fam not in SCALE_FAMILIES:
+            raise UsageError(f"{where}: unknown [scale] field {fam!r}; valid: {', '.join(SCALE_FAMILIES)}")
+        value, src = _value(entry, f"{where}: scale.{fam}")
+        scale[fam] = _number(value, f"{where}: scale.{fam}")
+        sources[f"scale.{fam}"] = src
+    kwargs["scale"] = scale
     kwargs["sources"] = sources
     kwargs["calibration"] = dict(raw.get("calibration", {}))
     hw = HardwareSpec(**kwargs)
     _check(hw, where)
     return hw
+
+
+def _curves(
+    tables: Mapping[str, Any], where: str, sources: dict[str, str]
+) -> dict[tuple[str, str], KernelCurve]:
+    """``[kernel.<family>.<dtype>]`` tables as curves (their sources recorded in ``sources``)."""
+    out: dict[tuple[str, str], KernelCurve] = {}
+    for fam, by in tables.items():
+        if fam not in FAMILIES:
+            raise UsageError(f"{where}: unknown [kernel.{fam}]; valid families: {', '.join(FAMILIES)}")
+        for dt, entries in by.items():
+            values: dict[str, float] = {}
+            for name, entry in entries.items():
+                if name not in CURVE_FIELDS:
+                    raise UsageError(
+                        f"{where}: unknown field kernel.{fam}.{dt}.{name}; valid: {', '.join(CURVE_FIELDS)}"
+                    )
+                value, src = _value(entry, f"{where}: kernel.{fam}.{dt}.{name}")
+                values[name] = _number(value, f"{where}: kernel.{fam}.{dt}.{name}")
+                sources[f"kernel.{fam}.{dt}.{name}"] = src
+            try:
+                out[(fam, dt)] = KernelCurve(family=fam, dtype=dt, **values)
+            except TypeError as exc:
+                raise UsageError(
+                    f"{where}: [kernel.{fam}.{dt}] is incomplete ({exc}); add the missing fields"
+                ) from None
+    return out
 
 
 def _number(value: Any, where: str, *, integer: bool = False) -> Any:
@@ -251,9 +365,6 @@ def _check(hw: HardwareSpec, where: str) -> None:
     for name in ("bf16_flops", "fp8_flops", "hbm_bw", "scaleup_bw", "scaleout_bw"):
         if getattr(hw, name) <= 0:
             raise UsageError(f"{where}: {name} must be > 0")
-    for name in ("gemm_eff", "attn_eff", "hbm_eff"):
-        if not 0 < getattr(hw, name) <= 1:
-            raise UsageError(f"{where}: {name} must be in (0, 1], got {getattr(hw, name)}")
     for p in hw.comm.values():
         for name in ("eff_up", "eff_out"):
             if not 0 < getattr(p, name) <= 1:
@@ -310,7 +421,29 @@ def apply_overrides(hw: HardwareSpec, overrides: Mapping[str, Any]) -> HardwareS
     comm = dict(hw.comm)
     sources = dict(hw.sources)
     for key, raw in overrides.items():
-        if key.startswith("comm."):
+        if key.startswith("kernel."):
+            kernels = dict(changes.get("kernels", hw.kernels))
+            parts = key.split(".")
+            if len(parts) != 4 or (parts[1], parts[2]) not in kernels or parts[3] not in CURVE_FIELDS:
+                have = ", ".join(f"{f}.{d}" for f, d in sorted(kernels))
+                raise UsageError(
+                    f"override {key!r}: expected kernel.<family>.<dtype>.<field> with family.dtype in {have} and "
+                    f"field in {', '.join(CURVE_FIELDS)}"
+                )
+            value = _number(_parse(raw, key), f"override {key}")
+            kernels[(parts[1], parts[2])] = dataclasses.replace(
+                kernels[(parts[1], parts[2])], **{parts[3]: value}
+            )
+            changes["kernels"] = kernels
+        elif key.startswith("scale."):
+            fam = key.split(".", 1)[1]
+            if fam not in SCALE_FAMILIES:
+                raise UsageError(f"override {key!r}: valid: scale.<{'|'.join(SCALE_FAMILIES)}>")
+            changes["scale"] = {
+                **changes.get("scale", hw.scale),
+                fam: _number(_parse(raw, key), f"override {key}"),
+            }
+        elif key.startswith("comm."):
             parts = key.split(".")
             if len(parts) != 3 or parts[1] not in comm or parts[2] not in COMM_FIELDS:
                 raise UsageError(
@@ -323,11 +456,10 @@ def apply_overrides(hw: HardwareSpec, overrides: Mapping[str, Any]) -> HardwareS
             numeric = [f for f in SCALAR_FIELDS if f not in ("name", "description", "gpu")]
             if key not in numeric:
                 raise UsageError(
-                    f"override {key!r} is not a hardware field; valid: {', '.join(numeric)}, comm.<impl>.<field>"
+                    f"override {key!r} is not a hardware field; valid: {', '.join(numeric)}, comm.<impl>.<field>, "
+                    "kernel.<family>.<dtype>.<field>, scale.<family>"
                 )
-            changes[key] = _number(
-                _parse(raw, key), f"override {key}", integer=key in ("scaleup_size", "gpus_per_node")
-            )
+            changes[key] = _number(_parse(raw, key), f"override {key}", integer=key in INTEGER_FIELDS)
         sources[key] = "override"
     new = dataclasses.replace(hw, comm=comm, sources=sources, **changes)
     _check(new, f"hardware {hw.name} with overrides")

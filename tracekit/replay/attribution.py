@@ -1,13 +1,29 @@
-"""The attribution stage: from every rank's priced components to layer and step times, and where
-the time went.
+"""The attribution stage: from every rank's priced kernels and collectives to layer and step times,
+and where the time went.
 
-A rank's time in a layer is its compute (attention, expert GEMMs, dense) plus the communication that
-is not hidden: without two-batch overlap all of it; with it, ``max(0, comm - compute)`` (the
-communication of one micro-batch hides under the other's compute). A layer takes as long as its
-slowest rank; the mean over ranks is the *mean load*, the rest the *straggler* cost of routing
-imbalance. A step is its layers plus the slowest rank's embedding and LM head. Each rank's bound is
-its largest component's; a layer's bound is its slowest rank's; a step's bound the one carrying the
-most of its time.
+A collective hides only under the compute that real engines run beside it, stage by stage: a
+*block* of compute ``c`` beside a collective of duration ``span`` whose kernels take ``busy`` of the
+GPU (SMs held in flight, NVLink copies that stay resident) lasts ``max(span, c + busy)``, the
+collective slowed by its implementation's ``overlap_derate``. Per rank and layer:
+
+- no overlap: compute, then every collective in full;
+- single-batch overlap: the dispatch beside the shared experts, the combine beside the down GEMM
+  (a third of the routed experts' GEMM time);
+- two-batch overlap in decode (DeepSeek's and SGLang's five-stage pipeline, micro-batches offset by
+  two stages): micro-batch ``a``'s dispatch runs beside ``a``'s shared experts and ``b``'s first
+  attention stage (norms, projections), ``a``'s combine beside ``b``'s second (core, output
+  projection, router);
+- two-batch overlap in prefill (two stages per layer, no offset): each dispatch and combine beside one
+  block of the other micro-batch: ``D(a) | X(b)``, ``D(b) | Y(a)``, ``C(a) | Y(b)``, ``C(b) | X(a)``,
+  with ``X`` the attention, router and shared experts and ``Y`` the routed experts; the compute runs
+  on the SMs the all-to-all kernels leave, all layer long (SGLang gives DeepGEMM the GPU's SMs minus
+  DeepEP's).
+
+The send and receive kernels (``launch``) and the tensor-parallel all-reduce are never hidden. A
+layer takes as long as its slowest rank; the mean over ranks is the *mean load*, the rest the
+*straggler* cost of routing imbalance. A step is its layers plus the slowest rank's embedding and
+LM head. Each rank's bound is its largest component's; a layer's bound is its slowest rank's; a
+step's bound the one carrying the most of its time.
 
 To change how the straggler is attributed, or how communication hides: this module.
 
@@ -20,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracekit.replay.timing import BOUND_NAMES, COMM_COMPONENTS, COMPONENTS, WindowCost
+from tracekit.replay.timing import BOUND_NAMES, COMM_COMPONENTS, COMPONENTS, CommTimes, WindowCost
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -28,8 +44,9 @@ class RankTimes:
     """Per (step, layer, rank) [W, T, R]."""
 
     compute: np.ndarray
+    #: Every collective in full (dispatch, combine with their kernels, tensor-parallel all-reduce).
     comm: np.ndarray
-    #: Communication not hidden under compute.
+    #: ``total - compute``: the communication not hidden under compute, and compute slowed by it.
     exposed: np.ndarray
     total: np.ndarray
     #: int8 bound code of the rank's largest component.
@@ -70,36 +87,96 @@ class Attribution:
     steps: StepTimes
 
 
-def attribute(cost: WindowCost, *, tbo: bool) -> Attribution:
+#: How a layer's collectives overlap its compute.
+SCHEDULES = ("serial", "sbo", "tbo-decode", "tbo-prefill")
+
+
+def schedule_of(*, tbo: bool, sbo: bool, phase: str) -> str:
+    if tbo:
+        return "tbo-decode" if phase == "decode" else "tbo-prefill"
+    return "sbo" if sbo else "serial"
+
+
+def attribute(cost: WindowCost, *, schedule: str, derate: float = 1.0) -> Attribution:
     """Layer and step times of a priced window (see the module docstring)."""
-    ranks = rank_times(cost, tbo=tbo)
+    ranks = rank_times(cost, schedule=schedule, derate=derate)
     layers = layer_times(cost, ranks)
     return Attribution(ranks=ranks, layers=layers, steps=step_times(cost, layers))
 
 
-def rank_times(cost: WindowCost, *, tbo: bool) -> RankTimes:
-    c = cost.components
-    compute = sum((c[n].time for n in COMPONENTS if n not in COMM_COMPONENTS), np.zeros(cost.layer_map.shape))
-    comm = c["dispatch"].time + c["combine"].time + c["tp_comm"].time
-    exposed = np.maximum(comm - compute, 0.0) if tbo else comm
-    stack = np.stack([c[n].time for n in COMPONENTS])  # [components, W, T, R]
+def _block(window: np.ndarray, comm: CommTimes, m: int, derate: float) -> np.ndarray:
+    """Seconds beyond ``window`` of compute that micro-batch ``m``'s collective adds beside it."""
+    span = comm.span[m] * derate
+    busy = comm.busy[m] * derate
+    return np.maximum(span, window + busy) - window
+
+
+def _total(cost: WindowCost, compute: np.ndarray, schedule: str, derate: float) -> np.ndarray:
+    """[W, T, R] every rank's time in every layer under ``schedule``."""
+    st, d, c = cost.stages, cost.dispatch, cost.combine
+    fixed = cost.tp_comm.sum(axis=0) + d.launch.sum(axis=0) + c.launch.sum(axis=0)
+    if schedule == "serial":
+        return compute + d.span.sum(axis=0) + c.span.sum(axis=0) + fixed
+    if schedule == "sbo":
+        down = st["experts"][0] / 3.0  # the down GEMM: a third of the routed experts' GEMM FLOPs
+        return compute + _block(st["shared"][0], d, 0, derate) + _block(down, c, 0, derate) + fixed
+    if schedule == "tbo-decode":
+        extra = np.zeros(compute.shape)
+        for m, o in ((0, 1), (1, 0)):
+            extra += _block(st["shared"][m] + st["attn0"][o], d, m, derate)
+            extra += _block(st["attn1"][o], c, m, derate)
+        return compute + extra + fixed
+    # prefill TBO runs its GEMMs on the SMs the normal all-to-all kernels leave (SGLang sets
+    # DeepGEMM's SM count to the GPU's minus DeepEP's), for the whole layer
+    slow = 1.0 / max(1.0 - cost.comm_sm_frac, 0.05)
+    x = (st["attn0"] + st["attn1"] + st["shared"] + st["ffn"]) * slow  # [2, W, T, R]
+    y = st["experts"] * slow
+    d = CommTimes(span=d.span, busy=np.zeros(d.busy.shape), launch=d.launch)
+    c = CommTimes(span=c.span, busy=np.zeros(c.busy.shape), launch=c.launch)
+    blocks = (
+        _block(x[1], d, 0, derate) + x[1],
+        _block(y[0], d, 1, derate) + y[0],
+        _block(y[1], c, 0, derate) + y[1],
+        _block(x[0], c, 1, derate) + x[0],
+    )
+    return sum(blocks, np.zeros(compute.shape)) + fixed
+
+
+def rank_times(cost: WindowCost, *, schedule: str, derate: float = 1.0) -> RankTimes:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown overlap schedule {schedule!r}")
+    comp = cost.components
+    compute = sum(
+        (comp[n].time for n in COMPONENTS if n not in COMM_COMPONENTS), np.zeros(cost.layer_map.shape)
+    )
+    comm = comp["dispatch"].time + comp["combine"].time + comp["tp_comm"].time
+    total = np.maximum(_total(cost, compute, schedule, derate), compute)
+    stack = np.stack([comp[n].time for n in COMPONENTS])  # [components, W, T, R]
     largest = stack.argmax(axis=0)
-    bstack = np.stack([c[n].bound for n in COMPONENTS])
+    bstack = np.stack([np.broadcast_to(comp[n].bound, largest.shape) for n in COMPONENTS])
     return RankTimes(
         compute=compute,
         comm=comm,
-        exposed=exposed,
-        total=compute + exposed,
+        exposed=total - compute,
+        total=total,
         bound=np.take_along_axis(bstack, largest[None], axis=0)[0],
     )
 
 
 def layer_times(cost: WindowCost, ranks: RankTimes) -> LayerTimes:
+    """The slowest rank sets a layer's time. In aggregated serving, with chance ``p`` some rank
+    also runs a prefill chunk (``c`` per layer) and the layer takes ``max(slowest, mean + c)``:
+    the expected time is ``(1 - p) * slowest + p * max(slowest, mean + c)`` (a straggler too)."""
     total = ranks.total
     time = total.max(axis=-1)
     slowest = total.argmax(axis=-1)
     mean_load = total.mean(axis=-1)
-    share = np.divide(ranks.exposed, ranks.comm, out=np.zeros_like(ranks.comm), where=ranks.comm > 0)
+    if cost.chunk_s is not None and cost.chunk_prob > 0:
+        p = cost.chunk_prob
+        time = (1.0 - p) * time + p * np.maximum(time, mean_load + cost.chunk_s)
+    share = np.divide(
+        np.minimum(ranks.exposed, ranks.comm), ranks.comm, out=np.zeros_like(ranks.comm), where=ranks.comm > 0
+    )
     return LayerTimes(
         time=time,
         mean_load=mean_load,

@@ -13,7 +13,7 @@ from tracekit.placement import Placement
 from tracekit.precision import DEPLOYMENT_FORMATS, WIRE_FORMATS, canonical
 
 #: Parts of the model that carry their own precision.
-PRECISION_PARTS = ("attention", "dense", "experts", "dispatch", "combine", "kv_cache")
+PRECISION_PARTS = ("attention", "attention_core", "dense", "experts", "dispatch", "combine", "kv_cache")
 #: Parts whose values are activations (a payload on the wire, the KV cache): no weight-only format.
 ACTIVATION_PARTS = ("dispatch", "combine", "kv_cache")
 
@@ -22,8 +22,11 @@ ACTIVATION_PARTS = ("dispatch", "combine", "kv_cache")
 class Precision:
     """Number format of each part of the model (names of :mod:`tracekit.precision`)."""
 
-    #: Attention projections and core (and its weights).
+    #: Attention projections (and their weights).
     attention: str = "bf16"
+    #: The attention core (QK and PV): the tensor cores the MLA / GQA kernel runs on. Serving
+    #: kernels compute it in BF16 even when the projections and the KV cache are FP8.
+    attention_core: str = "bf16"
     #: Dense FFN layers, shared experts, embedding and LM head.
     dense: str = "bf16"
     #: Routed expert weights and GEMMs.
@@ -108,6 +111,18 @@ class Deployment:
     impl: str | None = None
     #: Two-batch overlap of communication with compute.
     tbo: bool = False
+    #: Single-batch overlap: the dispatch under the shared experts and the combine under the down
+    #: GEMM of the same batch (no second micro-batch).
+    sbo: bool = False
+    #: Kernels replayed from CUDA graphs (small launch gaps) or launched one by one (None: graphs
+    #: in decode, eager in prefill).
+    cuda_graphs: bool | None = None
+    #: Aggregated serving: decode steps also run the prefill of new requests, (prompt tokens, output
+    #: tokens) per request. A rank busy with a prefill chunk stalls every other rank at the next
+    #: all-to-all (None: prefill runs elsewhere, as in disaggregated serving).
+    aggregated: tuple[int, int] | None = None
+    #: Prompt tokens per prefill chunk in aggregated serving (None: a whole prompt at once).
+    prefill_chunk: int | None = None
     #: Expert placement: a file written by ``tracekit place``, placement epochs (ascending
     #: ``from_step``), or None for the contiguous layout.
     placement: PlacementSource = None
@@ -141,6 +156,20 @@ class Deployment:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UsageError(f"{param(name)} must be >= 1, got {v}")
+        if self.tbo and self.sbo:
+            raise UsageError(
+                f"{param('tbo')} and {param('sbo')} are two ways of overlapping the same communication; "
+                "choose one"
+            )
+        if self.aggregated is not None:
+            isl, osl = self.aggregated
+            if isl < 1 or osl < 1:
+                raise UsageError(
+                    f"{param('aggregated')} needs prompt and output tokens >= 1, got {isl}:{osl}"
+                )
+            object.__setattr__(self, "aggregated", (int(isl), int(osl)))
+        if self.prefill_chunk is not None and self.prefill_chunk < 1:
+            raise UsageError(f"{param('prefill_chunk')} must be >= 1, got {self.prefill_chunk}")
         if self.redundant < 0:
             raise UsageError(f"{param('redundant')} must be >= 0, got {self.redundant}")
         if isinstance(self.placement, list):

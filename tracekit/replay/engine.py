@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from tracekit.errors import UsageError, param
-from tracekit.replay.attribution import attribute
+from tracekit.replay.attribution import attribute, schedule_of
 from tracekit.replay.counts import ExpertWindow, RoutingSource, expert_window, prefetch_window, window_size
 from tracekit.replay.deployment import Deployment
 from tracekit.replay.schedule import (
@@ -263,7 +263,11 @@ def _replay_phase(ph: _Phase, *, collect_ranks: bool, progress: Progress | None)
                 hi=hi,
                 load=ph.load,
                 cost=cost,
-                att=attribute(cost, tbo=setup.dep.tbo),
+                att=attribute(
+                    cost,
+                    schedule=schedule_of(tbo=setup.dep.tbo, sbo=setup.dep.sbo, phase=ph.name),
+                    derate=setup.hw.comm_params(setup.dep.impl_for(ph.name)).overlap_derate,
+                ),
             )
             steps.append(steps_frame(w))
             layers.append(layers_frame(w))

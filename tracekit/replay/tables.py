@@ -100,7 +100,7 @@ class Window:
 def steps_frame(w: Window) -> pl.DataFrame:
     W, lo, hi, load = w.W, w.lo, w.hi, w.load
     tok = load.tokens[lo:hi].astype(np.float64)
-    hidden = (w.att.ranks.comm - w.att.ranks.exposed).mean(axis=-1).sum(axis=-1)
+    hidden = np.maximum(w.att.ranks.comm - w.att.ranks.exposed, 0.0).mean(axis=-1).sum(axis=-1)
     return frame(
         "replay_steps",
         {
@@ -119,7 +119,7 @@ def steps_frame(w: Window) -> pl.DataFrame:
                 where=tok.sum(axis=-1) > 0,
             ),
             "step_time_s": w.att.steps.time,
-            **{f"{c}_s": w.mean(c).sum(axis=-1) for c in ("attention", "expert_gemm", "dense")},
+            **{f"{c}_s": w.mean(c).sum(axis=-1) for c in COMPONENTS if c not in COMM_COMPONENTS},
             **{f"{c}_s": w.exposed(c).sum(axis=-1) for c in COMM_COMPONENTS},
             "straggler_s": w.att.steps.straggler,
             "embedding_s": w.cost.embedding.time.mean(axis=-1),
@@ -158,7 +158,7 @@ def layers_frame(w: Window) -> pl.DataFrame:
             "mean_load_s": lt.mean_load.reshape(-1),
             "straggler_s": lt.straggler.reshape(-1),
             "exposed_comm_s": ranks.exposed.mean(axis=-1).reshape(-1),
-            "hidden_comm_s": (ranks.comm - ranks.exposed).mean(axis=-1).reshape(-1),
+            "hidden_comm_s": np.maximum(ranks.comm - ranks.exposed, 0.0).mean(axis=-1).reshape(-1),
             **{f"{c}_s": w.mean(c).reshape(-1) for c in COMPONENTS},
             "slowest_rank": lt.slowest_rank.reshape(-1).astype(np.int32),
             "tokens_recv_max": recv_max.reshape(-1).astype(np.int64),

@@ -1,17 +1,19 @@
-"""The timing stage: what each component of a window of replayed steps costs on every rank.
+"""The timing stage: what every rank spends in each layer of a window of replayed steps.
 
-:func:`time_window` prices, from the cost primitives of :mod:`tracekit.cost`, per (step, target
-decoder layer, rank): attention (per attention-window class), routed-expert grouped GEMMs,
-shared experts and router (or the dense FFN of a dense layer), dispatch and combine, and the
-tensor-parallel all-reduce; and per (step, rank) the embedding and LM head. Under two-batch overlap
-each micro-batch is priced separately and the two summed. The result, a :class:`WindowCost`, is
-what :mod:`tracekit.replay.attribution` turns into layer and step times.
+:func:`time_window` prices each layer's kernels (:mod:`tracekit.replay.layer`: norms, projections,
+the attention core, router, shared experts, routed experts, the small memory-bound kernels and the
+launch gap of every kernel) per (micro-batch, step, target decoder layer, rank) and by stage, the
+dispatch and combine of each micro-batch (:mod:`tracekit.cost.comm`, split into the NVLink and the
+NIC part and the SMs they hold), the tensor-parallel all-reduce, and per (step, rank) the embedding
+and the LM head. Under two-batch overlap the step's sequences and each expert's tokens are split
+between two micro-batches, priced separately. :mod:`tracekit.replay.attribution` then decides what
+overlaps what.
 
-To add a cost component: price it here into ``WindowCost.components`` and name it in
-:data:`COMPONENTS` (as compute or communication, :data:`COMM_COMPONENTS`).
+To add a cost component: price its kernels in :mod:`tracekit.replay.layer` under a component name,
+and list that name in :data:`COMPONENTS`.
 
-Shape legend: ``W`` steps of the window, ``L`` trace MoE layers, ``T`` target decoder layers,
-``R`` ranks, ``S`` slots per rank, ``P`` sequences per (step, rank).
+Shape legend: ``M`` micro-batches, ``W`` steps of the window, ``L`` trace MoE layers, ``T`` target
+decoder layers, ``R`` ranks, ``S`` slots per rank, ``P`` sequences per (step, rank).
 """
 
 from __future__ import annotations
@@ -22,47 +24,25 @@ from typing import Any
 
 import numpy as np
 
-from tracekit.cost import EPTraffic, allreduce, attention, combine, dispatch, gemm, grouped_gemm, roofline
+from tracekit.cost import EPTraffic, allreduce, combine, dispatch, gemm, roofline
 from tracekit.cost.result import BOUNDS
-from tracekit.models import expert_weight_bytes, shared_expert_params
-from tracekit.models.work import shared_expert_width
+from tracekit.hardware import comm_impl
 from tracekit.precision import bytes_per_param, wire_bytes_per_token
 from tracekit.replay.counts import ExpertWindow
+from tracekit.replay.layer import STAGES, LayerCosts, LayerPricer, LayerShape, Priced
 from tracekit.replay.schedule import AttentionLoad, WindowSequences
 from tracekit.replay.setup import ReplaySetup
 
 #: Components of a rank's time in a layer, in the order of the ``replay_ranks`` columns.
-COMPONENTS = ("attention", "expert_gemm", "dense", "dispatch", "combine", "tp_comm")
+COMPONENTS = ("attention", "attn_proj", "expert_gemm", "dense", "fixed", "dispatch", "combine", "tp_comm")
 #: The communication components (the rest is compute).
 COMM_COMPONENTS = ("dispatch", "combine", "tp_comm")
-#: Bound names, indexed by the int8 bound codes of :class:`Timed`.
+#: Bound names, indexed by the int8 bound codes.
 BOUND_NAMES = BOUNDS
 _LATENCY = BOUND_NAMES.index("latency")
 
-
-@dataclass(frozen=True, kw_only=True, eq=False)
-class Timed:
-    """Times (seconds) and the bound that set each one (int8 codes into :data:`BOUND_NAMES`)."""
-
-    time: np.ndarray
-    bound: np.ndarray
-
-    @staticmethod
-    def of(cost: Any) -> Timed:
-        """A cost primitive's result (``time_s`` and bound names)."""
-        return Timed(
-            time=np.asarray(cost.time_s, dtype=np.float64), bound=bound_codes(np.asarray(cost.bound))
-        )
-
-    @staticmethod
-    def zero(shape: tuple[int, ...]) -> Timed:
-        return Timed(time=np.zeros(shape), bound=np.full(shape, _LATENCY, dtype=np.int8))
-
-    def __add__(self, other: Timed) -> Timed:
-        """Two costs one after the other: times add, the larger one's bound stays."""
-        return Timed(
-            time=self.time + other.time, bound=np.where(self.time >= other.time, self.bound, other.bound)
-        )
+#: Timed is the priced pair the stages hand on (time and bound codes).
+Timed = Priced
 
 
 def bound_codes(bound: np.ndarray) -> np.ndarray:
@@ -73,15 +53,19 @@ def bound_codes(bound: np.ndarray) -> np.ndarray:
     return out
 
 
-def _halves(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split integer counts between two micro-batches."""
-    return (x + 1) // 2, x // 2
+def _zero(shape: tuple[int, ...]) -> Priced:
+    return Priced(time=np.zeros(shape), bound=np.full(shape, _LATENCY, dtype=np.int8))
+
+
+def _halves(x: np.ndarray) -> np.ndarray:
+    """Integer counts split between two micro-batches, stacked on a new first axis."""
+    return np.stack([(x + 1) // 2, x // 2])
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class LayerMap:
-    """From per-trace-MoE-layer arrays [W, L, R] and per-rank arrays [W, R] to per target decoder
-    layer [W, T, R]."""
+    """From per-trace-MoE-layer arrays [..., L, R] and per-rank arrays [..., R] to per target
+    decoder layer [..., T, R]."""
 
     #: int64 [T]: trace MoE layer replayed by each target layer (-1: a dense layer).
     source_of: np.ndarray
@@ -101,23 +85,36 @@ class LayerMap:
         return np.where(self.moe_mask, self.source_of, 0)
 
     def layers(self, moe_arr: np.ndarray, fill: float) -> np.ndarray:
-        """[W, L, R] per trace MoE layer -> [W, T, R] (``fill`` for dense layers)."""
+        """[..., L, R] per trace MoE layer -> [..., T, R] (``fill`` for dense layers)."""
+        taken = np.take(moe_arr, self._source, axis=-2)
         if self.moe_mask.all():
-            return moe_arr[:, self._source, :]
-        return np.where(self.moe_mask[None, :, None], moe_arr[:, self._source, :], np.full(self.shape, fill))
+            return taken
+        return np.where(self.moe_mask[:, None], taken, fill)
 
     def ranks(self, x: np.ndarray) -> np.ndarray:
-        """[W, R] -> [W, T, R], the same in every layer."""
-        return np.broadcast_to(x[:, None, :], self.shape)
+        """[..., R] -> [..., T, R], the same in every layer."""
+        return np.broadcast_to(x[..., None, :], (*x.shape[:-1], self.source_of.size, x.shape[-1]))
+
+    def kinds(self, moe: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        """[..., R] arrays of a MoE and a dense layer -> [..., T, R]."""
+        return np.where(self.moe_mask[:, None], self.ranks(moe), self.ranks(dense))
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class CommTimes:
+    """One collective per (micro-batch, step, target layer, rank): its duration and the GPU time its
+    kernels take from compute running beside it (SMs held while in flight, its launch)."""
+
+    span: np.ndarray
+    busy: np.ndarray
+    #: Kernel time not hidden by any overlap (send and receive kernels).
+    launch: np.ndarray
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class RoutedWork:
     """What the routed experts of a window do per (step, trace MoE layer, rank) [W, L, R]."""
 
-    expert_gemm: Timed
-    dispatch: Timed
-    combine: Timed
     #: [W, L, R, R] tokens each source rank sends each destination rank (once per destination).
     peer_tokens: np.ndarray
     #: Token-expert pairs each rank's experts receive.
@@ -137,15 +134,29 @@ class RoutedWork:
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class WindowCost:
-    """Every priced component of a window: per (step, target layer, rank) and per (step, rank)."""
+    """Every priced part of a window."""
 
     layer_map: LayerMap
-    #: Per component of :data:`COMPONENTS`: [W, T, R].
-    components: dict[str, Timed]
+    #: Micro-batches (2 under two-batch overlap).
+    M: int
+    #: Per stage of :data:`tracekit.replay.layer.STAGES`: [M, W, T, R] compute seconds.
+    stages: dict[str, np.ndarray]
+    #: Per component of :data:`COMPONENTS`: [W, T, R] seconds over all micro-batches.
+    components: dict[str, Priced]
+    dispatch: CommTimes
+    combine: CommTimes
+    #: [M, W, T, R] tensor-parallel all-reduce.
+    tp_comm: np.ndarray
+    #: Fraction of the SMs the dispatch and combine kernels hold while they run.
+    comm_sm_frac: float
     routed: RoutedWork
     #: Per (step, rank) [W, R]: the embedding read and the LM head.
-    embedding: Timed
-    lm_head: Timed
+    embedding: Priced
+    lm_head: Priced
+    #: Aggregated serving: [W, T] what a rank that also runs a prefill chunk spends on it per layer,
+    #: and the chance that some rank of the step does (0: no prefill beside the decode steps).
+    chunk_s: np.ndarray | None = None
+    chunk_prob: float = 0.0
 
 
 def time_window(
@@ -159,62 +170,261 @@ def time_window(
     hi: int,
 ) -> WindowCost:
     """Price every component of replayed steps ``lo .. hi - 1`` of ``phase``."""
-    lm = LayerMap(source_of=setup.source_of, W=hi - lo, R=setup.num_ranks)
-    routed = routed_work(setup, phase, counts)
-    tok = load.tokens[lo:hi].astype(np.float64)  # [W, R]
+    dep = setup.dep
+    M = 2 if dep.tbo else 1
+    W, R = hi - lo, setup.num_ranks
+    lm = LayerMap(source_of=setup.source_of, W=W, R=R)
+    shape = _shape(setup, phase, counts, seqs, M)
+    pricer = _pricer(setup, phase)
+    attn, moe, dense, weight_read = _layer_costs(setup, pricer, shape, seqs)
+    kinds = _kinds(setup, lm)
+    stages = {s: _assemble(kinds, attn, moe, dense, s, M) for s in STAGES}
+    comps = {c: _component(kinds, attn, moe, dense, c, M) for c in COMPONENTS if c not in COMM_COMPONENTS}
+    routed, d, c = _routed(setup, phase, counts, M, weight_read)
+    tp = _tp_comm(setup, shape)
+    comps["dispatch"] = _comm_component(lm, d, M)
+    comps["combine"] = _comm_component(lm, c, M)
+    tp_layers = lm.kinds(tp, 2.0 * tp)  # dense layers all-reduce after attention and after the FFN
+    comps["tp_comm"] = Priced(
+        time=tp_layers.sum(axis=0), bound=np.full(lm.shape, BOUND_NAMES.index("network"), np.int8)
+    )
     outputs = load.outputs[lo:hi].astype(np.float64)
-    group = _dp_groups(setup, tok, outputs, seqs)
-    dense_moe, dense_ffn, tp_comm = _dense_work(setup, tok, group.tokens)
-    moe = lm.moe_mask[None, :, None]
-    components = {
-        "attention": _attention(setup, phase, group),
-        "expert_gemm": Timed(
-            time=lm.layers(routed.expert_gemm.time, 0.0), bound=_layer_bound(lm, routed.expert_gemm)
-        ),
-        "dense": Timed(
-            time=np.where(moe, lm.ranks(dense_moe.time), lm.ranks(dense_ffn.time)),
-            bound=np.where(moe, lm.ranks(dense_moe.bound), lm.ranks(dense_ffn.bound)),
-        ),
-        "dispatch": Timed(time=lm.layers(routed.dispatch.time, 0.0), bound=_layer_bound(lm, routed.dispatch)),
-        "combine": Timed(time=lm.layers(routed.combine.time, 0.0), bound=_layer_bound(lm, routed.combine)),
-        # dense layers all-reduce twice (attention and FFN outputs), MoE layers once (attention)
-        "tp_comm": Timed(
-            time=lm.ranks(tp_comm.time) * np.where(lm.moe_mask, 1.0, 2.0)[None, :, None],
-            bound=lm.ranks(tp_comm.bound),
-        ),
-    }
-    embedding, lm_head = _edges(setup, tok, group.outputs)
+    tok = load.tokens[lo:hi].astype(np.float64)
+    embedding, lm_head = _edges(setup, tok, _group_sum(outputs, dep.tp))
+    chunk_s, chunk_prob = _prefill_chunks(setup, phase, shape, lm)
     return WindowCost(
-        layer_map=lm, components=components, routed=routed, embedding=embedding, lm_head=lm_head
+        chunk_s=chunk_s,
+        chunk_prob=chunk_prob,
+        layer_map=lm,
+        M=M,
+        stages=stages,
+        components=comps,
+        dispatch=_comm_layers(lm, d),
+        combine=_comm_layers(lm, c),
+        tp_comm=tp_layers,
+        comm_sm_frac=setup.hw.comm_params(dep.impl_for(phase)).sm_frac_up,
+        routed=routed,
+        embedding=embedding,
+        lm_head=lm_head,
     )
 
 
-def _layer_bound(lm: LayerMap, t: Timed) -> np.ndarray:
-    return lm.layers(t.bound, _LATENCY).astype(np.int8)
+def _prefill_chunks(
+    setup: ReplaySetup, phase: str, shape: LayerShape, lm: LayerMap
+) -> tuple[np.ndarray | None, float]:
+    """Aggregated serving: each layer's cost of one prefill chunk on a rank ([W, T]), and the chance
+    that at least one of the step's ranks runs one. Every rank's ``B`` sequences are replaced at
+    the rate they finish (``B / osl`` per step), each new one bringing ``isl`` prompt tokens in
+    chunks of ``prefill_chunk``."""
+    dep = setup.dep
+    if dep.aggregated is None or phase != "decode":
+        return None, 0.0
+    isl, osl = dep.aggregated
+    chunk = min(dep.prefill_chunk or isl, isl)
+    chunks_per_prompt = -(-isl // chunk)
+    batch = float(shape.tokens.sum(axis=0).mean())  # decode sequences per rank per step
+    p = min(1.0, batch * chunks_per_prompt / osl)
+    groups = max(1, setup.num_ranks // dep.tp)
+    prob = 1.0 - (1.0 - p) ** groups
+    W = lm.W
+    one = np.full((1, W, 1), float(chunk))
+    ctx = np.full((1, W, 1, 1), max(0.0, (isl - chunk) / 2.0))  # the chunk's mean earlier context
+    prefill = LayerShape(
+        tokens=one,
+        new_tokens=one[..., None],
+        context_tokens=ctx,
+        expert_tokens=np.zeros((1, W, 1, 1, 1)),
+        phase="prefill",
+        tp=dep.tp,
+    )
+    pricer = _pricer(setup, "prefill")
+    attn_costs: dict[Any, LayerCosts] = {}
+    for w in setup.distinct_windows:
+        costs = LayerCosts()
+        pricer.attention_layer(prefill, w, costs)
+        attn_costs[w] = costs
+    moe = LayerCosts()
+    pricer.router(prefill, moe)
+    if pricer.has_shared():
+        pricer.ffn(prefill.tokens, pricer.shared_width(), "shared", moe, dep.tp)
+    dense = LayerCosts()
+    pricer.ffn(prefill.tokens, float(setup.arch.intermediate_size or 0), "ffn", dense, dep.tp)
+    one_rank = LayerMap(source_of=setup.source_of, W=W, R=1)
+    kinds = _kinds(setup, one_rank)
+    per_layer = sum(
+        (_assemble(kinds, attn_costs, moe, dense, s, 1) for s in ("attn0", "attn1", "shared", "ffn")),
+        np.zeros((1, *one_rank.shape)),
+    )
+    return per_layer[0, :, :, 0], prob
 
 
-def routed_work(setup: ReplaySetup, phase: str, counts: ExpertWindow) -> RoutedWork:
-    """Grouped GEMMs of each rank's experts and the dispatch and combine that feed them."""
-    hw, arch, dep = setup.hw, setup.arch, setup.dep
-    prec = dep.precision
+def _pricer(setup: ReplaySetup, phase: str) -> LayerPricer:
+    dep = setup.dep
+    p = dep.precision
+    impl = comm_impl(dep.impl_for(phase))
+    return LayerPricer(
+        setup.hw,
+        setup.arch,
+        attention=p.attention,
+        attention_core=p.attention_core,
+        kv_cache=p.kv_cache,
+        dense=p.dense,
+        experts=p.experts,
+        # low-latency all-to-alls hand the experts a masked [experts, max tokens] layout
+        expert_layout="masked" if impl.dedup == "expert" else "contiguous",
+        cuda_graphs=dep.cuda_graphs if dep.cuda_graphs is not None else phase == "decode",
+    )
+
+
+def _group_sum(x: np.ndarray, tp: int) -> np.ndarray:
+    """[..., R] per rank -> each rank's attention data-parallel group's sum (its TP ranks share it)."""
+    if tp == 1:
+        return x
+    lead, R = x.shape[:-1], x.shape[-1]
+    return np.repeat(x.reshape(*lead, R // tp, tp).sum(axis=-1), tp, axis=-1)
+
+
+def _shape(setup: ReplaySetup, phase: str, counts: ExpertWindow, seqs: WindowSequences, M: int) -> LayerShape:
+    """Per micro-batch: the group's tokens and sequences, and each slot's expert tokens."""
+    tp = setup.dep.tp
     W, L, _ = counts.recv.shape
     R = setup.num_ranks
     local = counts.recv.reshape(W, L, R, setup.placement.slots_per_rank)
-    gg_args: dict[str, Any] = {
-        "hidden_size": arch.hidden_size,
-        "ffn_size": arch.moe_intermediate_size,
-        "precision": prec.experts,
-        "weight_precision": prec.experts,
-        "expert_weight_bytes": expert_weight_bytes(arch, prec.experts),
-    }
-    if dep.tbo:
-        first, second = (grouped_gemm(hw, tokens_per_expert=h, **gg_args) for h in _halves(local))
-        gemms = Timed.of(first) + Timed.of(second)
-        weight_read = first.weight_bytes + second.weight_bytes
+    new, ctx = seqs.new_tokens, seqs.context_tokens  # [W, R, P]
+    if tp > 1:  # a DP group's ranks compute attention over the group's sequences, heads split tp ways
+        groups = R // tp
+        new = np.repeat(new.reshape(W, groups, -1), tp, axis=1)
+        ctx = np.repeat(ctx.reshape(W, groups, -1), tp, axis=1)
+    if M == 2:
+        mb = (np.arange(new.shape[-1]) % 2)[None, None, :]
+        new = np.stack([new * (mb == 0), new * (mb == 1)])
+        ctx = np.stack([ctx * (mb == 0), ctx * (mb == 1)])
+        experts = _halves(local)
     else:
-        whole = grouped_gemm(hw, tokens_per_expert=local, **gg_args)
-        gemms = Timed.of(whole)
-        weight_read = whole.weight_bytes
+        new, ctx, experts = new[None], ctx[None], local[None]
+    return LayerShape(
+        tokens=new.sum(axis=-1),
+        new_tokens=new,
+        context_tokens=ctx,
+        expert_tokens=experts,
+        phase=phase,
+        tp=tp,
+    )
+
+
+def _layer_costs(
+    setup: ReplaySetup, pricer: LayerPricer, shape: LayerShape, seqs: WindowSequences
+) -> tuple[dict[Any, LayerCosts], LayerCosts, LayerCosts, np.ndarray]:
+    """Costs per attention-window class (attention of every layer), of a MoE layer's router, shared
+    and routed experts ([M, W, L, R] for the experts), and of a dense layer's FFN."""
+    live = shape.tokens > 0
+    gap = pricer.gap
+    attn: dict[Any, LayerCosts] = {}
+    for w in setup.distinct_windows:
+        costs = LayerCosts()
+        pricer.attention_layer(shape, w, costs)
+        attn[w] = costs.with_gaps(gap, live)
+    moe = LayerCosts()
+    pricer.router(shape, moe)
+    if pricer.has_shared():
+        pricer.ffn(shape.tokens, pricer.shared_width(), "shared", moe, shape.tp)
+    pricer.residual(shape, moe)
+    moe.with_gaps(gap, live)
+    routed = LayerCosts()
+    weight_read = pricer.experts(shape, routed).sum(axis=0)
+    routed.with_gaps(gap, shape.expert_tokens.sum(axis=-1) > 0)
+    for stage, t in routed.stages.items():
+        moe.stages[stage] = t  # [M, W, L, R]
+    for comp, pr in routed.components.items():
+        moe.components[f"routed:{comp}"] = pr
+    dense = LayerCosts()
+    pricer.ffn(shape.tokens, float(setup.arch.intermediate_size or 0), "ffn", dense, shape.tp)
+    dense.with_gaps(gap, live)
+    return attn, moe, dense, weight_read
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Kinds:
+    """Where each target layer's costs come from: its attention-window class, MoE or dense."""
+
+    lm: LayerMap
+    #: The attention-window classes, in the order the costs are given.
+    order: list[Any]
+    #: [T] each target layer's class (index into ``order``).
+    idx: np.ndarray
+
+    def attention(self, by_class: list[np.ndarray]) -> np.ndarray:
+        """[M, W, R] per class -> [M, W, T, R]."""
+        return np.moveaxis(np.stack(by_class)[self.idx], 0, -2)
+
+
+def _kinds(setup: ReplaySetup, lm: LayerMap) -> _Kinds:
+    order = list(setup.distinct_windows)
+    return _Kinds(lm=lm, order=order, idx=np.array([order.index(w) for w in setup.windows]))
+
+
+def _full(x: Any, shape: tuple[int, ...]) -> np.ndarray:
+    return np.broadcast_to(np.asarray(x, dtype=np.float64), shape)
+
+
+def _assemble(
+    k: _Kinds, attn: dict[Any, LayerCosts], moe: LayerCosts, dense: LayerCosts, stage: str, M: int
+) -> np.ndarray:
+    """[M, W, T, R] compute seconds of ``stage`` in every target layer."""
+    lm = k.lm
+    shape = (M, lm.W, lm.R)
+    out = np.zeros((M, *lm.shape))
+    if any(stage in attn[w].stages for w in k.order):
+        out = out + k.attention([_full(attn[w].stages.get(stage, 0.0), shape) for w in k.order])
+    if stage == "experts":
+        if stage in moe.stages:
+            out = out + lm.layers(moe.stages[stage], 0.0)
+    elif stage in moe.stages or stage in dense.stages:
+        out = out + lm.kinds(
+            _full(moe.stages.get(stage, 0.0), shape), _full(dense.stages.get(stage, 0.0), shape)
+        )
+    return out
+
+
+def _priced(costs: LayerCosts, comp: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    pr = costs.components.get(comp)
+    if pr is None:
+        return np.zeros(shape), np.full(shape, _LATENCY, np.int8)
+    return _full(pr.time, shape), np.broadcast_to(pr.bound, shape)
+
+
+def _component(
+    k: _Kinds, attn: dict[Any, LayerCosts], moe: LayerCosts, dense: LayerCosts, comp: str, M: int
+) -> Priced:
+    """[W, T, R] seconds of one component over the micro-batches, with the bound of its largest part."""
+    lm = k.lm
+    shape = (M, lm.W, lm.R)
+    parts = [_priced(attn[w], comp, shape) for w in k.order]
+    total = Priced(
+        time=k.attention([t for t, _ in parts]), bound=k.attention([b for _, b in parts]).astype(np.int8)
+    )
+    routed = moe.components.get(f"routed:{comp}")
+    if routed is not None:
+        total = total + Priced(
+            time=lm.layers(np.asarray(routed.time, dtype=np.float64), 0.0),
+            bound=lm.layers(routed.bound, _LATENCY).astype(np.int8),
+        )
+    (mt, mb), (dt, db) = _priced(moe, comp, shape), _priced(dense, comp, shape)
+    total = total + Priced(time=lm.kinds(mt, dt), bound=lm.kinds(mb, db).astype(np.int8))
+    largest = np.argmax(total.time, axis=0)[None]
+    return Priced(time=total.time.sum(axis=0), bound=np.take_along_axis(total.bound, largest, axis=0)[0])
+
+
+def _routed(
+    setup: ReplaySetup, phase: str, counts: ExpertWindow, M: int, weight_read: np.ndarray
+) -> tuple[RoutedWork, CommTimes, CommTimes]:
+    """Traffic and bytes of the routed experts, and the dispatch and combine of each micro-batch
+    ([M, W, L, R])."""
+    hw, arch, dep = setup.hw, setup.arch, setup.dep
+    prec = dep.precision
+    R = setup.num_ranks
+    W, L, _ = counts.recv.shape
+    local = counts.recv.reshape(W, L, R, setup.placement.slots_per_rank)
     peer = counts.peer_tokens.astype(np.float64)
     traffic = EPTraffic(
         rank_tokens=peer,
@@ -223,18 +433,15 @@ def routed_work(setup: ReplaySetup, phase: str, counts: ExpertWindow) -> RoutedW
         domain_size=hw.scaleup_size,
     )
     impl = dep.impl_for(phase)
+    params = hw.comm_params(impl)
     bpt_dispatch = wire_bytes_per_token(prec.dispatch, arch.hidden_size)
     bpt_combine = wire_bytes_per_token(prec.combine, arch.hidden_size)
-    # under two-batch overlap each micro-batch moves half of the traffic, one after the other
-    part, times = (traffic.scaled(0.5), 2.0) if dep.tbo else (traffic, 1.0)
+    part = traffic.scaled(1.0 / M)  # each micro-batch moves its share of the traffic
     d = dispatch(hw, part, impl=impl, bytes_per_token=bpt_dispatch)
     c = combine(hw, part, impl=impl, bytes_per_token=bpt_combine)
     off = 1.0 - np.eye(R)
     disp_recv = (peer * off).sum(axis=-2) * bpt_dispatch
-    return RoutedWork(
-        expert_gemm=gemms,
-        dispatch=Timed(time=times * d.time_s, bound=bound_codes(d.bound)),
-        combine=Timed(time=times * c.time_s, bound=bound_codes(c.bound)),
+    routed = RoutedWork(
         peer_tokens=peer,
         tokens_recv=local.sum(axis=-1),
         active_experts=(local > 0).sum(axis=-1),
@@ -242,133 +449,53 @@ def routed_work(setup: ReplaySetup, phase: str, counts: ExpertWindow) -> RoutedW
         dispatch_bytes=(peer * off).sum(axis=-1) * bpt_dispatch,
         dispatch_recv_bytes=disp_recv,
         combine_bytes=disp_recv / bpt_dispatch * bpt_combine,
-        network_bytes=times * (d.network_bytes_sent + c.network_bytes_sent),
+        network_bytes=M * (d.network_bytes_sent + c.network_bytes_sent),
+    )
+    scale = {"d": hw.time_scale("moe_dispatch"), "c": hw.time_scale("moe_combine")}
+    return (
+        routed,
+        _comm_times(d, params, M, scale["d"], hw.num_sms),
+        _comm_times(c, params, M, scale["c"], hw.num_sms),
     )
 
 
-@dataclass(frozen=True, kw_only=True, eq=False)
-class _GroupWork:
-    """Attention inputs per rank after tensor parallelism: a DP group's ranks share its sequences."""
+def _comm_times(cost: Any, p: Any, M: int, scale: float, sms: int) -> CommTimes:
+    span = np.asarray(cost.time_s) * scale
+    up = np.asarray(cost.up_time_s) * scale
+    out = np.asarray(cost.out_time_s) * scale
+    busy = p.sm_frac_up * up + p.sm_frac * out
+    shape = (M, *span.shape)
+    return CommTimes(
+        span=np.broadcast_to(span, shape),
+        busy=np.broadcast_to(busy, shape),
+        launch=np.broadcast_to(np.where(span > 0, p.launch_s, 0.0), shape),
+    )
 
-    new_tokens: np.ndarray  # [W, R or groups, P]
-    context_tokens: np.ndarray
-    micro_batch: np.ndarray
-    #: [W, R] tokens and output tokens of each rank's DP group.
-    tokens: np.ndarray
-    outputs: np.ndarray
+
+def _comm_layers(lm: LayerMap, c: CommTimes) -> CommTimes:
+    return CommTimes(
+        span=lm.layers(c.span, 0.0), busy=lm.layers(c.busy, 0.0), launch=lm.layers(c.launch, 0.0)
+    )
 
 
-def _dp_groups(setup: ReplaySetup, tok: np.ndarray, outputs: np.ndarray, seqs: WindowSequences) -> _GroupWork:
+def _comm_component(lm: LayerMap, c: CommTimes, M: int) -> Priced:
+    t = lm.layers((c.span + c.launch).sum(axis=0), 0.0)
+    return Priced(time=t, bound=np.full(t.shape, BOUND_NAMES.index("network"), np.int8))
+
+
+def _tp_comm(setup: ReplaySetup, shape: LayerShape) -> np.ndarray:
+    """[M, W, R] the attention output all-reduce of tensor-parallel attention."""
     tp = setup.dep.tp
     if tp == 1:
-        return _GroupWork(
-            new_tokens=seqs.new_tokens,
-            context_tokens=seqs.context_tokens,
-            micro_batch=seqs.micro_batch,
-            tokens=tok,
-            outputs=outputs,
-        )
-    # A DP group's ranks compute attention over the group's sequences, heads split tp ways.
-    W, R, _ = seqs.new_tokens.shape
-    groups = R // tp
-    new = seqs.new_tokens.reshape(W, groups, -1)
-    return _GroupWork(
-        new_tokens=new,
-        context_tokens=seqs.context_tokens.reshape(W, groups, -1),
-        micro_batch=np.broadcast_to((np.arange(new.shape[-1]) % 2)[None, None, :], new.shape),
-        tokens=np.repeat(tok.reshape(W, groups, tp).sum(axis=-1), tp, axis=-1),
-        outputs=np.repeat(outputs.reshape(W, groups, tp).sum(axis=-1), tp, axis=-1),
-    )
+        return np.zeros(shape.tokens.shape)
+    cost = allreduce(setup.hw, nbytes=shape.tokens * setup.arch.hidden_size * 2.0, ranks=tp)
+    return np.asarray(cost.time_s) * setup.hw.time_scale("collective")
 
 
-def _attention(setup: ReplaySetup, phase: str, group: _GroupWork) -> Timed:
-    """[W, T, R] attention of every target layer, priced once per attention-window class."""
-    hw, arch, dep = setup.hw, setup.arch, setup.dep
-    prec = dep.precision
-    tp = dep.tp
-    windows = setup.distinct_windows
-    by_window = []
-    for w in windows:
-        args: dict[str, Any] = {
-            "phase": phase,
-            "kv_precision": prec.kv_cache,
-            "weight_precision": prec.attention,
-            "precision": prec.attention,
-            "layer": setup.windows.index(w),
-            "tp": tp,
-        }
-        if dep.tbo:
-            mb = group.micro_batch
-            at = Timed.of(
-                attention(
-                    hw,
-                    arch,
-                    new_tokens=group.new_tokens * (mb == 0),
-                    context_tokens=group.context_tokens * (mb == 0),
-                    **args,
-                )
-            ) + Timed.of(
-                attention(
-                    hw,
-                    arch,
-                    new_tokens=group.new_tokens * (mb == 1),
-                    context_tokens=group.context_tokens * (mb == 1),
-                    **args,
-                )
-            )
-        else:
-            at = Timed.of(
-                attention(hw, arch, new_tokens=group.new_tokens, context_tokens=group.context_tokens, **args)
-            )
-        if tp > 1:
-            at = Timed(time=np.repeat(at.time, tp, axis=-1), bound=np.repeat(at.bound, tp, axis=-1))
-        by_window.append(at)
-    idx = np.array([windows.index(w) for w in setup.windows])
-    time = np.stack([a.time for a in by_window])[idx]  # [T, W, R]
-    bound = np.stack([a.bound for a in by_window])[idx]
-    return Timed(time=np.moveaxis(time, 0, 1), bound=np.moveaxis(bound, 0, 1))
-
-
-def _ffn(setup: ReplaySetup, width: int, rows: np.ndarray) -> Timed:
-    """A SwiGLU FFN of ``width`` (split tp ways) over ``rows`` tokens per rank [W, R]."""
-    if width == 0:
-        return Timed.zero(rows.shape)
-    hw, dep = setup.hw, setup.dep
-    hidden = setup.arch.hidden_size
-
-    def one(m: np.ndarray) -> Timed:
-        up = gemm(hw, m=m, n=2 * width // dep.tp, k=hidden, precision=dep.precision.dense)
-        down = gemm(hw, m=m, n=hidden, k=width // dep.tp, precision=dep.precision.dense)
-        return Timed.of(up) + Timed.of(down)
-
-    if dep.tbo:
-        a, b = _halves(rows)
-        return one(a) + one(b)
-    return one(rows)
-
-
-def _dense_work(setup: ReplaySetup, tok: np.ndarray, group_tokens: np.ndarray) -> tuple[Timed, Timed, Timed]:
-    """[W, R]: a MoE layer's shared experts and router, a dense layer's FFN, and the TP all-reduce."""
-    hw, arch = setup.hw, setup.arch
-    router = Timed.of(gemm(hw, m=tok, n=arch.num_experts, k=arch.hidden_size, precision="bf16"))
-    shared = (
-        _ffn(setup, shared_expert_width(arch), group_tokens)
-        if shared_expert_params(arch)
-        else Timed.zero(tok.shape)
-    )
-    dense_ffn = _ffn(setup, arch.intermediate_size or 0, group_tokens)
-    tp = setup.dep.tp
-    if tp > 1:
-        tp_comm = Timed.of(allreduce(hw, nbytes=group_tokens * arch.hidden_size * 2.0, ranks=tp))
-    else:
-        tp_comm = Timed.zero(tok.shape)
-    return shared + router, dense_ffn, tp_comm
-
-
-def _edges(setup: ReplaySetup, tok: np.ndarray, group_outputs: np.ndarray) -> tuple[Timed, Timed]:
+def _edges(setup: ReplaySetup, tok: np.ndarray, group_outputs: np.ndarray) -> tuple[Priced, Priced]:
     """[W, R]: the embedding read and the LM head of each rank."""
     hw, arch, dep = setup.hw, setup.arch, setup.dep
     dense = dep.precision.dense
     emb = roofline(hw, flops=0.0, hbm_bytes=tok * arch.hidden_size * bytes_per_param(dense) * 2.0)
     head = gemm(hw, m=group_outputs, n=arch.vocab_size // dep.tp, k=arch.hidden_size, precision=dense)
-    return Timed.of(emb), Timed.of(head)
+    return Priced.of(emb), Priced.of(head)
