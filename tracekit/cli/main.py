@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from tracekit._version import __version__
-from tracekit.errors import TraceWarning, TracekitError, first_line
+from tracekit.errors import TracekitError, TraceWarning, first_line
 from tracekit.trace.outputs import USER_ERRNOS, os_error
 
 #: Every subcommand: name -> "module:attribute". Entries whose module is absent are not listed.
@@ -90,7 +90,9 @@ class TracekitGroup(click.Group):
         pending: list[str] = []
         with warnings.catch_warnings():
             _route_warnings(pending)
-            code = _run(lambda: super(TracekitGroup, self).main(args, prog_name, complete_var, False, **extra))
+            code = _run(
+                lambda: super(TracekitGroup, self).main(args, prog_name, complete_var, False, **extra)
+            )
         if code == 0:  # a failed command says one line: its error
             for line in pending:
                 _say(f"tracekit: warning: {line}")

@@ -144,6 +144,7 @@ def prepare_ep(
 
     if ep < 1:
         raise UsageError(f"--ep must be at least 1, got {ep}")
+    check_ranks(ep, device)
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if not prompts:
@@ -185,6 +186,31 @@ def prepare_ep(
         trace_id=uuid.uuid4().hex,
         num_experts=num_experts,
         rows_per_part=rows_per_part,
+    )
+
+
+#: Ranks per CPU core a CPU recording may start (each rank is a process running the model).
+RANKS_PER_CPU = 4
+#: Memory one CPU rank needs: the interpreter with torch and transformers, a tiny model, gloo buffers.
+RANK_BYTES = 600 * 1024**2
+
+
+def check_ranks(ep: int, device: str) -> None:
+    """Refuse more ranks than this machine can run (before any process starts)."""
+    from tracekit import limits
+
+    if device.startswith("cuda"):
+        return  # one GPU per rank, checked against the devices
+    cpus = limits.cpu_count()
+    limits.at_most(
+        "--ep",
+        ep,
+        RANKS_PER_CPU * cpus,
+        f"each rank is a process running the model, and this machine has {cpus} CPU core(s) "
+        f"({RANKS_PER_CPU} ranks per core at most)",
+    )
+    limits.fits_memory(
+        "--ep", ep, RANK_BYTES, f"{ep} rank processes (about {RANK_BYTES // 1024**2} MiB each)"
     )
 
 

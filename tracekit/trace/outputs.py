@@ -373,6 +373,11 @@ class Output:
     def open(self) -> Output:
         self.check()
         parent = self.path.parent
+        if self.kind == "file" and not parent.is_dir():
+            raise UsageError(
+                f"{self.option} {self.path}: cannot write the file (its folder {parent} does not exist); "
+                f"create it or give a {self.option} in an existing, writable folder"
+            )
         if not parent.is_dir():
             try:
                 parent.mkdir(parents=True, exist_ok=True)
