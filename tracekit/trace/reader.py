@@ -33,6 +33,9 @@ class ShardStatus:
     trace_id: str | None = None
 
 
+#: Traces whose part files total at most this are validated in full (data included) when opened;
+#: larger ones get the checks of statuses and footers, which need no decoding.
+FULL_CHECK_BYTES = 32 * 1024**2
 #: Largest manifest or status file read (they are a few kB; anything bigger is not one).
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
@@ -103,9 +106,10 @@ def parse_status(p: Path, raw: Any) -> ShardStatus:
 class Trace:
     """A trace directory, opened lazily. Nothing is read but the manifest and shard status files.
 
-    With ``warn`` (the default) the statuses and Parquet footers are checked once per process and
-    state of the files (:func:`tracekit.trace.health.quick_check`); anything incomplete or invalid
-    becomes one :class:`~tracekit.errors.TraceWarning`.
+    With ``warn`` (the default) the trace is checked once per process and state of its files: in
+    full (:func:`tracekit.trace.validate`) up to ``FULL_CHECK_BYTES`` of part files, else its
+    statuses and Parquet footers (:func:`tracekit.trace.health.quick_check`); anything incomplete or
+    invalid becomes one :class:`~tracekit.errors.TraceWarning`.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, warn: bool = True) -> None:
@@ -142,7 +146,13 @@ class Trace:
 
         key = _signature(self.path)
         if key not in _CHECKED:
-            problems, _ = quick_check(self)
+            size = sum(p.stat().st_size for t in TABLE_NAMES for p in self.files(t, check=False))
+            if size <= FULL_CHECK_BYTES:  # small: every check validate makes, data included
+                from tracekit.trace.validate import validate
+
+                problems = list(validate(self.path).problems)
+            else:
+                problems, _ = quick_check(self)
             _CHECKED[key] = summary_line(self.path, problems) if problems else ""
         if _CHECKED[key]:
             warnings.warn(TraceWarning(_CHECKED[key]), stacklevel=3)
