@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from tracekit.cli._render import FORMATS, render_rows
-from tracekit.errors import UsageError
+from tracekit.errors import ResourceError, UsageError, first_line
 
 #: Storage format of the database files ``tracekit db`` writes: the previous minor release's (DuckDB
 #: 2.0 reads and writes it; DuckDB 1.5 opens it, while a file in 2.0's own format it cannot).
@@ -175,12 +175,29 @@ def db(inputs: tuple[str, ...], out: str, force: bool) -> None:
         con = cat.connect(output.target, storage_version=STORAGE_VERSION)
         try:
             views = cat.views(con)
+            _checkpoint(con, out)
         finally:
             con.close()
+        if output.target.with_name(output.target.name + ".wal").exists():
+            raise ResourceError(
+                f"--out {out}: DuckDB could not fold its log into the database file (disk full?); "
+                "nothing was written: free space and run tracekit db again"
+            )
     click.echo(
         f"wrote {out}: {len(views)} views over {len(cat.inputs)} input(s), DuckDB storage {STORAGE_VERSION} "
         f"(DuckDB {STORAGE_VERSION.lstrip('v').rsplit('.', 1)[0]} and later open it); open it with: duckdb {out}"
     )
+
+
+def _checkpoint(con: Any, out: str) -> None:
+    import duckdb
+
+    try:
+        con.execute("CHECKPOINT")
+    except duckdb.Error as exc:
+        raise ResourceError(
+            f"--out {out}: DuckDB could not write the database file ({first_line(exc)}); nothing was written"
+        ) from None
 
 
 @click.command()

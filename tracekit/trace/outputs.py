@@ -55,13 +55,16 @@ def _tagged(path: Path, tag: str, pid: int, *, keep_suffix: bool) -> Path:
 
 
 def _is_tagged(name: str, path: Path, tag: str) -> bool:
-    """Is ``name`` (an entry next to ``path``) a staging or aside copy of ``path``?"""
+    """Is ``name`` (an entry next to ``path``) a staging or aside copy of ``path``, or a file a
+    library made beside one (DuckDB's ``.wal``)?"""
     for stem, suffix in ((path.name, ""), (path.stem, path.suffix)):
         head = f".{stem}{tag}"
-        if name.startswith(head) and name.endswith(suffix):
-            middle = name[len(head) : len(name) - len(suffix)] if suffix else name[len(head) :]
-            if middle.isdigit():
-                return True
+        if not name.startswith(head):
+            continue
+        rest = name[len(head) :]
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        if digits and (rest[digits:] == "" or rest[digits:].startswith(suffix or ".")):
+            return True
     return False
 
 
@@ -430,6 +433,7 @@ class Output:
         """Drop a staging copy (the old output stays); an in-place output is left as it is."""
         if self.staged:
             _remove(self.target)
+            _remove(self.target.with_name(self.target.name + ".wal"))
             self.target = self.path
 
     def close(self, ok: bool) -> None:

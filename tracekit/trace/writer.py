@@ -114,7 +114,7 @@ class TraceWriter:
             )
             if not joins:
                 raise OutputBusyError(
-                    f"{self.path}: {holder.describe()} is writing this trace now; wait for it to finish "
+                    f"--out {self.path}: {holder.describe()} is writing it now; wait for it to finish "
                     "or choose another --out"
                 )
             self.root = Path(holder.target)  # a rank of the same run: write where its rank 0 writes
