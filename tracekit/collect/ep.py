@@ -197,7 +197,7 @@ RANK_BYTES = 600 * 1024**2
 
 def check_ranks(ep: int, device: str) -> None:
     """Refuse more ranks than this machine can run (before any process starts)."""
-    from tracekit import limits
+    import tracekit.limits as limits
 
     if device.startswith("cuda"):
         return  # one GPU per rank, checked against the devices

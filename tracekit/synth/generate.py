@@ -97,7 +97,7 @@ _PART_ROWS = 1_000_000
 
 def check_size(config: SynthConfig, out: str | os.PathLike[str] | None = None) -> None:
     """Refuse sizes the trace format, this machine's memory or the output's disk cannot hold."""
-    from tracekit import limits
+    import tracekit.limits as limits
 
     for option, value in (
         ("--tokens-per-step", config.tokens_per_step),
