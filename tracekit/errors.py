@@ -22,7 +22,7 @@ memory) or a recording failed at run time. The CLI also turns click's usage erro
     ├── ModelError                 a model cannot be loaded, or has no MoE layer (exit 2)
     ├── DeploymentError            a deployment cannot run (does not fit, bad degrees) (exit 2)
     ├── OutputBusyError            another process is writing the same output (exit 2)
-    ├── ResourceError              the machine refused: disk full, read-only, no memory (exit 1)
+    ├── ResourceError              the machine refused: no space left, no memory (exit 1)
     └── CollectorError             recording failed at run time (exit 1)
 
 Warnings about inputs that can still be read (an incomplete trace, a status that disagrees with the
@@ -112,7 +112,7 @@ class OutputBusyError(UsageError):
 
 
 class ResourceError(TracekitError):
-    """The machine refused: no space left, read-only file system, permission denied, no memory."""
+    """The machine refused: no space left on the device, out of memory, an I/O error."""
 
     exit_code = 1
 

@@ -108,16 +108,23 @@ def run(
 
 def start(*args: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+        command(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        start_new_session=True,  # its own process group: a kill reaches its worker processes too
     )
 
 
 def kill_after(proc: subprocess.Popen[str], delay_s: float) -> int:
-    """SIGKILL ``proc`` after ``delay_s`` (unless it ended before); returns its exit code."""
+    """SIGKILL ``proc`` and its process group after ``delay_s`` (unless it ended before); returns its
+    exit code."""
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=delay_s)
     if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
     return int(proc.returncode)
 
