@@ -57,7 +57,18 @@ def main() -> int:
     chosen = [i for i, c in enumerate(cases) if args.only in c.id and (c.fast or not args.fast)]
     counts: dict[str, Counter[str]] = {}
     started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    scratch = tempfile.mkdtemp(prefix="tracekit-faults-run-")
+    os.environ["TMPDIR"] = scratch  # every case's files and the workers' base traces, removed at the end
+    tempfile.tempdir = None
+    try:
+        _run_all(args.jobs, cases, chosen, counts)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return _table(counts, started, args.jobs)
+
+
+def _run_all(jobs: int, cases: list, chosen: list[int], counts: dict[str, Counter[str]]) -> None:
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(_run_one, i) for i in chosen]
         for fut in as_completed(futures):
             i, outcome, detail, secs = fut.result()
@@ -67,6 +78,9 @@ def main() -> int:
                 print(f"{outcome.upper()} {c.id} ({secs:.1f} s): {detail}", flush=True)
             elif outcome == "known":
                 print(f"known {c.id}: {c.known} [{detail[:160]}]", flush=True)
+
+
+def _table(counts: dict[str, Counter[str]], started: float, jobs: int) -> int:
     cols = ["passed", "failed", "known", "unexpected-pass", "skipped"]
     print(f"\n{'class':26s} {'cases':>6s} " + " ".join(f"{c:>15s}" for c in cols))
     total: Counter[str] = Counter()
@@ -75,7 +89,7 @@ def main() -> int:
         total.update(counts[klass])
         print(f"{klass:26s} {n:6d} " + " ".join(f"{counts[klass][c]:15d}" for c in cols))
     print(f"{'all':26s} {sum(total.values()):6d} " + " ".join(f"{total[c]:15d}" for c in cols))
-    print(f"{time.perf_counter() - started:.0f} s with {args.jobs} workers")
+    print(f"{time.perf_counter() - started:.0f} s with {jobs} workers")
     return 1 if total["failed"] or total["unexpected-pass"] else 0
 
 
