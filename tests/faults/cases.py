@@ -976,7 +976,7 @@ def _memory_kineto(tmp: Path) -> None:
     from tests.importers.kineto_layout import KinetoBuilder
 
     files = []
-    for rank in (1, 1_000_000_000):
+    for rank in (0, 1_000_000_000):  # the world size follows the largest rank in the file names
         b = KinetoBuilder(rank=0, world_size=2)
         b.kernel("k", 1000.0, 2.0)
         files.append(b.write(tmp / f"trace_rank{rank}.json"))
@@ -989,18 +989,27 @@ def _memory_kineto(tmp: Path) -> None:
 
 
 def _memory_sglang(world: int | None, rank: int, tmp: Path) -> None:
+    """A per-pass dump whose record says rank ``rank``: the world size it implies is a declared count."""
     import torch
 
-    counts = torch.ones((2, 3, 8), dtype=torch.int32)
+    phy2log = torch.arange(8, dtype=torch.int32).repeat(3, 1)
+    record = {
+        "forward_pass_id": 7,
+        "rank": rank,
+        "gatherer_key": "primary",
+        "global_physical_count": torch.ones((3, 8), dtype=torch.int32),
+    }
     path = tmp / "expert_distribution_recorder_1.pt"
-    torch.save({"rank": rank, "logical_count": counts, "average_utilization_rate_over_window": None}, path)
+    torch.save({"records": [record], "last_physical_to_logical_map": phy2log}, path)
     extra = ["--world-size", str(world)] if world else []
     r = run("import", "sglang", path, "--out", tmp / "s", *extra, memory_bytes=MEMORY_LIMIT)
     assert "MemoryError" not in r.err and "Traceback" not in r.err, r.err[-1500:]
-    assert r.code == 0 or len(r.err_lines) == 1, r.err
-    if r.code == 0:
-        v = run("validate", tmp / "s", memory_bytes=MEMORY_LIMIT)
-        assert "MemoryError" not in v.err and "Traceback" not in v.err, v.err[-800:]
+    if r.code != 0:
+        one_line_error(r, code=2)
+        return
+    v = run("validate", tmp / "s", memory_bytes=MEMORY_LIMIT)
+    assert "MemoryError" not in v.err and "Traceback" not in v.err, v.err[-800:]
+    assert v.code == 2 and "wrote no shard" in v.err, (v.out, v.err[-800:])
 
 
 def _memory_flag(args: tuple[str, ...], known: str, tmp: Path) -> None:
