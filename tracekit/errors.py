@@ -1,8 +1,13 @@
 """The one exception tree of tracekit.
 
 Every error says what happened and what to do; the CLI prints it as one line and exits with
-``error.exit_code``. A message names a parameter through :func:`param`: a Python caller reads the
-parameter's name (``ep``), the command line its flag (``--ep``)::
+``error.exit_code``: 2 for a mistake in what the user gave (arguments, input files, an output that
+exists, is busy or cannot be written there), 1 when the machine refused (no space left, out of
+memory) or a recording failed at run time. The CLI also turns click's usage errors (exit 2),
+``OSError`` (2 for EACCES, EROFS, ENOTDIR and the like; 1 for ENOSPC and the rest) and
+``MemoryError`` (exit 1) into one line, never a traceback. A message names a parameter through
+:func:`param`: a Python caller reads the parameter's name (``ep``), the command line its flag
+(``--ep``)::
 
     TracekitError                  base; never raised itself
     ├── UsageError                 a bad argument or option value (exit 2)
@@ -16,7 +21,12 @@ parameter's name (``ep``), the command line its flag (``--ep``)::
     ├── MissingDependencyError     an optional extra is not installed; says what to install (exit 2)
     ├── ModelError                 a model cannot be loaded, or has no MoE layer (exit 2)
     ├── DeploymentError            a deployment cannot run (does not fit, bad degrees) (exit 2)
+    ├── OutputBusyError            another process is writing the same output (exit 2)
+    ├── ResourceError              the machine refused: no space left, no memory (exit 1)
     └── CollectorError             recording failed at run time (exit 1)
+
+Warnings about inputs that can still be read (an incomplete trace, a status that disagrees with the
+files) are :class:`TraceWarning`; the CLI prints each as one ``tracekit: warning:`` line.
 """
 
 from __future__ import annotations
@@ -95,6 +105,20 @@ class CollectorError(TracekitError):
     """Recording failed while the run was going on."""
 
     exit_code = 1
+
+
+class OutputBusyError(UsageError):
+    """Another process holds the advisory lock of the output (it is writing the same path)."""
+
+
+class ResourceError(TracekitError):
+    """The machine refused: no space left on the device, out of memory, an I/O error."""
+
+    exit_code = 1
+
+
+class TraceWarning(UserWarning):
+    """An input can be read but is incomplete or disagrees with what its writer recorded."""
 
 
 class UnknownNameError(TracekitError):

@@ -30,7 +30,8 @@ def _a2a_rows(src: int, dst: int) -> int:
 
 def _every_op(rank: int, world: int, out: str) -> None:
     """Issue each recorded op once (a few twice), labelled, with sizes the test derives itself."""
-    manifest = tiny_manifest(world_size=world)
+    # one run: every rank's shard carries the same trace id (validate refuses mixed runs)
+    manifest = tiny_manifest(world_size=world).replace(trace_id="every-op")
     originals = {name: getattr(dist, name) for name in comm.OPS if hasattr(dist, name)}
     with open_shard(out, manifest, rank=rank) as writer:
         col = comm.CommCollector(writer)

@@ -46,9 +46,32 @@ def random_table(table: str, n: int, seed: int = 0) -> pa.Table:
     return pa.Table.from_arrays([random_column(f.type, n, rng) for f in schema], schema=schema)
 
 
+def valid_table(table: str, n: int, seed: int = 0) -> pa.Table:
+    """Random values, except where a valid trace has rules: ids within tiny_manifest()'s model
+    (8 experts, MoE layers 1 and 2), steps in order with one row per step, finite gate weights."""
+    t = random_table(table, n, seed)
+    rng = np.random.default_rng(seed + 1)
+    fixes: dict[str, pa.Array] = {
+        "step": pa.array(np.arange(n), pa.int32()),
+        "layer": pa.array(rng.integers(1, 3, n), pa.int16()),
+        "expert": pa.array(rng.integers(0, 8, n), pa.int16()),
+        "expert_ids": pa.FixedSizeListArray.from_arrays(
+            pa.array(rng.integers(0, 8, n * TOP_K), pa.int16()), TOP_K
+        ),
+        "gate_weights": pa.FixedSizeListArray.from_arrays(
+            pa.array(rng.random(n * TOP_K), pa.float32()), TOP_K
+        ),
+    }
+    for name, values in fixes.items():
+        i = t.schema.get_field_index(name)
+        if i >= 0:
+            t = t.set_column(i, t.schema.field(i), values)
+    return t
+
+
 @pytest.mark.parametrize("table", TABLE_NAMES)
 def test_every_table_round_trips(tmp_path: Path, table: str) -> None:
-    data = random_table(table, 257)
+    data = valid_table(table, 257)
     with TraceWriter(tmp_path / "t", tiny_manifest(), rows_per_part=100) as w:
         for start in range(0, 257, 50):  # several appends, several part files
             w.append(table, data.slice(start, 50))

@@ -92,6 +92,10 @@ def record(
     if ep < 1:
         raise UsageError(f"--ep must be at least 1, got {ep}")
     if ep > 1:
+        from tracekit.collect.ep import check_ranks
+
+        check_ranks(ep, device)
+    if ep > 1:
         result_path = _record_ep(
             model=model,
             prompts=texts,

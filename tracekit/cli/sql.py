@@ -11,8 +11,11 @@ from typing import Any
 import click
 
 from tracekit.cli._render import FORMATS, render_rows
-from tracekit.errors import UsageError
+from tracekit.errors import ResourceError, UsageError, first_line
 
+#: Storage format of the database files ``tracekit db`` writes: the previous minor release's (DuckDB
+#: 2.0 reads and writes it; DuckDB 1.5 opens it, while a file in 2.0's own format it cannot).
+STORAGE_VERSION = "v1.5.0"
 _MEMORY_HELP = "DuckDB memory limit (e.g. 2GB); larger work spills to a temporary folder."
 
 
@@ -22,14 +25,21 @@ def _catalog(inputs: tuple[str, ...]) -> Any:
     return Catalog.from_paths(list(inputs))
 
 
-def _echo(text: str, out: str | None) -> None:
+def _input_paths(inputs: tuple[str, ...]) -> list[str]:
+    from tracekit.reports.catalog import split_input
+
+    return [split_input(spec)[1] for spec in inputs]
+
+
+def _echo(text: str, out: str | None, force: bool = False, inputs: tuple[str, ...] = ()) -> None:
     if out:
-        try:
-            Path(out).write_text(text + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(
-                f"--out {out}: cannot write the file ({exc.strerror}); give a --out in a writable folder"
-            ) from None
+        from tracekit.trace.outputs import Output, os_error
+
+        with Output(out, kind="file", force=force, inputs=_input_paths(inputs), what="report") as o:
+            try:
+                o.target.write_text(text + "\n", encoding="utf-8")
+            except OSError as exc:
+                raise os_error(exc, f"--out {out}: cannot write the file") from None
         click.echo(f"wrote {out}", err=True)
     else:
         click.echo(text)
@@ -152,21 +162,42 @@ def db(inputs: tuple[str, ...], out: str, force: bool) -> None:
     """Write a DuckDB database file with a view per table of INPUTS (traces, replay results).
 
     The views read the Parquet files in place by absolute path; open the file with the duckdb CLI or
-    any DuckDB client (duckdb FILE.duckdb) while the inputs stay where they are.
+    any DuckDB client (duckdb FILE.duckdb) while the inputs stay where they are. The file is written
+    in the storage format of DuckDB 1.5, so the previous release's CLI opens it too; it appears only
+    when complete (--force replaces the old one only then).
     """
-    path = Path(out)
-    if path.exists():
-        if not force:
-            raise UsageError(f"--out {out}: file exists; choose another name or pass --force to replace it")
-        path.unlink()
-        wal = Path(out + ".wal")
-        if wal.exists():
-            wal.unlink()
-    cat = _catalog(inputs)
-    con = cat.connect(path)
-    views = cat.views(con)
-    con.close()
-    click.echo(f"wrote {out}: {len(views)} views over {len(cat.inputs)} input(s); open it with: duckdb {out}")
+    from tracekit.trace.outputs import Output
+
+    output = Output(out, kind="file", force=force, inputs=_input_paths(inputs), what="database")
+    output.check()
+    cat = _catalog(inputs)  # a mistyped input fails here, before anything is written
+    with output:
+        con = cat.connect(output.target, storage_version=STORAGE_VERSION)
+        try:
+            views = cat.views(con)
+            _checkpoint(con, out)
+        finally:
+            con.close()
+        if output.target.with_name(output.target.name + ".wal").exists():
+            raise ResourceError(
+                f"--out {out}: DuckDB could not fold its log into the database file (disk full?); "
+                "nothing was written: free space and run tracekit db again"
+            )
+    click.echo(
+        f"wrote {out}: {len(views)} views over {len(cat.inputs)} input(s), DuckDB storage {STORAGE_VERSION} "
+        f"(DuckDB {STORAGE_VERSION.lstrip('v').rsplit('.', 1)[0]} and later open it); open it with: duckdb {out}"
+    )
+
+
+def _checkpoint(con: Any, out: str) -> None:
+    import duckdb
+
+    try:
+        con.execute("CHECKPOINT")
+    except duckdb.Error as exc:
+        raise ResourceError(
+            f"--out {out}: DuckDB could not write the database file ({first_line(exc)}); nothing was written"
+        ) from None
 
 
 @click.command()
@@ -240,8 +271,10 @@ def report(
         return
     if not inputs:
         raise UsageError(f"report {name}: give at least one trace or result directory")
-    if out and Path(out).exists() and not force:
-        raise UsageError(f"--out {out}: file exists; choose another name or pass --force to replace it")
+    if out:
+        from tracekit.trace.outputs import Output
+
+        Output(out, kind="file", force=force, inputs=_input_paths(inputs)).check()
     values = _parse_params(params)
     if ep is not None:
         values["ep"] = str(ep)
@@ -249,8 +282,10 @@ def report(
         if not out:
             raise UsageError("report html: give the file to write with --out report.html")
         from tracekit.reports.html import write_html
+        from tracekit.trace.outputs import Output
 
-        write_html(list(inputs), Path(out), params=values, memory_limit=memory_limit)
+        with Output(out, kind="file", force=force, inputs=_input_paths(inputs), what="report") as o:
+            write_html(list(inputs), o.target, params=values, memory_limit=memory_limit)
         click.echo(f"wrote {out} ({os.path.getsize(out)} bytes)")
         return
     get_report(name)  # unknown names fail before the inputs are opened
@@ -262,7 +297,12 @@ def report(
         result = run_report(con, cat, name, values)
     finally:
         con.close()
-    _echo(render_rows(list(result.columns), result.rows, fmt, title=name if fmt == "table" else None), out)
+    _echo(
+        render_rows(list(result.columns), result.rows, fmt, title=name if fmt == "table" else None),
+        out,
+        force,
+        inputs,
+    )
     if not result.rows:
         click.echo(
             f"report {name}: no rows (the inputs have no rows in {', '.join(get_report(name).needs)})",

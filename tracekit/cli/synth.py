@@ -79,6 +79,10 @@ def stats(
     from tracekit.stats import compute_stats
     from tracekit.trace import open_trace
 
+    if out is not None:
+        from tracekit.trace.outputs import check_not_input
+
+        check_not_input(out, [trace, placement_file])
     tr = open_trace(trace)
     slot_experts = None
     if placement_file is not None:
@@ -100,7 +104,7 @@ def stats(
         max_routing_tokens=max_routing_tokens,
     )
     if out is not None:
-        result.write(out, overwrite=force)
+        result.write(out, overwrite=force, inputs=(trace,))
     layers = result.layers
     if as_json or fmt == "json":
         echo_json(layers.to_dicts())
@@ -113,6 +117,10 @@ def stats(
         click.echo(render_rows([h for _, h in _SHOWN], rows, fmt=fmt, title=title))
     if out is not None:
         click.echo(f"wrote {out}/stats_*.parquet and stats.json", err=True)
+
+
+def _is_trace(path: Path) -> bool:
+    return (path / "manifest.json").is_file()
 
 
 def _resolve_model(name: str) -> ModelArch:
@@ -208,13 +216,13 @@ def synth(
         target_imbalance=target_imbalance,
         gate_weights=not no_gate_weights,
     )
+    from tracekit.synth.generate import check_size
+    from tracekit.trace.outputs import Output
+
     config.check()
-    if Path(out).exists() and not Path(out).is_dir():
-        raise UsageError(f"--out {out}: exists and is not a directory; choose another --out for the trace")
-    if Path(out).exists() and any(Path(out).iterdir()) and not force:
-        raise UsageError(
-            f"{out}: already exists and is not empty; pass --force to replace it or choose another --out"
-        )
+    check_size(config, out)
+    inputs = [model_name, config.spec.source]
+    Output(out, kind="dir", force=force, what="trace", is_ours=_is_trace, inputs=inputs).check()
     shown = [0]
 
     def progress(done: int, total: int) -> None:

@@ -29,12 +29,15 @@ def validate(traces: tuple[str, ...], fmt: str) -> None:
         if fmt != "table":
             bad = bad or not result.ok
             continue
+        note = f"; note: {'; '.join(result.notes)}" if result.notes else ""
         if result.ok:
-            click.echo(f"{path}: valid (schema {SCHEMA_VERSION})")
+            click.echo(f"{path}: valid (schema {SCHEMA_VERSION}){note}")
             continue
         bad = True
         for p in result.problems:
             click.echo(str(p), err=True)
+        if note:
+            click.echo(f"{path}: note: {'; '.join(result.notes)}", err=True)
     if fmt != "table":
         click.echo(render_rows(["trace", "valid", "problems"], rows, fmt))
     if bad:

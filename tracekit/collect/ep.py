@@ -17,6 +17,7 @@ balanced so that no rank is ever idle; request ids are prompt indices.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import uuid
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 
 from tracekit.collect.ep_launch import RankFailureError, RankGroup, launch
 from tracekit.errors import UsageError
+from tracekit.trace.outputs import TOKEN_ENV, Output
 
 __all__ = ["EPJob", "EPRun", "launch_ep", "plan_batches", "prepare_ep", "record_ep", "run_rank"]
 
@@ -81,11 +83,17 @@ class EPJob:
 
 
 class EPRun:
-    """A started expert-parallel recording; :meth:`wait` returns the trace path or raises."""
+    """A started expert-parallel recording; :meth:`wait` returns the trace path or raises.
 
-    def __init__(self, group: RankGroup, out: Path) -> None:
+    The launcher holds the output's lock for the whole run (the ranks join it); a trace that
+    replaces an existing one is written to a staging sibling and moved into place only when every
+    rank finished.
+    """
+
+    def __init__(self, group: RankGroup, out: Path, output: Output | None = None) -> None:
         self.group = group
         self.out = out
+        self._output = output
 
     @property
     def pids(self) -> list[int]:
@@ -93,14 +101,25 @@ class EPRun:
         return self.group.pids
 
     def wait(self, timeout_s: float | None = None) -> Path:
+        staged = self._output is not None and self._output.staged
         try:
             self.group.join(timeout_s)
         except RankFailureError as exc:
-            raise RankFailureError(
-                exc.failures,
-                hint=f"the shards written so far in {self.out} stay readable; "
-                f"tracekit validate {self.out} lists the incomplete ranks",
-            ) from None
+            if self._output is not None:
+                self._output.close(ok=False)
+            hint = (
+                f"the existing trace at {self.out} is unchanged (the new one was dropped)"
+                if staged
+                else f"the shards written so far in {self.out} stay readable; "
+                f"tracekit validate {self.out} lists the incomplete ranks"
+            )
+            raise RankFailureError(exc.failures, hint=hint) from None
+        except BaseException:
+            if self._output is not None:
+                self._output.close(ok=False)
+            raise
+        if self._output is not None:
+            self._output.close(ok=True)
         return self.out
 
 
@@ -125,6 +144,7 @@ def prepare_ep(
 
     if ep < 1:
         raise UsageError(f"--ep must be at least 1, got {ep}")
+    check_ranks(ep, device)
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if not prompts:
@@ -169,10 +189,54 @@ def prepare_ep(
     )
 
 
+#: Ranks per CPU core a CPU recording may start (each rank is a process running the model).
+RANKS_PER_CPU = 4
+#: Memory one CPU rank needs: the interpreter with torch and transformers, a tiny model, gloo buffers.
+RANK_BYTES = 600 * 1024**2
+
+
+def check_ranks(ep: int, device: str) -> None:
+    """Refuse more ranks than this machine can run (before any process starts)."""
+    import tracekit.limits as limits
+
+    if device.startswith("cuda"):
+        return  # one GPU per rank, checked against the devices
+    cpus = limits.cpu_count()
+    limits.at_most(
+        "--ep",
+        ep,
+        RANKS_PER_CPU * cpus,
+        f"each rank is a process running the model, and this machine has {cpus} CPU core(s) "
+        f"({RANKS_PER_CPU} ranks per core at most)",
+    )
+    limits.fits_memory(
+        "--ep", ep, RANK_BYTES, f"{ep} rank processes (about {RANK_BYTES // 1024**2} MiB each)"
+    )
+
+
 def launch_ep(job: EPJob, *, grace_s: float = 20.0) -> EPRun:
-    """Start the job's ranks and return at once; :meth:`EPRun.wait` waits for them."""
-    group = launch(run_rank, job.ep, (job,), backend=job.backend, grace_s=grace_s)
-    return EPRun(group, Path(job.out))
+    """Lock the job's output, start its ranks and return at once; :meth:`EPRun.wait` waits for them."""
+    output = Output(
+        job.out, kind="dir", force=job.overwrite, what="trace", is_ours=_is_trace, stage_new=False
+    ).open()
+    previous = os.environ.get(TOKEN_ENV)
+    try:
+        os.environ[TOKEN_ENV] = output.lock.token  # the ranks join this lock
+        staged = dataclasses.replace(job, out=str(output.target))
+        group = launch(run_rank, job.ep, (staged,), backend=job.backend, grace_s=grace_s)
+    except BaseException:
+        output.close(ok=False)
+        raise
+    finally:
+        if previous is None:
+            os.environ.pop(TOKEN_ENV, None)
+        else:
+            os.environ[TOKEN_ENV] = previous
+    return EPRun(group, Path(job.out), output)
+
+
+def _is_trace(path: Path) -> bool:
+    return (path / "manifest.json").exists()
 
 
 def record_ep(

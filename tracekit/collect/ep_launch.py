@@ -17,6 +17,7 @@ import signal
 import socket
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 from tracekit.errors import CollectorError, TracekitError
 from tracekit.schema.manifest import Manifest
+from tracekit.trace.outputs import TOKEN_ENV
 from tracekit.trace.writer import TraceWriter
 
 T = TypeVar("T")
@@ -135,7 +137,10 @@ def _bootstrap(
     errors: Any,
     fn: Callable[..., None],
     args: tuple[Any, ...],
+    token: str = "",
 ) -> None:
+    if token:
+        os.environ[TOKEN_ENV] = token  # the ranks of one group write one output together
     import torch
     import torch.distributed as dist
 
@@ -257,11 +262,12 @@ def launch(
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     port = free_port()
+    token = os.environ.get(TOKEN_ENV) or uuid.uuid4().hex
     processes = []
     for rank in range(world_size):
         p = ctx.Process(
             target=_bootstrap,
-            args=(rank, world_size, port, backend, timeout_s, threads_per_rank, errors, fn, args),
+            args=(rank, world_size, port, backend, timeout_s, threads_per_rank, errors, fn, args, token),
             name=f"tracekit-rank-{rank}",
             daemon=False,
         )

@@ -1,11 +1,16 @@
-"""Result directories: Parquet tables plus ``result.json``, readable by DuckDB and polars directly."""
+"""Result directories: Parquet tables plus ``result.json``, readable by DuckDB and polars directly.
+
+``result.json`` is written last and marks the result complete: ``tracekit sql`` and ``report`` refuse
+a result folder without it. Writers hold the output's lock (:mod:`tracekit.trace.outputs`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import shutil
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +18,7 @@ import polars as pl
 
 from tracekit.errors import UsageError
 from tracekit.trace.layout import make_output_dir
+from tracekit.trace.outputs import OLD_TAG, Output, recover, write_file_atomic
 
 RESULT_JSON = "result.json"
 
@@ -30,35 +36,72 @@ def jsonable(v: Any) -> Any:
     return v
 
 
+def _is_result(path: Path) -> bool:
+    return (path / RESULT_JSON).exists()
+
+
+def _output(out: str | Path, overwrite: bool, *, stage_new: bool) -> Output:
+    return Output(
+        out, kind="dir", force=overwrite, what="result directory", is_ours=_is_result, stage_new=stage_new
+    )
+
+
 def check_out_dir(out: str | Path, *, overwrite: bool = False) -> Path:
     """Refuse ``out`` as :func:`prepare_dir` would, without touching it (call before long work)."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{path}: exists and is not a directory; choose another --out")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise UsageError(
-                f"{path}: directory exists and is not empty; choose another --out or pass --force"
-            )
-        if not (path / RESULT_JSON).exists():
-            raise UsageError(f"{path}: not empty and not a tracekit result directory; refusing to delete it")
-    return path
+    _output(out, overwrite, stage_new=False).check()
+    return Path(out)
+
+
+#: Result directories opened by :func:`prepare_dir` and not yet finished by :func:`write_tables`.
+_OPEN: dict[Path, Output] = {}
 
 
 def prepare_dir(out: str | Path, *, overwrite: bool = False) -> Path:
-    """Create ``out`` (empty); refuse a non-empty directory unless it is a result and ``overwrite``."""
-    path = check_out_dir(out, overwrite=overwrite)
-    if path.is_dir() and any(path.iterdir()):
-        shutil.rmtree(path)
-    make_output_dir(path)
+    """Lock ``out`` and give an empty directory there; refuse a non-empty directory unless it is a
+    result and ``overwrite``. The old result is moved aside (kept whole) and dropped only when
+    :func:`write_tables` has written the new ``result.json``; until then readers see a folder
+    without ``result.json``, which they refuse as partial.
+
+    New code should prefer :func:`result_dir`, which writes to a staging sibling and renames it into
+    place only when complete.
+    """
+    path = Path(out)
+    output = _output(path, overwrite, stage_new=False)
+    output.check()
+    output.lock.acquire(path)
+    try:
+        recover(path)
+        output.check(busy=False)
+        if path.is_dir() and any(path.iterdir()):
+            aside = path.parent / f".{path.name}{OLD_TAG}{os.getpid()}"
+            os.rename(path, aside)  # whole and hidden until the new result.json exists
+        make_output_dir(path)
+    except BaseException:
+        output.lock.release()
+        raise
+    _OPEN[path.resolve()] = output
     return path
 
 
+@contextlib.contextmanager
+def result_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """A locked staging directory for a result; renamed to ``out`` (replacing an old result only
+    then) when the block ends without an exception, dropped otherwise. Write ``result.json`` (the
+    commit marker readers look for) with :func:`write_tables` inside the block."""
+    with _output(out, overwrite, stage_new=True) as output:
+        yield output.target
+
+
 def write_tables(path: Path, tables: Mapping[str, pl.DataFrame], meta: Mapping[str, Any]) -> Path:
-    """Write each table as ``<name>.parquet`` and ``meta`` as ``result.json``."""
+    """Write each table as ``<name>.parquet``, then ``meta`` as ``result.json`` (through a temporary
+    file and a rename, last: the marker that the result is complete)."""
     for name, df in tables.items():
         df.write_parquet(path / f"{name}.parquet")
-    (path / RESULT_JSON).write_text(json.dumps(jsonable(dict(meta)), indent=2) + "\n")
+    write_file_atomic(path / RESULT_JSON, json.dumps(jsonable(dict(meta)), indent=2) + "\n")
+    output = _OPEN.pop(Path(path).resolve(), None)
+    if output is not None:  # opened by prepare_dir: drop the old result kept aside, unlock
+        recover(output.path)
+        output.lock.release()
     return path
 
 
@@ -74,8 +117,8 @@ def read_result(path: str | Path) -> dict[str, Any]:
 
 
 def write_result(result: Any, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write a :class:`~tracekit.replay.ReplayResult` as a result directory (docs/replay.md)."""
-    path = prepare_dir(out, overwrite=overwrite)
+    """Write a :class:`~tracekit.replay.ReplayResult` as a result directory (docs/replay.md); it
+    appears at ``out`` only when complete."""
     meta = {
         "kind": "replay",
         "trace": result.trace_path,
@@ -83,4 +126,6 @@ def write_result(result: Any, out: str | Path, *, overwrite: bool = False) -> Pa
         **({"prefill_deployment": result.prefill_deployment.to_dict()} if result.prefill_deployment else {}),
         "summary": result.summary.to_dict(),
     }
-    return write_tables(path, result.all_tables(), meta)
+    with result_dir(out, overwrite=overwrite) as path:
+        write_tables(path, result.all_tables(), meta)
+    return Path(out)

@@ -28,6 +28,7 @@ import duckdb
 from tracekit.errors import UsageError, first_line
 from tracekit.trace import open_trace
 from tracekit.trace.layout import MANIFEST
+from tracekit.trace.reader import parquet_list
 
 #: File written by ``tracekit replay/sweep --out`` that marks a result directory.
 RESULT_JSON = "result.json"
@@ -131,8 +132,12 @@ def _describe(spec: str, name: str | None, path: Path) -> CatalogInput:
     if path.is_file() and path.suffix == ".parquet":
         return CatalogInput(name=name, path=apath, kind="parquet", tables=(_default_name(path),))
     if path.is_dir():
-        parquet = sorted(p for p in path.glob("*.parquet") if p.is_file() and not p.name.startswith("."))
+        parquet = sorted(
+            path / n for n in os.listdir(path) if n.endswith(".parquet") and not n.startswith(".")
+        )
+        parquet = [p for p in parquet if p.is_file()]
         has_result = (path / RESULT_JSON).is_file()
+        _refuse_partial(spec, path, parquet, has_result)
         if not parquet and not has_result:
             raise UsageError(
                 f"{spec}: neither a trace ({MANIFEST}) nor a result directory ({RESULT_JSON} or *.parquet); "
@@ -165,6 +170,26 @@ def _describe(spec: str, name: str | None, path: Path) -> CatalogInput:
             tables.append(table)
         return CatalogInput(name=name, path=apath, kind=kind, tables=tuple(tables), facts=facts)
     raise UsageError(f"{spec}: not a directory or a .parquet file; give a trace or result directory")
+
+
+#: Parquet files a tracekit writer puts next to its commit marker (written last): marker -> file prefixes.
+_MARKED = {
+    RESULT_JSON: ("replay_", "sweep_", "compare"),
+    "stats.json": ("stats_",),
+}
+
+
+def _refuse_partial(spec: str, path: Path, parquet: list[Path], has_result: bool) -> None:
+    """A folder of a tracekit writer's tables without its marker file is partial (killed mid-write)."""
+    for marker, prefixes in _MARKED.items():
+        if (path / marker).is_file():
+            continue
+        own = [p for p in parquet if p.name.startswith(prefixes)]
+        if own:
+            raise UsageError(
+                f"{spec}: partial output: {own[0].name} is there but not {marker}, which its writer "
+                "writes last (it was killed or is still running); write it again"
+            )
 
 
 def describe_inputs(specs: Sequence[str | os.PathLike[str]]) -> list[CatalogInput]:
@@ -245,7 +270,7 @@ class Catalog:
         for table in inp.tables:
             file = inp.path if inp.path.is_file() else inp.path / f"{table}.parquet"
             con.execute(
-                f'CREATE OR REPLACE VIEW "{inp.view(table)}" AS SELECT * FROM read_parquet({_sql_str(str(file))})'
+                f'CREATE OR REPLACE VIEW "{inp.view(table)}" AS SELECT * FROM read_parquet({parquet_list([file])})'
             )
             names.append(inp.view(table))
         return names
@@ -297,13 +322,17 @@ class Catalog:
         *,
         memory_limit: str | None = None,
         threads: int | None = None,
+        storage_version: str | None = None,
     ) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with every view registered.
 
         ``memory_limit`` (e.g. ``"2GB"``) bounds DuckDB's memory; large aggregations then spill to
-        a temporary directory instead of growing.
+        a temporary directory instead of growing. ``storage_version`` (e.g. ``"v1.5.0"``) writes a new
+        database file in that storage format, for older DuckDB releases to open.
         """
         config: dict[str, Any] = {}
+        if storage_version:
+            config["storage_compatibility_version"] = storage_version
         if memory_limit:
             try:
                 duckdb.connect(config={"memory_limit": memory_limit}).close()

@@ -21,6 +21,12 @@ from tracekit.schema.tables import SCHEMA_VERSION, check_version
 SOURCES = ("recorded", "imported", "synthetic")
 
 
+#: Most layers or experts a trace can describe (their ids are int16 columns).
+MAX_INT16_COUNT = 2**15
+#: Most ranks a trace can describe (rank columns are int32).
+MAX_INT32_COUNT = 2**31 - 1
+
+
 def _f(doc: str, *, default: Any = dataclasses.MISSING, unit: str | None = None, factory: Any = None) -> Any:
     meta = {"doc": doc, "unit": unit}
     if factory is not None:
@@ -82,6 +88,14 @@ class ModelArch:
     dtype: str = _f("Weight dtype of the run (bfloat16, float32, ...).", default="bfloat16")
 
     def __post_init__(self) -> None:
+        # layer and expert ids are int16 columns of the trace: larger counts cannot be stored
+        for name in ("num_layers", "num_experts"):
+            value = getattr(self, name)
+            if not 1 <= value <= MAX_INT16_COUNT:
+                raise SchemaError(
+                    f"model {self.name}: {name} {value} not in 1..{MAX_INT16_COUNT} "
+                    "(the trace stores these ids as int16)"
+                )
         bad = [i for i in self.moe_layers if not 0 <= i < self.num_layers]
         if bad:
             raise SchemaError(f"model {self.name}: moe_layers {bad} outside 0..{self.num_layers - 1}")
@@ -106,6 +120,15 @@ class ParallelLayout:
         "Expert placement used: contiguous, or the name of the policy; slots are in the placement table.",
         default="contiguous",
     )
+
+    def __post_init__(self) -> None:
+        # ranks are int32 columns of the trace
+        for name in ("world_size", "ep_size", "dp_size", "tp_size"):
+            value = getattr(self, name)
+            if not 1 <= value <= MAX_INT32_COUNT:
+                raise SchemaError(
+                    f"parallel layout: {name} {value} not in 1..{MAX_INT32_COUNT} (ranks are stored as int32)"
+                )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +200,10 @@ def _from_jsonable(cls: type, raw: dict[str, Any], where: str) -> Any:
     try:
         return cls(**kwargs)
     except TypeError as exc:
+        raise SchemaError(f"{where}: {exc}") from None
+    except SchemaError as exc:
+        if str(exc).startswith(where):
+            raise
         raise SchemaError(f"{where}: {exc}") from None
 
 

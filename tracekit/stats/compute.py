@@ -24,7 +24,6 @@ import pyarrow as pa
 from tracekit.errors import NotATraceError, SchemaError, UsageError
 from tracekit.stats import metrics as m
 from tracekit.trace import Trace, open_trace
-from tracekit.trace.layout import make_output_dir
 
 #: File names of the tables ``write`` produces (views named by the file stem).
 TABLE_FILES = {
@@ -71,20 +70,26 @@ class RoutingStats:
             "pairs": self.pairs,
         }
 
-    def write(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the tables as ``stats_*.parquet`` and the facts as ``stats.json`` into directory ``out``."""
-        path = Path(out)
-        if path.exists() and not path.is_dir():
-            raise UsageError(f"{path}: exists and is not a directory; give a directory for --out")
-        if path.is_dir() and any(path.iterdir()) and not overwrite:
-            if not (path / META_FILE).exists():
-                raise UsageError(f"{path}: not empty and holds no statistics; choose another --out")
-            raise UsageError(f"{path}: already holds statistics; pass --force to replace them")
-        make_output_dir(path)
-        for name, df in self.tables().items():
-            df.write_parquet(path / TABLE_FILES[name], compression="zstd", statistics=True)
-        (path / META_FILE).write_text(json.dumps(dict(self.meta), indent=2, sort_keys=True) + "\n")
-        return path
+    def write(
+        self, out: str | os.PathLike[str], *, overwrite: bool = False, inputs: tuple[str, ...] = ()
+    ) -> Path:
+        """Write the tables as ``stats_*.parquet`` and the facts as ``stats.json`` into directory ``out``.
+
+        The files go to a staging sibling that is renamed into place when complete (``stats.json``
+        last), under the output's lock; ``overwrite`` replaces earlier statistics only then.
+        """
+        from tracekit.trace.outputs import Output
+
+        def is_stats(p: Path) -> bool:
+            return (p / META_FILE).exists()
+
+        with Output(
+            out, kind="dir", force=overwrite, what="statistics folder", is_ours=is_stats, inputs=inputs
+        ) as o:
+            for name, df in self.tables().items():
+                df.write_parquet(o.target / TABLE_FILES[name], compression="zstd", statistics=True)
+            (o.target / META_FILE).write_text(json.dumps(dict(self.meta), indent=2, sort_keys=True) + "\n")
+        return Path(out)
 
 
 def read_stats(path: str | os.PathLike[str]) -> RoutingStats:
@@ -96,7 +101,7 @@ def read_stats(path: str | os.PathLike[str]) -> RoutingStats:
         )
     try:
         meta = json.loads((root / META_FILE).read_text())
-        tables = {name: pl.read_parquet(root / fname) for name, fname in TABLE_FILES.items()}
+        tables = {name: pl.read_parquet(root / fname, glob=False) for name, fname in TABLE_FILES.items()}
     except (OSError, json.JSONDecodeError, pl.exceptions.PolarsError) as exc:
         raise SchemaError(
             f"{root}: statistics are damaged ({exc}); recompute them with tracekit stats"

@@ -89,6 +89,44 @@ class SynthConfig:
                 )
 
 
+#: Largest value of the per-token and per-step counts (token_index, position and step are int32 columns).
+MAX_INT32 = 2**31 - 1
+#: Routing rows a trace writer part holds (the writer queues up to 4 parts plus one being written).
+_PART_ROWS = 1_000_000
+
+
+def check_size(config: SynthConfig, out: str | os.PathLike[str] | None = None) -> None:
+    """Refuse sizes the trace format, this machine's memory or the output's disk cannot hold."""
+    import tracekit.limits as limits
+
+    for option, value in (
+        ("--tokens-per-step", config.tokens_per_step),
+        ("--steps", config.steps),
+        ("--prompt-len", config.prompt_len),
+    ):
+        limits.at_most(option, value, MAX_INT32, "steps, token indices and positions are int32 columns")
+    if config.phase == "decode":
+        limits.at_most(
+            "--steps",
+            config.steps,
+            MAX_INT32 - config.prompt_len,
+            f"decode positions start at --prompt-len {config.prompt_len} and are int32",
+        )
+    layers, k = len(config.arch.moe_layers), config.arch.top_k
+    per_row = 26 + 14 * k  # sampler arrays, the Arrow copy and the writer's buffer, per routing row
+    queued = 5 * (10 + 6 * k)  # parts queued for the writer thread
+    limits.fits_memory(
+        "--tokens-per-step",
+        config.tokens_per_step,
+        layers * (per_row + queued) + config.arch.num_experts * 24,
+        f"one step of {layers} MoE layers x top-{k} routing",
+        fixed_bytes=5 * _PART_ROWS * (10 + 6 * k),
+    )
+    if out is not None:
+        rows = config.steps * config.tokens_per_step * layers
+        limits.fits_disk("--out", out, rows * 2 * k, f"{rows:,} routing rows (at least {2 * k} bytes each)")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SynthResult:
     path: Path
@@ -299,6 +337,7 @@ def synthesize(
     from tracekit.trace import TraceWriter
 
     config.check()
+    check_size(config, out)
     started = time.perf_counter()
     arch = config.arch
     router = Router.of(arch)

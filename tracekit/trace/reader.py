@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from tracekit.errors import NotATraceError, SchemaError
+from tracekit.errors import NotATraceError, SchemaError, TraceWarning, UsageError
 from tracekit.schema.manifest import Manifest
 from tracekit.schema.tables import TABLE_NAMES, table_spec
 from tracekit.trace import layout
@@ -26,12 +27,92 @@ class ShardStatus:
     complete: bool
     rows: dict[str, int]
     error: str | None = None
+    #: Part files written per table (None in statuses that do not say).
+    parts: dict[str, int] = field(default_factory=dict)
+    #: Trace id of the writer's run (None in statuses that do not say).
+    trace_id: str | None = None
+
+
+#: Traces whose part files total at most this are validated in full (data included) when opened;
+#: larger ones get the checks of statuses and footers, which need no decoding.
+FULL_CHECK_BYTES = 32 * 1024**2
+#: Largest manifest or status file read (they are a few kB; anything bigger is not one).
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A small JSON file; damage (bad JSON, too deep, too big, unreadable) is a one-line SchemaError."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise SchemaError(
+                f"{path}: {size} bytes, too big for a {what} (at most {MAX_JSON_BYTES}); it is damaged"
+            )
+        return json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SchemaError(f"{path}: not valid JSON ({exc}); the {what} is damaged") from None
+    except RecursionError:
+        raise SchemaError(f"{path}: not valid JSON (nested too deeply); the {what} is damaged") from None
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+
+
+def _counts(raw: Any) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        raise TypeError("not an object")
+    out = {}
+    for k, v in raw.items():
+        if k not in TABLE_NAMES or not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise TypeError(f"bad count {k!r}: {v!r}")
+        out[k] = v
+    return out
+
+
+def parse_status(p: Path, raw: Any) -> ShardStatus:
+    """A shard status from its JSON, with every field's JSON type checked (``"false"`` is not a bool)."""
+    if not isinstance(raw, dict):
+        raise SchemaError(f"{p}: damaged shard status file (not a JSON object); re-record the trace")
+    rank, complete = raw.get("rank"), raw.get("complete")
+    problem = None
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+        problem = f"rank {rank!r} is not a rank number"
+    elif p.name != f"rank-{rank:05d}.json":
+        problem = f"says rank {rank}, its file name another"
+    elif not isinstance(complete, bool):
+        problem = f"complete is {complete!r}, not true or false"
+    elif not isinstance(raw.get("trace_id", ""), str):
+        problem = "trace_id is not a string"
+    elif raw.get("error") is not None and not isinstance(raw.get("error"), str):
+        problem = "error is not a string"
+    if problem is None:
+        try:
+            rows = _counts(raw.get("rows", {}))
+            parts = _counts(raw.get("parts", {}))
+        except TypeError as exc:
+            problem = f"rows or parts are not counts per table ({exc})"
+    if problem is not None:
+        raise SchemaError(f"{p}: damaged shard status file ({problem}); re-record the trace")
+    assert isinstance(rank, int) and isinstance(complete, bool)
+    return ShardStatus(
+        rank=rank,
+        complete=complete,
+        rows=rows,
+        parts=parts,
+        error=raw.get("error"),
+        trace_id=raw.get("trace_id"),
+    )
 
 
 class Trace:
-    """A trace directory, opened lazily. Nothing is read but the manifest and shard status files."""
+    """A trace directory, opened lazily. Nothing is read but the manifest and shard status files.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    With ``warn`` (the default) the trace is checked once per process and state of its files: in
+    full (:func:`tracekit.trace.validate`) up to ``FULL_CHECK_BYTES`` of part files, else its
+    statuses and Parquet footers (:func:`tracekit.trace.health.quick_check`); anything incomplete or
+    invalid becomes one :class:`~tracekit.errors.TraceWarning`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, warn: bool = True) -> None:
         self.path = Path(path)
         mpath = self.path / layout.MANIFEST
         if not self.path.exists():
@@ -41,28 +122,40 @@ class Trace:
                 f"{self.path}: not a tracekit trace (no {layout.MANIFEST}); "
                 "give a directory written by tracekit record, import or synth"
             )
-        try:
-            raw = json.loads(mpath.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SchemaError(f"{mpath}: not valid JSON ({exc}); the manifest is damaged") from None
+        raw = read_json(mpath, "manifest")
         self.manifest = Manifest.from_dict(raw, where=str(mpath))
         self.shards = self._read_shards()
         self._sound: set[Path] = set()
+        if warn:
+            self._warn()
 
     def _read_shards(self) -> dict[int, ShardStatus]:
         shards: dict[int, ShardStatus] = {}
-        for p in sorted((self.path / layout.SHARDS).glob("rank-*.json")):
-            try:
-                raw = json.loads(p.read_text())
-                shards[int(raw["rank"])] = ShardStatus(
-                    rank=int(raw["rank"]),
-                    complete=bool(raw["complete"]),
-                    rows={str(k): int(v) for k, v in raw.get("rows", {}).items()},
-                    error=raw.get("error"),
-                )
-            except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-                raise SchemaError(f"{p}: damaged shard status file") from None
+        folder = self.path / layout.SHARDS
+        names = sorted(os.listdir(folder)) if folder.is_dir() else []
+        for name in names:
+            if not (name.startswith("rank-") and name.endswith(".json")):
+                continue
+            p = folder / name
+            status = parse_status(p, read_json(p, "shard status file"))
+            shards[status.rank] = status
         return shards
+
+    def _warn(self) -> None:
+        from tracekit.trace.health import quick_check, summary_line
+
+        key = _signature(self.path)
+        if key not in _CHECKED:
+            size = sum(p.stat().st_size for t in TABLE_NAMES for p in self.files(t, check=False))
+            if size <= FULL_CHECK_BYTES:  # small: every check validate makes, data included
+                from tracekit.trace.validate import validate
+
+                problems = list(validate(self.path).problems)
+            else:
+                problems, _ = quick_check(self)
+            _CHECKED[key] = summary_line(self.path, problems) if problems else ""
+        if _CHECKED[key]:
+            warnings.warn(TraceWarning(_CHECKED[key]), stacklevel=3)
 
     # -- what is there --------------------------------------------------------------------------
     @property
@@ -82,7 +175,12 @@ class Trace:
         query; ``tracekit validate`` passes ``check=False`` to list every problem instead.
         """
         table_spec(table)
-        found = sorted((self.path / table).glob(layout.PART_GLOB))
+        folder = self.path / table
+        try:
+            names = os.listdir(folder) if folder.is_dir() else []
+        except OSError as exc:
+            raise SchemaError(f"{folder}: cannot be listed ({exc.strerror}); check its permissions") from None
+        found = sorted(folder / n for n in names if n.endswith(".parquet") and not n.startswith("."))
         if check:
             for f in found:
                 if f not in self._sound:
@@ -112,7 +210,7 @@ class Trace:
         files = self.files(table)
         if not files:
             return pl.LazyFrame(pl.from_arrow(self.arrow_schema(table).empty_table()))
-        return pl.scan_parquet([str(f) for f in files])
+        return pl.scan_parquet([str(f) for f in files], glob=False)
 
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
         """Read a (small) table whole into Arrow; prefer ``scan`` or ``duckdb`` for large ones."""
@@ -133,8 +231,7 @@ class Trace:
                 f"CAST(NULL AS {duckdb_type(f.type)}) AS {f.name}" for f in self.arrow_schema(table)
             )
             return f"SELECT {cols} WHERE false"
-        glob = str((self.path / table).resolve() / layout.PART_GLOB).replace("'", "''")
-        return f"SELECT * FROM read_parquet('{glob}', union_by_name = true)"
+        return f"SELECT * FROM read_parquet({parquet_list(files)}, union_by_name = true)"
 
     def register(
         self, con: duckdb.DuckDBPyConnection, prefix: str = "", *, all_tables: bool = True
@@ -187,9 +284,51 @@ def _check_part(part: Path, trace_path: Path) -> None:
         )
 
 
-def open_trace(path: str | os.PathLike[str]) -> Trace:
-    """Open a trace directory lazily."""
-    return Trace(path)
+def open_trace(path: str | os.PathLike[str], *, warn: bool = True) -> Trace:
+    """Open a trace directory lazily (``warn``: a TraceWarning when it is incomplete or invalid)."""
+    return Trace(path, warn=warn)
+
+
+#: Quick checks already made in this process: signature of the trace's files -> warning ("" if none).
+_CHECKED: dict[tuple[Any, ...], str] = {}
+
+
+def _signature(path: Path) -> tuple[Any, ...]:
+    """Changes whenever a file of the trace is added, removed, renamed or rewritten in place."""
+    sig: list[Any] = [str(path.resolve())]
+    for sub in ("", layout.SHARDS, *TABLE_NAMES):
+        p = path / sub
+        try:
+            st = p.stat()
+            sig.append((sub, st.st_mtime_ns, st.st_ino))
+            if sub:
+                for n in sorted(os.listdir(p)):
+                    q = (p / n).stat()
+                    sig.append((n, q.st_mtime_ns, q.st_size, q.st_ino))
+        except OSError:
+            sig.append((sub, None))
+    return tuple(sig)
+
+
+#: Characters DuckDB's file reader treats as a pattern (each is matched literally inside [...]).
+_GLOB_CHARS = "*?["
+
+
+def literal_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as a pattern that DuckDB's Parquet reader matches literally (glob characters in
+    brackets), so a folder named ``a[1]`` or ``star*`` never reads its neighbours."""
+    text = os.fspath(Path(path).resolve())
+    if "\\" in text and any(c in text for c in _GLOB_CHARS):
+        raise UsageError(
+            f"{text}: the path holds both a backslash and one of {_GLOB_CHARS}, which DuckDB cannot read "
+            "literally; rename the folder"
+        )
+    return "".join(f"[{c}]" if c in _GLOB_CHARS else c for c in text)
+
+
+def parquet_list(files: list[Path]) -> str:
+    """A DuckDB list literal of Parquet files, each matched literally."""
+    return "[" + ", ".join("'" + literal_path(f).replace("'", "''") + "'" for f in files) + "]"
 
 
 _DUCK = {

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Mapping
@@ -24,10 +23,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracekit.errors import CollectorError, SchemaError, UsageError
+from tracekit.errors import CollectorError, OutputBusyError, SchemaError, UsageError
 from tracekit.schema.manifest import Manifest
 from tracekit.schema.tables import TABLE_NAMES, TableSpec, table_spec
-from tracekit.trace import layout
+from tracekit.trace import layout, outputs
 from tracekit.trace.convert import to_arrow
 
 #: Default rows per part file. Routing rows are ~40 bytes at top-8, so 1M rows is ~40 MB buffered.
@@ -41,10 +40,22 @@ FALLBACK_ROWS_PER_PART = 100_000
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write JSON through a temporary sibling and a rename; the folder ``path`` sits in is created
+    only inside an existing trace root (a writer whose staging copy was dropped writes nothing)."""
+    if not path.parent.is_dir():
+        if not path.parent.parent.is_dir():
+            return
+        path.parent.mkdir(exist_ok=True)
     tmp = layout.tmp_path(path)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _is_trace(path: Path) -> bool:
+    return (path / layout.MANIFEST).exists()
 
 
 class TraceWriter:
@@ -85,6 +96,9 @@ class TraceWriter:
         self._error: BaseException | None = None
         self._queue: queue.Queue[tuple[Path, pa.Table] | None] | None = None
         self._thread: threading.Thread | None = None
+        #: Where the files go: ``path`` itself, or a staging sibling while an existing trace is replaced.
+        self.root = self.path
+        self._output: outputs.Output | None = None
         self._prepare(overwrite)
         if background:
             self._queue = queue.Queue(maxsize=4)
@@ -93,23 +107,39 @@ class TraceWriter:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare(self, overwrite: bool) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            raise UsageError(f"{self.path}: exists and is not a directory; choose another --out")
-        if self.rank == 0:
-            if self.path.is_dir() and any(self.path.iterdir()):
-                if not overwrite:
-                    raise UsageError(
-                        f"{self.path}: directory exists and is not empty; choose another output "
-                        "or pass overwrite (--force) to replace it"
-                    )
-                if not (self.path / layout.MANIFEST).exists():
-                    raise UsageError(
-                        f"{self.path}: not empty and not a tracekit trace; refusing to delete it"
-                    )
-                shutil.rmtree(self.path)
-            layout.make_output_dir(self.path)
-            _write_json_atomic(self.path / layout.MANIFEST, self.manifest.to_dict())
+        holder = outputs.current_holder(self.path)
+        if holder is not None:
+            joins = holder.token == os.environ.get(outputs.TOKEN_ENV) or (
+                holder.pid == os.getpid() and holder.rank is not None and holder.rank != self.rank
+            )
+            if not joins:
+                raise OutputBusyError(
+                    f"--out {self.path}: {holder.describe()} is writing it now; wait for it to finish "
+                    "or choose another --out"
+                )
+            self.root = Path(holder.target)  # a rank of the same run: write where its rank 0 writes
+            layout.make_output_dir(self.root)
+            if self.rank == 0:
+                _write_json_atomic(self.root / layout.MANIFEST, self.manifest.to_dict())
+        elif self.rank == 0:
+            self._output = outputs.Output(
+                self.path,
+                kind="dir",
+                force=overwrite,
+                what="trace",
+                is_ours=_is_trace,
+                stage_new=False,
+                rank=0,
+            ).open()
+            self.root = self._output.target
+            try:
+                _write_json_atomic(self.root / layout.MANIFEST, self.manifest.to_dict())
+            except BaseException:
+                self._output.close(ok=False)
+                raise
         else:
+            if self.path.exists() and not self.path.is_dir():
+                raise UsageError(f"{self.path}: exists and is not a directory; choose another --out")
             layout.make_output_dir(self.path)
         self._started_at = time.time()
         self._write_status(complete=False)
@@ -126,7 +156,7 @@ class TraceWriter:
         }
         if error:
             status["error"] = error
-        _write_json_atomic(layout.shard_status_path(self.path, self.rank), status)
+        _write_json_atomic(layout.shard_status_path(self.root, self.rank), status)
 
     def _schema(self, table: str) -> tuple[TableSpec, pa.Schema]:
         if table not in self._schemas:
@@ -162,7 +192,7 @@ class TraceWriter:
             index = self._parts.get(name, 0)
             self._parts[name] = index + 1
             self._rows[name] = self._rows.get(name, 0) + data.num_rows
-            final = layout.part_path(self.path, name, self.rank, index)
+            final = layout.part_path(self.root, name, self.rank, index)
             if self._queue is not None:
                 self._raise_background_error()
                 self._queue.put((final, data))
@@ -195,6 +225,8 @@ class TraceWriter:
 
     def _raise_background_error(self) -> None:
         if self._error is not None:
+            if isinstance(self._error, OSError):
+                raise outputs.os_error(self._error, f"{self.path}: writing a part file failed") from None
             raise CollectorError(f"{self.path}: writing a part file failed: {self._error}")
 
     # -- closing --------------------------------------------------------------------------------
@@ -203,12 +235,29 @@ class TraceWriter:
         if self._closed:
             return
         self._closed = True
-        self.flush()
-        if self._queue is not None and self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-        self._raise_background_error()
-        self._write_status(complete=error is None, error=error)
+        try:
+            try:
+                self.flush()
+            finally:
+                if self._queue is not None and self._thread is not None:
+                    self._queue.put(None)
+                    self._thread.join()
+            self._raise_background_error()
+        except BaseException as exc:
+            self._finish(error=error or f"{type(exc).__name__}: {exc}")
+            raise
+        self._finish(error=error)
+
+    def _finish(self, error: str | None) -> None:
+        """Write the shard status; rank 0 then commits (or drops) a staged replacement and unlocks."""
+        try:
+            self._write_status(complete=error is None, error=error)
+        except BaseException:
+            if self._output is not None:
+                self._output.close(ok=False)
+            raise
+        if self._output is not None:
+            self._output.close(ok=error is None)
 
     def update_manifest(self, manifest: Manifest) -> None:
         """Rewrite the manifest (rank 0 only), for facts known only at the end of a run."""
@@ -217,7 +266,7 @@ class TraceWriter:
         if manifest.model.top_k != self.manifest.model.top_k:
             raise SchemaError("the manifest's top_k cannot change after rows are written")
         self.manifest = manifest
-        _write_json_atomic(self.path / layout.MANIFEST, manifest.to_dict())
+        _write_json_atomic(self.root / layout.MANIFEST, manifest.to_dict())
 
     @property
     def rows_written(self) -> dict[str, int]:
