@@ -153,7 +153,9 @@ def fit_derate(data: dict[str, Any], work: Path, gain_id: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help="run the anchors whose id contains this text")
-    ap.add_argument("--work", type=Path, default=Path("bench_out/e2e"), help="where synthesised traces are kept")
+    ap.add_argument(
+        "--work", type=Path, default=Path("bench_out/e2e"), help="where synthesised traces are kept"
+    )
     ap.add_argument("--breakdown", action="store_true", help="print each anchor's step breakdown")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="preset override FIELD=VALUE")
     ap.add_argument("--fit-derate", metavar="GAIN_ID", help="fit the overlap derate to a published gain")
@@ -175,7 +177,9 @@ def main() -> None:
         outcomes[a["id"]] = o
         ok = abs(o.error) <= TOLERANCE
         failed += not ok
-        print(f"{o.id:34} {o.metric:26} {o.published:10,.0f} {o.predicted:10,.0f} {100 * o.error:+7.1f}%  {'ok' if ok else 'OFF'}")
+        print(
+            f"{o.id:34} {o.metric:26} {o.published:10,.0f} {o.predicted:10,.0f} {100 * o.error:+7.1f}%  {'ok' if ok else 'OFF'}"
+        )
         if args.breakdown:
             parts = ", ".join(f"{k} {1e3 * v:.2f}" for k, v in o.breakdown.items() if v)
             print(f"    ms per step: {parts}")
@@ -190,7 +194,9 @@ def main() -> None:
         ok = dist <= GAIN_POINTS
         failed += not ok
         pub = f"+{100 * g['low']:.1f}%" + (f"..+{100 * g['high']:.1f}%" if g["high"] != g["low"] else "")
-        print(f"{g['id']:34} {'two-batch overlap gain':26} {pub:>10} {100 * gain:+9.1f}% {'':>8}  {'ok' if ok else 'OFF'}")
+        print(
+            f"{g['id']:34} {'two-batch overlap gain':26} {pub:>10} {100 * gain:+9.1f}% {'':>8}  {'ok' if ok else 'OFF'}"
+        )
     print(f"\n{len(anchors)} anchors, {len([g for g in data.get('gain', []) if g['anchor'] in anchors])} gains: "
           f"{'all within tolerance' if not failed else f'{failed} outside tolerance'}")  # fmt: skip
     sys.exit(1 if failed else 0)

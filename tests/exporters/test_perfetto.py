@@ -15,9 +15,21 @@ from click.testing import CliRunner
 from tests.importers.kineto_layout import KinetoBuilder
 from tracekit.cli.main import cli
 
-SEG = ["attention_s", "expert_gemm_s", "dense_s", "dispatch_s", "combine_s", "tp_comm_s"]
+SEG = [
+    "attention_s",
+    "attn_proj_s",
+    "expert_gemm_s",
+    "dense_s",
+    "fixed_s",
+    "dispatch_s",
+    "combine_s",
+    "tp_comm_s",
+]
+COMPUTE = ["attention_s", "attn_proj_s", "expert_gemm_s", "dense_s", "fixed_s"]
 NAME = {
     "attention_s": "attention",
+    "attn_proj_s": "attn_proj",
+    "fixed_s": "fixed",
     "expert_gemm_s": "expert_gemm",
     "dense_s": "dense",
     "dispatch_s": "dispatch",
@@ -40,7 +52,7 @@ def _result_dir(path: Path, *, tbo: bool, seed: int = 0) -> Path:
                     if layer == 0:  # a dense layer: no dispatch / combine
                         r["dispatch_s"] = r["combine_s"] = 0.0
                     r["tp_comm_s"] = 0.0
-                    r["compute_s"] = r["attention_s"] + r["expert_gemm_s"] + r["dense_s"]
+                    r["compute_s"] = sum(r[c] for c in COMPUTE)
                     r["comm_s"] = r["dispatch_s"] + r["combine_s"] + r["tp_comm_s"]
                     r["exposed_comm_s"] = max(0.0, r["comm_s"] - r["compute_s"]) if tbo else r["comm_s"]
                     r["total_s"] = r["compute_s"] + r["exposed_comm_s"]
@@ -109,7 +121,7 @@ def _check_timeline(doc: dict, ranks: pl.DataFrame, layers: pl.DataFrame, steps:
     lt = {(r["phase"], r["step"], r["layer"]): r["time_s"] for r in layers.iter_rows(named=True)}
     for r in ranks.iter_rows(named=True):
         key = (r["phase"], r["step"], r["layer"], r["rank"])
-        frac = r["exposed_comm_s"] / r["comm_s"] if r["comm_s"] > 0 else 0.0
+        frac = min(r["exposed_comm_s"] / r["comm_s"], 1.0) if r["comm_s"] > 0 else 0.0
         for c in SEG:
             expected = r[c] * (frac if c in ("dispatch_s", "combine_s", "tp_comm_s") else 1.0)
             assert got.get((*key, NAME[c]), 0.0) == pytest.approx(expected, rel=1e-9, abs=1e-15)

@@ -145,11 +145,11 @@ def test_replay_tracks_nesting_and_overlap(tmp_path: Path, tbo: bool) -> None:
                     assert s["depth"] == 2
     for r in ranks.iter_rows(named=True):
         got = segs[(r["phase"], r["step"], r["layer"], r["rank"])]
-        for name in ("attention", "expert_gemm", "dense", "dispatch", "combine"):
+        for name in ("attention", "attn_proj", "expert_gemm", "dense", "fixed", "dispatch", "combine"):
             want = r[name + "_s"]
             have = (got[name][1] - got[name][0]) / 1e9 if name in got else 0.0
             assert have == pytest.approx(want, abs=2e-9)  # comm at its full length
-        compute = [got[n] for n in ("attention", "expert_gemm", "dense") if n in got]
+        compute = [got[n] for n in ("attention", "attn_proj", "expert_gemm", "dense", "fixed") if n in got]
         comm = [got[n] for n in ("dispatch", "combine") if n in got]
         overlap = sum(max(0, min(a[1], b[1]) - max(a[0], b[0])) for a in compute for b in comm) / 1e9
         assert overlap == pytest.approx(r["comm_s"] - r["exposed_comm_s"], abs=1e-8)

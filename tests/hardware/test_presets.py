@@ -23,11 +23,23 @@ def test_every_value_has_a_source(name: str) -> None:
     hw = get_hardware(name)
     spec_fields = [
         "bf16_flops", "fp8_flops", "fp4_flops", "hbm_bytes", "hbm_bw", "scaleup_size", "gpus_per_node",
-        "scaleup_bw", "scaleout_bw", "mem_latency_s", "scaleup_latency_s", "scaleout_latency_s",
-        "kernel_launch_s", "gemm_eff", "gemm_half_tokens", "attn_eff", "hbm_eff",
+        "scaleup_bw", "scaleout_bw", "scaleup_latency_s", "scaleout_latency_s", "num_sms", "launch_gap_s",
+        "launch_gap_eager_s",
     ]  # fmt: skip
     for f in spec_fields:
         assert hw.sources.get(f), f"{name}.{f} has no source"
+    # every kernel family the replay prices has a curve, every field of it a source
+    for family, dtype in (
+        [("elementwise", "any")]
+        + [(f, d) for f in ("gemm", "grouped_gemm") for d in ("bf16", "fp8")]
+        + [(f, "bf16") for f in ("mla_decode", "mla_prefill", "gqa_decode", "gqa_prefill")]
+    ):
+        curve = hw.kernel_curve(family, dtype)
+        assert 0 < curve.compute_eff <= 1 and 0 < curve.memory_eff <= 1
+        for f in ("compute_eff", "memory_eff", "fixed_s"):
+            assert hw.sources.get(f"kernel.{curve.family}.{curve.dtype}.{f}"), (
+                f"{name} kernel.{family}.{dtype}.{f}"
+            )
     assert set(hw.comm) == set(COMM_IMPLS)
     for impl, p in hw.comm.items():
         for f in ("eff_up", "eff_out", "dispatch_latency_s", "combine_latency_s"):
@@ -65,7 +77,10 @@ def test_overrides() -> None:
     with pytest.raises(UsageError, match="must be a number"):
         get_hardware("h200-sxm", {"scaleout_bw": "fast"})
     with pytest.raises(UsageError, match=r"must be in \(0, 1\]"):
-        get_hardware("h200-sxm", {"gemm_eff": 2})
+        get_hardware("h200-sxm", {"kernel.gemm.fp8.compute_eff": 2})
+    tuned = get_hardware("h200-sxm", {"kernel.gemm.fp8.compute_eff": 0.5, "scale.expert_gemm": 1.2})
+    assert tuned.kernel_curve("gemm", "fp8").compute_eff == 0.5 and tuned.time_scale("expert_gemm") == 1.2
+    assert get_hardware("h200-sxm").time_scale("expert_gemm") == 1.0
     with pytest.raises(UsageError, match="FIELD=VALUE"):
         parse_set_options(["scaleout_bw"])
 

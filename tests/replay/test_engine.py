@@ -10,6 +10,7 @@ import pytest
 
 from tests.replay._traces import random_ids, write_ranked_trace
 from tracekit.cost import EPTraffic, combine, dispatch, grouped_gemm
+from tracekit.cost.kernels import elementwise_time
 from tracekit.errors import DeploymentError, UsageError
 from tracekit.hardware import get_hardware
 from tracekit.models import expert_weight_bytes
@@ -50,7 +51,9 @@ def test_hot_expert_rank_is_the_straggler_by_the_expected_amount(tmp_path: Path)
     hw = get_hardware("h200-sxm")
     arch = res.run  # noqa: F841  (the trace's tiny model: hidden 64, expert ffn 32)
     hidden, ffn = 64, 32
-    # Independent computation: per-rank expert GEMM from hand-built local counts ...
+    # Independent computation: per-rank routed-expert kernels from hand-built local counts (the
+    # NCCL all-to-all hands the experts a contiguous layout: two grouped GEMMs, SiLU-and-mul with
+    # quantisation, a permute and an unpermute, one launch gap each) ...
     local = np.zeros((R, E // R))
     local[0] = [R * tokens, R * tokens]
     from tests.factories import tiny_arch
@@ -64,14 +67,21 @@ def test_hot_expert_rank_is_the_straggler_by_the_expected_amount(tmp_path: Path)
         precision="fp8",
         weight_precision="fp8",
         expert_weight_bytes=expert_weight_bytes(model, "fp8"),
+        layout="contiguous",
     ).time_s
+    rows = local.sum(axis=1)
+    small = (
+        elementwise_time(hw, hbm_bytes=rows * ffn * (4 + 1)).time_s
+        + elementwise_time(hw, hbm_bytes=rows * hidden * (2 * 1 + 4), kernels=2).time_s
+        + np.where(rows > 0, 5 * hw.launch_gap_s, 0.0)
+    )
     # ... and dispatch / combine from the per-peer matrix: every rank sends its 8 tokens to rank 0.
     m = np.zeros((R, R))
     m[:, 0] = tokens
     traffic = EPTraffic.from_rank_matrix(m, hw.scaleup_size)
     d = dispatch(hw, traffic, impl="nccl", bytes_per_token=hidden + hidden / 128 * 4).time_s  # fp8 + scales
     c = combine(hw, traffic, impl="nccl", bytes_per_token=hidden * 2.0).time_s
-    varying = g + d + c  # attention, router and shared parts are equal on every rank
+    varying = g + small + d + c  # attention, router and shared parts are equal on every rank
     expected = varying.max() - varying.mean()
     moe = res.layers.filter(pl.col("kind") == "moe")
     assert expected > 0
@@ -177,8 +187,10 @@ def test_step_time_is_the_sum_of_its_components(tmp_path: Path) -> None:
         s = res.steps
         parts = [
             "attention_s",
+            "attn_proj_s",
             "expert_gemm_s",
             "dense_s",
+            "fixed_s",
             "dispatch_s",
             "combine_s",
             "tp_comm_s",
@@ -191,7 +203,8 @@ def test_step_time_is_the_sum_of_its_components(tmp_path: Path) -> None:
         layer_sum = res.layers.group_by("step").agg(pl.col("time_s").sum()).sort("step")["time_s"].to_numpy()
         assert (layer_sum <= s.sort("step")["step_time_s"].to_numpy()).all()
         r = res.ranks
-        assert (r["exposed_comm_s"] <= r["comm_s"] + 1e-15).all()
+        # NCCL kernels hold a fifth of the SMs: what they add is at most their time plus that share
+        assert (r["exposed_comm_s"] <= r["comm_s"] * 1.2 + 1e-15).all()
         np.testing.assert_allclose(r["total_s"], r["compute_s"] + r["exposed_comm_s"])
 
 
@@ -243,12 +256,12 @@ def test_two_batch_overlap_hides_communication_and_reads_weights_twice(tmp_path:
     on = replay(tmp_path / "t", base.replace(tbo=True))
     moe_off = off.ranks.filter(pl.col("layer") >= 1)
     moe_on = on.ranks.filter(pl.col("layer") >= 1)
-    # without overlap every second of communication is exposed; with it, only what compute cannot hide
-    assert (moe_off["exposed_comm_s"] == moe_off["comm_s"]).all()
-    np.testing.assert_allclose(
-        moe_on["exposed_comm_s"], np.maximum(moe_on["comm_s"] - moe_on["compute_s"], 0.0), rtol=1e-12
-    )
-    assert on.steps["hidden_comm_s"].sum() > 0 and off.steps["hidden_comm_s"].sum() == 0
+    # without overlap every second of communication is exposed; with it, some hides under compute
+    # (the stage-by-stage formulas are checked by hand in test_attribution.py)
+    np.testing.assert_allclose(moe_off["exposed_comm_s"], moe_off["comm_s"], rtol=1e-12)
+    assert (moe_on["exposed_comm_s"] < moe_on["comm_s"]).any()
+    assert on.steps["hidden_comm_s"].sum() > 0
+    assert off.steps["hidden_comm_s"].sum() == pytest.approx(0.0, abs=1e-15)
     # two micro-batches: an expert with tokens in both halves has its weights read twice
     assert moe_on["weight_bytes"].sum() > moe_off["weight_bytes"].sum()
     assert set(on.run["tbo"].to_list()) == {True}

@@ -83,8 +83,8 @@ def hw_show(name: str, sets: tuple[str, ...], fmt: str) -> None:
     units = field_units()
     rows: list[list[Any]] = []
     for field, unit in units.items():
-        if field in ("name", "description", "gpu", "comm", "sources", "calibration") or field.startswith(
-            "comm."
+        if field in ("name", "description", "gpu", "comm", "sources", "calibration", "kernels", "scale") or (
+            field.startswith("comm.")
         ):
             continue
         value = getattr(h, field)
@@ -98,6 +98,15 @@ def hw_show(name: str, sets: tuple[str, ...], fmt: str) -> None:
             unit = units[field]
             value = getattr(p, attr)
             rows.append([key, value, unit, _human(value, unit), h.sources.get(key, "")])
+    curve_units = {"compute_eff": "fraction", "memory_eff": "fraction", "fixed_s": "s", "half_tiles": "CTAs",
+                   "half_k": "elements", "per_seq_s": "s"}  # fmt: skip
+    for (family, dtype), curve in sorted(h.kernels.items()):
+        for attr, unit in curve_units.items():
+            key = f"kernel.{family}.{dtype}.{attr}"
+            value = getattr(curve, attr)
+            rows.append([key, value, unit, _human(value, unit), h.sources.get(key, "")])
+    for family, value in sorted(h.scale.items()):
+        rows.append([f"scale.{family}", value, "x", _human(value, "x"), h.sources.get(f"scale.{family}", "")])
     if fmt == "json":
         echo_json(
             {

@@ -6,12 +6,13 @@ tables) say how close to the hardware's peaks the kernels of that family get:
 
 - ``gemm`` (dense GEMM ``[m, k] x [k, n]``) and ``grouped_gemm`` (one GEMM over a rank's experts,
   tokens per expert given): the output is cut into tiles of ``bm`` rows (64 up to 128 rows and in
-  the masked grouped layout, else 128) and ``bn`` columns (128, halved down to 16 while that fills
-  the SMs). Compute: the padded tiles' FLOPs at ``compute_eff x k / (k + half_k)`` of the class's
-  peak (a short inner loop does not amortise its prologue), with wave quantisation over the SMs (a
-  last, partial wave costs a whole wave). Memory: every byte once at ``memory_eff x c / (c +
-  half_tiles)`` of HBM bandwidth, ``c`` the CTAs of 128 columns running at once (few CTAs cannot
-  saturate HBM). Time: ``fixed_s + max(compute, memory)``.
+  the masked grouped layout, else 128) and 128 columns. Compute: the padded tiles' FLOPs at
+  ``compute_eff x k / (k + half_k)`` of the class's peak (a short inner loop does not amortise its
+  prologue), with wave quantisation over the SMs beyond one wave (a last, partial wave costs a
+  whole one; below a wave the kernel splits its work to fill the SMs). Memory: every byte once at
+  ``memory_eff x c / (c + half_tiles)`` of HBM bandwidth, ``c`` the CTAs that stream distinct weight
+  tiles of 128 columns at once (few of them cannot saturate HBM). Time: ``fixed_s + max(compute,
+  memory)``; more rows never cost less.
 - ``mla_decode``, ``mla_prefill``, ``gqa_decode``, ``gqa_prefill`` (the attention core): ``fixed_s +
   per_seq_s x sequences + max(FLOPs / (peak x compute_eff), bytes / (hbm_bw x memory_eff))``;
   per-sequence work models split-KV scheduling and its combine.
@@ -85,22 +86,25 @@ def _tiled(
     curve: KernelCurve,
     *,
     row_tiles: F64,
+    col_tiles: F64,
     bm: float | F64,
     n: ArrayLike,
     k: ArrayLike,
     precision: str,
 ) -> tuple[F64, F64]:
     """(compute time, streaming efficiency) of GEMM tiles: ``row_tiles`` tiles of ``bm`` rows
-    (summed over experts for a grouped GEMM) by ``n`` columns."""
+    (summed over experts for a grouped GEMM) by ``n`` columns; ``col_tiles`` the distinct weight
+    tiles of 128 columns (summed over a grouped GEMM's active experts)."""
     sms = hw.num_sms
     n, k = _arr(n), _arr(k)
-    bn = np.full(np.broadcast(row_tiles, n).shape, 16.0)
-    for cand in (32.0, 64.0, 128.0):  # the widest tile that still fills the SMs
-        bn = np.where(row_tiles * np.ceil(n / cand) >= sms, cand, bn)
-    _, wq = _waves(row_tiles * np.ceil(n / bn), sms)
+    tiles = row_tiles * np.ceil(n / TILE_N)
+    # below one wave the kernel splits its work to fill the SMs; beyond, a partial wave costs a whole one
+    _, wq = _waves(tiles, sms)
+    wq = np.where(tiles < sms, 1.0, wq)
     k_eff = k / (k + curve.half_k) if curve.half_k > 0 else 1.0
     t_compute = 2.0 * row_tiles * bm * n * k / (hw.peak_flops(precision) * curve.compute_eff * k_eff) / wq
-    ctas = np.minimum(row_tiles * np.ceil(n / TILE_N), sms)
+    # CTAs streaming distinct weight tiles at once (more rows re-read the same weights)
+    ctas = np.minimum(col_tiles, sms)
     stream = np.where(ctas > 0, ctas / (ctas + curve.half_tiles), 1.0) if curve.half_tiles > 0 else 1.0
     return t_compute, curve.memory_eff * np.asarray(stream, dtype=np.float64)
 
@@ -121,7 +125,16 @@ def gemm_time(
     wb = bytes_per_param(weight_precision or precision)
     ab = bytes_per_param(precision)
     bm = np.where(rows <= 128, 64.0, 128.0)
-    t_compute, eff = _tiled(hw, curve, row_tiles=np.ceil(rows / bm), bm=bm, n=n, k=k, precision=precision)
+    t_compute, eff = _tiled(
+        hw,
+        curve,
+        row_tiles=np.ceil(rows / bm),
+        col_tiles=np.ceil(n / TILE_N),
+        bm=bm,
+        n=n,
+        k=k,
+        precision=precision,
+    )
     flops = 2.0 * rows * n * k
     hbm = n * k * wb + rows * k * ab + rows * n * 2.0
     terms = {"compute": t_compute, "memory": hbm / (hw.hbm_bw * eff)}
@@ -154,7 +167,10 @@ def grouped_gemm_time(
     n, k = _arr(n), _arr(k)
     n_active = (t > 0).sum(axis=-1)
     row_tiles = np.ceil(t / bm).sum(axis=-1)
-    t_compute, eff = _tiled(hw, curve, row_tiles=row_tiles, bm=bm, n=n, k=k, precision=precision)
+    col_tiles = n_active * np.ceil(n / TILE_N)
+    t_compute, eff = _tiled(
+        hw, curve, row_tiles=row_tiles, col_tiles=col_tiles, bm=bm, n=n, k=k, precision=precision
+    )
     flops = 2.0 * rows * n * k
     hbm = n_active * n * k * wb + rows * (k * ab + n * 2.0)
     terms = {"compute": t_compute, "memory": hbm / (hw.hbm_bw * eff)}

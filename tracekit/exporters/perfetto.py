@@ -4,10 +4,11 @@ or Chrome-trace JSON (an ``--out`` ending in ``.json``, or ``--format json``), d
 A replay result (``replay_ranks`` / ``replay_layers`` / ``replay_steps``, docs/replay.md) becomes one
 process per pool and one thread (track) per rank. Steps follow each other; a step is its embedding,
 its layers in order, its LM head; a layer lasts its slowest rank's time, and on each rank it is, in
-order: attention, dispatch, expert GEMM, dense (dense FFN or shared experts), combine, tensor-parallel
-collective, then ``idle`` (waiting for the slowest rank). Communication hidden by two-batch overlap
-is not drawn: each communication event lasts its exposed share (``exposed_comm_s / comm_s`` of it)
-and its args carry the full time. Events are ``ph: X`` with ``ts``/``dur`` in microseconds.
+order: attention, attention projections, dispatch, expert GEMM, dense (dense FFN or shared experts),
+small fixed kernels (norms, router, quantisation, launch gaps), combine, tensor-parallel collective,
+``contention`` (compute slowed by the SMs the all-to-all holds, when the result has it), then ``idle``
+(waiting for the slowest rank). Communication hidden by overlap is not drawn: each communication
+event lasts its exposed share (``exposed_comm_s / comm_s`` of it) and its args carry the full time. Events are ``ph: X`` with ``ts``/``dur`` in microseconds.
 
 A trace with a ``kernels`` table becomes one process per rank and one thread per stream (CPU
 operators on thread ``cpu``), each kernel with its category, step and layer in its args.
@@ -29,13 +30,23 @@ from tracekit.errors import InputFormatError, UsageError
 #: Events of one rank within a layer, in drawing order: (event name, replay_ranks column, is comm).
 SEGMENTS: tuple[tuple[str, str, bool], ...] = (
     ("attention", "attention_s", False),
+    ("attn_proj", "attn_proj_s", False),
     ("dispatch", "dispatch_s", True),
     ("expert_gemm", "expert_gemm_s", False),
     ("dense", "dense_s", False),
+    ("fixed", "fixed_s", False),
     ("combine", "combine_s", True),
     ("tp_comm", "tp_comm_s", True),
+    ("contention", "contention_s", False),
 )
-_RANK_COLUMNS = ("step", "layer", "rank", *(c for _, c, _ in SEGMENTS))
+#: Columns results of earlier versions lack: drawn as zero.
+_OPTIONAL_COLUMNS = ("attn_proj_s", "fixed_s")
+_RANK_COLUMNS = (
+    "step",
+    "layer",
+    "rank",
+    *(c for _, c, _ in SEGMENTS if c not in _OPTIONAL_COLUMNS and c != "contention_s"),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,11 +168,16 @@ def _replay_layout(src: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         )
     ranks = _keyed(_read_parquet(src / "replay_ranks.parquet", _RANK_COLUMNS))
     ranks = ranks.with_columns(pl.col("layer").cast(pl.Int64), pl.col("rank").cast(pl.Int64))
+    ranks = ranks.with_columns([pl.lit(0.0).alias(c) for c in _OPTIONAL_COLUMNS if c not in ranks.columns])
     comm = pl.sum_horizontal(*[pl.col(c) for _, c, is_comm in SEGMENTS if is_comm])
     if "exposed_comm_s" in ranks.columns:
         frac = pl.when(comm > 0).then(pl.col("exposed_comm_s") / comm).otherwise(0.0).clip(0.0, 1.0)
+        # beyond the communication itself, exposed time is compute slowed by the SMs it holds
+        contention = (pl.col("exposed_comm_s") - comm).clip(0.0, None)
     else:
         frac = pl.lit(1.0)
+        contention = pl.lit(0.0)
+    ranks = ranks.with_columns(contention_s=contention)
     ranks = ranks.with_columns(
         [(pl.col(c) * frac if is_comm else pl.col(c)).alias(c + "_drawn") for _, c, is_comm in SEGMENTS]
     )

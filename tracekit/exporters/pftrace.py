@@ -4,9 +4,10 @@ Every export has one process per rank (``rank N``, or ``POOL rank N`` when a rep
 under it, named tracks:
 
 - a **replay**: ``compute`` holds each step, its layers nested in it, and each layer's attention,
-  expert_gemm and dense; ``comm`` holds dispatch, combine and tp_comm at their full length. Without
-  overlap they follow the replay's order (attention, dispatch, expert GEMM, dense, combine, TP
-  collective); under two-batch overlap a rank's communication ends with its layer's work and
+  attn_proj, expert_gemm, dense, fixed and contention (compute slowed by the SMs the all-to-all
+  holds); ``comm`` holds dispatch, combine and tp_comm at their full length. Without overlap they
+  follow the replay's order (attention, projections, dispatch, expert GEMM, dense, fixed kernels,
+  combine, TP collective); under overlap a rank's communication ends with its layer's work and
   overlaps its compute by ``comm_s - exposed_comm_s`` (the hidden part), so the overlap shows as
   comm slices beside compute slices. Flows join a dispatch on the source rank to the dispatch on
   each destination rank it sends to (``replay_peers``), and a combine back; counters give
@@ -37,7 +38,14 @@ from tracekit.exporters.timeline import Timeline, TimelineCounts, lanes
 
 #: At most this many flows per export (a 64-rank EP run has 4032 per layer and step).
 MAX_FLOWS = 50_000
-_COMPUTE = (("attention", "attention_s"), ("expert_gemm", "expert_gemm_s"), ("dense", "dense_s"))
+_COMPUTE = (
+    ("attention", "attention_s"),
+    ("attn_proj", "attn_proj_s"),
+    ("expert_gemm", "expert_gemm_s"),
+    ("dense", "dense_s"),
+    ("fixed", "fixed_s"),
+    ("contention", "contention_s"),
+)
 _COMM = (("dispatch", "dispatch_s"), ("combine", "combine_s"), ("tp_comm", "tp_comm_s"))
 
 
@@ -112,7 +120,8 @@ def write_replay(ranks: pl.DataFrame, step_len: pl.DataFrame, src: Path, dst: Pa
                 comm_at[name] = cpos
                 cpos += row[col]
         else:
-            for name, col in (_COMPUTE[0], _COMM[0], _COMPUTE[1], _COMPUTE[2], _COMM[1], _COMM[2]):
+            serial = (*_COMPUTE[:2], _COMM[0], *_COMPUTE[2:], _COMM[1], _COMM[2])
+            for name, col in serial:
                 if name in dict(_COMM):
                     comm_at[name] = pos
                 else:

@@ -153,8 +153,9 @@ class LayerPricer:
             gemm_time(self.hw, m=m, n=n, k=k, precision=precision), self.hw.time_scale("dense_gemm")
         )
 
-    def ew(self, hbm_bytes: np.ndarray, active: np.ndarray) -> Priced:
-        cost = elementwise_time(self.hw, hbm_bytes=np.where(active, hbm_bytes, 0.0))
+    def ew(self, hbm_bytes: np.ndarray, active: np.ndarray, kernels: float = 1.0) -> Priced:
+        """``kernels`` memory-bound kernels moving ``hbm_bytes`` in all, where ``active``."""
+        cost = elementwise_time(self.hw, hbm_bytes=np.where(active, hbm_bytes, 0.0), kernels=kernels)
         return Priced.of(cost, self.hw.time_scale("elementwise"))
 
     def quant(self, rows: np.ndarray, width: float, precision: str) -> Priced:
@@ -196,7 +197,9 @@ class LayerPricer:
         nope, rope, v = a.qk_nope_head_dim or 0, a.qk_rope_head_dim or 0, a.v_head_dim or 0
         heads = a.num_heads / tp
         costs.add("attn0", "attn_proj", self.gemm(rows, q_lora + kv_lora + rope, H, p))
-        costs.add("attn0", "fixed", self.ew(4.0 * rows * (q_lora + kv_lora), live), kernels=2.0)  # q/kv norms
+        costs.add(
+            "attn0", "fixed", self.ew(4.0 * rows * (q_lora + kv_lora), live, 2.0), kernels=2.0
+        )  # q/kv norms
         if q_lora:
             costs.add(
                 "attn0", "fixed", self.quant(rows, q_lora, p), kernels=float(compute_class(p) != "bf16")
@@ -269,9 +272,8 @@ class LayerPricer:
             "experts", "fixed", self.ew(rows * F * (4.0 + bytes_per_param(p)), live)
         )  # SiLU-and-mul + quant
         if layout == "contiguous":  # rows permuted into expert order and back (normal all-to-all layouts)
-            costs.add(
-                "experts", "fixed", self.ew(rows * H * (2.0 * bytes_per_param(p) + 4.0), live), kernels=2.0
-            )
+            permute = rows * H * (2.0 * bytes_per_param(p) + 4.0)
+            costs.add("experts", "fixed", self.ew(permute, live, 2.0), kernels=2.0)
         n_active = (t > 0).sum(axis=-1)
         return np.asarray(n_active * 3.0 * H * F * bytes_per_param(p), dtype=np.float64)
 

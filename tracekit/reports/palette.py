@@ -37,6 +37,9 @@ COMPONENT_INDEX: dict[str, int] = {
     "straggler": 6,
     "embedding": 7,
     "lm_head": 8,
+    "attn_proj": 9,
+    "fixed": 5,
+    "contention": 6,
     "idle": 7,
 }
 #: Colour map of magnitudes (tokens, bytes): light to dark.

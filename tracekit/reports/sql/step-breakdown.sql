@@ -1,8 +1,10 @@
 -- name: step-breakdown
 -- title: Where a replayed step's time goes
 -- answers: For each replay result, pool and phase: the mean time per step of each component
---   (attention, expert GEMMs, dense FFN, dispatch, combine, tensor-parallel collectives, the
---   straggler time of routing imbalance, embedding, LM head) and its share of the step time.
+--   (attention core, attention projections, expert GEMMs, dense FFN or shared experts, small fixed
+--   kernels (norms, router, quantisation, launch gaps), dispatch, combine, tensor-parallel
+--   collectives, the straggler time of routing imbalance, embedding, LM head) and its share of the
+--   step time.
 --   The components add up to the step time. With by=step, one group of rows per replayed step.
 -- needs: replay_steps
 -- param: by (VARCHAR, default phase, one of phase|step): mean over the steps of a phase, or each step
@@ -11,7 +13,7 @@
 -- column: phase: prefill or decode
 -- column: step: replayed step (null when by=phase)
 -- column: steps: replayed steps in the group
--- column: component: attention, expert_gemm, dense, dispatch, combine, tp_comm, straggler, embedding, lm_head
+-- column: component: attention, attn_proj, expert_gemm, dense, fixed, dispatch, combine, tp_comm, straggler, embedding, lm_head
 -- column: time_s: mean seconds per step spent in the component
 -- column: share: time_s / the mean step time of the group
 -- column: step_time_s: mean predicted step time of the group
@@ -22,8 +24,10 @@ WITH grouped AS (
         count(*) AS steps,
         avg(step_time_s) AS step_time_s,
         avg(attention_s) AS attention,
+        avg(attn_proj_s) AS attn_proj,
         avg(expert_gemm_s) AS expert_gemm,
         avg(dense_s) AS dense,
+        avg(fixed_s) AS fixed,
         avg(dispatch_s) AS dispatch,
         avg(combine_s) AS combine,
         avg(tp_comm_s) AS tp_comm,
@@ -35,7 +39,7 @@ WITH grouped AS (
 ),
 long AS (
     UNPIVOT grouped
-    ON attention, expert_gemm, dense, dispatch, combine, tp_comm, straggler, embedding, lm_head
+    ON attention, attn_proj, expert_gemm, dense, fixed, dispatch, combine, tp_comm, straggler, embedding, lm_head
     INTO NAME component VALUE time_s
 )
 SELECT
@@ -46,6 +50,9 @@ FROM long
 ORDER BY
     input, pool, phase, step,
     list_position(
-        ['attention', 'expert_gemm', 'dense', 'dispatch', 'combine', 'tp_comm', 'straggler', 'embedding', 'lm_head'],
+        [
+            'attention', 'attn_proj', 'expert_gemm', 'dense', 'fixed', 'dispatch', 'combine', 'tp_comm',
+            'straggler', 'embedding', 'lm_head'
+        ],
         component
     )
