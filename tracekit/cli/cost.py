@@ -400,23 +400,51 @@ def attention_cmd(
 
 
 @click.command()
-@click.option(
-    "--write", is_flag=True, help="Fit, then record the fitted values and residuals in the preset files."
-)
 @click.option("--no-fit", is_flag=True, help="Evaluate the presets as stored, without fitting.")
+@click.option(
+    "--kernels",
+    is_flag=True,
+    help="Also fit the compute-kernel curves to the published kernel tables (and the measured "
+    "databases, when the aiconfigurator extra is installed), with leave-one-out errors.",
+)
+@click.option(
+    "--no-database",
+    is_flag=True,
+    help="With --kernels: only the published tables, not the measured databases.",
+)
+@click.option(
+    "--write",
+    is_flag=True,
+    help="Write the fitted values as user presets (one per system, inheriting the built-in one) into --out.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("calibrated-presets"),
+    show_default=True,
+    help="Directory for --write.",
+)
+@click.option("--force", is_flag=True, help="With --write: replace preset files already in --out.")
 @format_option()
-def calibrate(write: bool, no_fit: bool, fmt: str) -> None:
-    """Compare every published EP communication measurement with the model's prediction.
+def calibrate(
+    no_fit: bool, kernels: bool, no_database: bool, write: bool, out_dir: Path, force: bool, fmt: str
+) -> None:
+    """Compare every published EP communication measurement with the model's prediction, and with
+    --kernels every published kernel figure with the compute-kernel curves.
 
     Fits each implementation's efficiency and latency parameters (least squares in log space),
     prints one row per measurement with its error, and exits 1 if a row is off by more than 25%
-    or the median error exceeds 10%.
+    or the median error exceeds 10%. With --kernels, fits each kernel family's curve per system
+    and prints its leave-one-out error (a fit without each row in turn, predicting it); families
+    fitted to published tables must stay within 10% median and 25% worst. --write records the fits
+    as user presets in --out (use one with --hw PATH); the built-in presets are never modified.
     """
     from tracekit.cost.calibration import (
         MAX_ABS_ERROR,
         MEDIAN_ABS_ERROR,
         report_rows,
-        write_presets,
+        write_user_presets,
     )
     from tracekit.cost.calibration import (
         calibrate as run,
@@ -424,15 +452,28 @@ def calibrate(write: bool, no_fit: bool, fmt: str) -> None:
 
     if write and no_fit:
         raise UsageError("--write records a fit: drop --no-fit")
+    if no_database and not kernels:
+        raise UsageError("--no-database applies to the kernel fits: add --kernels")
     report = run(fit=not no_fit)
     cols, rows = report_rows(report)
+    fits: list[Any] = []
+    kcols: list[str] = []
+    krows: list[list[Any]] = []
+    kernels_ok = True
+    if kernels:
+        from tracekit.cost.kernel_fit import calibrate_kernels, kernel_report_rows, kernels_passed
+
+        fits = calibrate_kernels(with_database=not no_database, loo=True)
+        kcols, krows = kernel_report_rows(fits)
+        kernels_ok = kernels_passed(fits)
+    passed = report.passed and kernels_ok
     if fmt == "json":
         echo_json(
             {
                 "rows": [dict(zip(cols, r, strict=True)) for r in rows],
                 "median_abs_error": report.median_abs_error,
                 "max_abs_error": report.max_abs_error,
-                "passed": report.passed,
+                "passed": passed,
                 "fits": [
                     {
                         "hardware": f.hardware,
@@ -443,6 +484,7 @@ def calibrate(write: bool, no_fit: bool, fmt: str) -> None:
                     }
                     for f in report.fits
                 ],
+                "kernels": [dict(zip(kcols, r, strict=True)) for r in krows],
             }
         )
     else:
@@ -452,8 +494,23 @@ def calibrate(write: bool, no_fit: bool, fmt: str) -> None:
             f"(limit {100 * MEDIAN_ABS_ERROR:.0f}%), max |error| {100 * report.max_abs_error:.1f}% "
             f"(limit {100 * MAX_ABS_ERROR:.0f}%): {'PASS' if report.passed else 'FAIL'}"
         )
+        if kernels:
+            from tracekit.cost.kernel_fit import LOO_MEDIAN_LIMIT, LOO_WORST_LIMIT
+
+            click.echo("")
+            click.echo(render_rows(kcols, krows, fmt))
+            click.echo(
+                f"\nkernel families on published tables: leave-one-out median <= "
+                f"{100 * LOO_MEDIAN_LIMIT:.0f}%, worst <= {100 * LOO_WORST_LIMIT:.0f}%: "
+                f"{'PASS' if kernels_ok else 'FAIL'}"
+            )
     if write:
-        for path in write_presets(report):
-            click.echo(f"wrote {path.name}", err=True)
-    if not report.passed:
+        sections: dict[str, str] = {}
+        if kernels:
+            from tracekit.cost.kernel_fit import kernel_sections, preset_curves
+
+            sections = {p: kernel_sections(c) for p, c in preset_curves(fits).items()}
+        for path in write_user_presets(report, sections, out_dir, force=force):
+            click.echo(f"wrote {path} (use it with --hw {path})", err=True)
+    if not passed:
         sys.exit(1)

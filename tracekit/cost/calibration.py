@@ -5,7 +5,8 @@ they were taken under; every row is predicted under the same conditions and comp
 metric it was published in (a time, or a bandwidth computed with the source's own byte count).
 ``calibrate(fit=True)`` fits each implementation's efficiency and latency parameters by least
 squares on ``log(predicted / measured)`` (Levenberg-Marquardt with a numerical Jacobian, numpy
-only); ``write_presets`` records the fitted values and every row's residual in the preset files.
+only); ``write_user_presets`` writes user presets (``base = "<preset>"``) with the fitted values and
+every row's residual; ``update_shipped_presets`` rewrites the built-in presets of a source checkout.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tracekit.cost.traffic import (
     random_routing,
 )
 from tracekit.errors import UsageError
-from tracekit.hardware import CALIBRATION_MARKER, CommParams, HardwareSpec, get_hardware, preset_path
+from tracekit.hardware import CALIBRATION_MARKER, CommParams, HardwareSpec, get_hardware
 from tracekit.hardware.spec import COMM_FIELDS, reload_presets
 
 MEASUREMENTS = Path(__file__).resolve().parent / "data" / "comm_measurements.toml"
@@ -359,7 +360,7 @@ def preset_sections(report: CalibrationReport, preset: str) -> str:
         errs = [abs(r.error) for r in rows]
         lines += [
             "[calibration]",
-            'command = "tracekit calibrate --write"',
+            'command = "tracekit calibrate --kernels"',
             f"rows = {len(rows)}",
             f"median_abs_error = {_fmt(float(np.median(errs)))}",
             f"max_abs_error = {_fmt(max(errs))}",
@@ -380,18 +381,75 @@ def preset_sections(report: CalibrationReport, preset: str) -> str:
     return "\n".join(lines)
 
 
-def write_presets(report: CalibrationReport, kernel_sections: Mapping[str, str] | None = None) -> list[Path]:
-    """Rewrite the fitted part (below the marker) of every preset the fits touch: the
-    communication fits of ``report`` and, per preset, its ``kernel_sections`` text (the compute
-    curves of :mod:`tracekit.cost.kernel_fit`); returns the files."""
-    kernel_sections = kernel_sections or {}
+def _touched(report: CalibrationReport, kernel_sections: Mapping[str, str]) -> list[str]:
+    """Every preset a calibration writes: those its fits and rows concern, and those with curves."""
     targets: set[str] = set(kernel_sections)
     for f in report.fits:
         targets.update((f.hardware, *f.spec.transfer_to))
     targets.update(r.measurement.hardware for r in report.rows)
+    return sorted(targets)
+
+
+def user_presets(
+    report: CalibrationReport, kernel_sections: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Per built-in preset the calibration concerns, the text of a user preset that inherits it
+    (``base = "<preset>"``) and overrides it with the fitted values: file name -> text."""
+    kernel_sections = kernel_sections or {}
+    out: dict[str, str] = {}
+    for name in _touched(report, kernel_sections):
+        body = preset_sections(report, name) + kernel_sections.get(name, "")
+        out[f"{name}-calibrated.toml"] = (
+            f"# Written by `tracekit calibrate --write`: the built-in preset {name} with the values\n"
+            "# fitted to the published measurements (each with its source and residual).\n"
+            "# Use it with --hw PATH-TO-THIS-FILE.\n"
+            f"base = {_q(name)}\n"
+            f"name = {_q(name + '-calibrated')}\n\n" + body
+        )
+    return out
+
+
+def write_user_presets(
+    report: CalibrationReport,
+    kernel_sections: Mapping[str, str] | None,
+    out_dir: Path,
+    *,
+    force: bool = False,
+) -> list[Path]:
+    """Write :func:`user_presets` into ``out_dir`` (created if missing); an existing file is
+    replaced only with ``force``. Each file is written whole or not at all."""
+    texts = user_presets(report, kernel_sections)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir}: not a directory; give a directory for the preset files")
+    existing = [n for n in texts if (out_dir / n).exists()]
+    if existing and not force:
+        raise UsageError(
+            f"--out {out_dir}: {', '.join(existing)} already exist; pass --force to replace them, "
+            "or give another directory"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in sorted(targets):
-        path = preset_path(name)
+    for name, text in texts.items():
+        path = out_dir / name
+        tmp = path.with_name("." + name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def update_shipped_presets(
+    report: CalibrationReport, kernel_sections: Mapping[str, str] | None, data_dir: Path
+) -> list[Path]:
+    """Rewrite the fitted part (below the marker) of the presets in ``data_dir`` (a source
+    checkout's ``tracekit/data/hardware``; ``scripts/update_presets.py`` calls this, the CLI never
+    does): the communication fits of ``report`` and, per preset, its ``kernel_sections`` text (the
+    compute curves of :mod:`tracekit.cost.kernel_fit`); returns the files."""
+    kernel_sections = kernel_sections or {}
+    written = []
+    for name in _touched(report, kernel_sections):
+        path = Path(data_dir) / f"{name}.toml"
         text = path.read_text(encoding="utf-8")
         head, sep, _ = text.partition(CALIBRATION_MARKER)
         if not sep:

@@ -419,3 +419,54 @@ def _fmt(v: float) -> str:
 
 def _q(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# ---- the report -----------------------------------------------------------------------------------------
+
+#: Leave-one-out limits per family fitted to the published tables (checked by the tests and the CLI).
+LOO_MEDIAN_LIMIT = 0.10
+LOO_WORST_LIMIT = 0.25
+
+
+def is_published(fit: KernelFit) -> bool:
+    """Whether a fit's rows all come from the published tables (the ``[[row]]`` data)."""
+    published = {r.source for r in published_rows()}
+    return all(s in published for s in fit.sources)
+
+
+def kernels_passed(fits: list[KernelFit]) -> bool:
+    """Every family fitted to published tables within the leave-one-out limits."""
+    return all(
+        f.loo_median <= LOO_MEDIAN_LIMIT and f.loo_worst <= LOO_WORST_LIMIT
+        for f in fits
+        if is_published(f) and f.loo_errors
+    )
+
+
+def kernel_report_rows(fits: list[KernelFit]) -> tuple[list[str], list[list[Any]]]:
+    """The fits as table columns and rows (errors in percent)."""
+    cols = [
+        "hardware",
+        "family",
+        "class",
+        "rows",
+        "data",
+        "rms_log_residual",
+        "loo_median_%",
+        "loo_worst_%",
+    ]
+    out: list[list[Any]] = []
+    for f in sorted(fits, key=lambda f: (not is_published(f), f.hardware, f.family, f.dtype)):
+        out.append(
+            [
+                f.hardware,
+                f.family,
+                f.dtype,
+                f.rows,
+                "published table" if is_published(f) else "measured database",
+                round(f.rms_log_residual, 3),
+                round(100 * f.loo_median, 1) if f.loo_errors else None,
+                round(100 * f.loo_worst, 1) if f.loo_errors else None,
+            ]
+        )
+    return cols, out

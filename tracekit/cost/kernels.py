@@ -106,7 +106,7 @@ def _tiled(
     # CTAs streaming distinct weight tiles at once (more rows re-read the same weights)
     ctas = np.minimum(col_tiles, sms)
     stream = np.where(ctas > 0, ctas / (ctas + curve.half_tiles), 1.0) if curve.half_tiles > 0 else 1.0
-    return t_compute, curve.memory_eff * np.asarray(stream, dtype=np.float64)
+    return t_compute, curve.memory_eff * np.asarray(stream * k_eff, dtype=np.float64)
 
 
 def gemm_time(

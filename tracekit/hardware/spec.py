@@ -2,8 +2,9 @@
 
 A preset file has a ``[spec]`` table whose entries are ``field = { value = ..., source = "..." }``
 (``note = "..."`` marks an assumption), and one ``[comm.<impl>]`` table per communication
-implementation with the same form. The part of the file below the calibration marker is written by
-``tracekit calibrate --write``. All values are SI: FLOP/s, bytes, bytes/s, seconds.
+implementation with the same form, and ``[kernel.<family>.<class>]`` tables of compute-kernel curves.
+The part of a built-in file below the calibration marker is written by ``scripts/update_presets.py``
+from the fits of ``tracekit calibrate --kernels``. All values are SI: FLOP/s, bytes, bytes/s, seconds.
 
 A user preset is any such file; ``base = "<preset>"`` at its top inherits every field of that preset
 and the file overrides what it lists.
@@ -27,8 +28,8 @@ from tracekit.precision import compute_class
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "hardware"
 
-#: Marker line in a preset file: everything below it is written by ``tracekit calibrate --write``.
-CALIBRATION_MARKER = "# ==== fitted by `tracekit calibrate --write`: do not edit below this line ===="
+#: Marker line in a built-in preset file: everything below it is written by ``scripts/update_presets.py``.
+CALIBRATION_MARKER = "# ==== fitted by scripts/update_presets.py (the fits of `tracekit calibrate --kernels`): do not edit below this line ===="
 
 
 def _f(doc: str, unit: str, default: Any = dataclasses.MISSING) -> Any:
