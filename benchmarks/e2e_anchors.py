@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tracekit.models import get_model
+from tracekit.placement import Placement
 from tracekit.replay import Deployment, Precision, replay
 from tracekit.replay.whatif import placement_whatif
 from tracekit.synth import SynthConfig, parse_spec, synthesize
@@ -43,6 +44,9 @@ GAIN_NAMES = {"tbo": "two-batch overlap gain", "eplb": "EPLB gain vs none"}
 HW_SET: dict[str, str] = {}
 #: Prompt tokens synthesised for a prefill anchor (the replay reuses them to fill its step).
 PREFILL_TOKENS = 131_072
+#: Steps of synthesised traffic before the replayed ones: the past a placement is computed from
+#: (deployments rebalance on statistics of earlier traffic, never of the batch they serve).
+HISTORY = 1
 
 
 @dataclass(frozen=True)
@@ -66,20 +70,23 @@ def load() -> dict[str, Any]:
 def _trace(a: dict[str, Any], routing: dict[str, Any], work: Path) -> Path:
     decode = a["phase"] == "decode"
     tokens = a["batch_per_gpu"] * a["ep"] if decode else PREFILL_TOKENS
-    path = work / f"r1-{a['phase']}-{tokens}-isl{a['isl']}"
+    burst = float(routing.get("burst", 0.0))
+    path = work / f"r1-{a['phase']}-{tokens}-isl{a['isl']}-burst{burst:g}"
     if not (path / "manifest.json").exists():
         synthesize(
             SynthConfig(
                 arch=get_model("deepseek-r1"),
                 spec=parse_spec(routing["kind"]),
                 phase=a["phase"],
+                # the first HISTORY steps are the past traffic the placement is computed from
                 tokens_per_step=tokens,
-                steps=3 if decode else 1,
+                steps=HISTORY + (3 if decode else 1),
                 seed=routing["seed"],
                 prompt_len=a["isl"],
                 ep=routing["target_ep"],
                 target_imbalance=routing["target_imbalance"],
                 gate_weights=False,
+                burst=burst,
             ),
             path,
             overwrite=True,
@@ -97,11 +104,18 @@ def deployment(a: dict[str, Any], trace: Path, *, tbo: bool | None = None) -> De
             policies=(a["placement"],),
             num_redundant=a.get("redundant", 0),
             num_nodes=nodes,
+            window=HISTORY,
             baseline=False,
         )
-        placement = (whatif.outcomes[-1].plan.placement.with_(from_step=0),)
+        # computed from the history steps, in force (and replayed) from the step after them
+        placement = (whatif.outcomes[-1].plan.placement,)
     decode = a["phase"] == "decode"
     kv = a["isl"] + a["osl"] // 2 if decode and "osl" in a else None
+    if placement is None:  # contiguous: the same steps as a placed deployment replays
+        arch = get_model("deepseek-r1")
+        pad = -arch.num_experts % a["ep"]  # as the replay's default layout: slots filled to a multiple of EP
+        layout = Placement.contiguous(arch.moe_layers, arch.num_experts, a["ep"], num_redundant=pad)
+        placement = (layout.with_(from_step=HISTORY),)
     return Deployment(
         hw=a["hw"],
         hw_overrides=dict(HW_SET),
@@ -153,6 +167,55 @@ def fit_derate(data: dict[str, Any], work: Path, gain_id: str) -> None:
     print(f"{key} = {(lo + hi) / 2.0:.3f} reproduces the published {g['id']} ({g['source']})")
 
 
+def eplb_residual(burst: float, routing: dict[str, Any], *, steps: int = 8) -> tuple[float, float]:
+    """(imbalance without balancing, per-step imbalance left by EPLB) of the anchors' routing with
+    ``burst``, at the conditions of the published pair: EP 32, 1024 tokens per rank, 288 slots
+    (9 per rank), EPLB's global policy on the loads of the same steps."""
+    import numpy as np
+
+    from tracekit.placement.eplb import rebalance_global
+    from tracekit.synth.generate import solve_skew, with_burst, zipf_model
+    from tracekit.synth.routing import Router, RoutingSampler
+
+    ep, tokens, slots = 32, 32 * 1024, 288
+    arch = get_model("deepseek-r1")
+    router = Router.of(arch)
+    layers = len(arch.moe_layers)
+    alpha = float(parse_spec(routing["kind"]).alpha or 1.0)
+    base = with_burst(zipf_model(router, layers, alpha), burst)
+    factor, _ = solve_skew(router, base, ep, routing["target_imbalance"], tokens, routing["seed"], 4)
+    sampler = RoutingSampler(router, base.scaled(factor), np.random.default_rng(routing["seed"]))
+    loads = np.zeros((steps, layers, arch.num_experts))
+    for s in range(steps):
+        ids, _ = sampler.next_step(tokens)
+        for layer in range(layers):
+            loads[s, layer] = np.bincount(ids[layer].reshape(-1).astype(np.int64), minlength=arch.num_experts)
+
+    def imbalance(rank_loads: np.ndarray) -> float:
+        return float(((rank_loads.max(-1) - rank_loads.mean(-1)) / rank_loads.mean(-1)).mean())
+
+    none = imbalance(loads.reshape(steps, layers, ep, -1).sum(-1))
+    phy2log, logcnt = rebalance_global(loads.sum(0), slots, ep)
+    per_slot = np.take_along_axis(
+        loads / logcnt[None], np.broadcast_to(phy2log, (steps, *phy2log.shape)), axis=2
+    )
+    return none, imbalance(per_slot.reshape(steps, layers, ep, -1).sum(-1))
+
+
+def fit_burst(data: dict[str, Any]) -> None:
+    """The ``burst`` that leaves the published per-rank imbalance after EPLB (bisection)."""
+    target = float(data["routing"]["eplb_residual"])
+    lo, hi = 0.0, 2.0
+    for _ in range(10):
+        mid = (lo + hi) / 2.0
+        none, left = eplb_residual(mid, data["routing"])
+        print(
+            f"burst {mid:.4f}: imbalance {none:.3f} without balancing, {left:.3f} after EPLB (target {target})"
+        )
+        lo, hi = (lo, mid) if left > target else (mid, hi)
+    print(f"burst = {(lo + hi) / 2.0:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help="run the anchors whose id contains this text")
@@ -162,12 +225,20 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="print each anchor's step breakdown")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="preset override FIELD=VALUE")
     ap.add_argument("--fit-derate", metavar="GAIN_ID", help="fit the overlap derate to a published gain")
+    ap.add_argument(
+        "--fit-burst",
+        action="store_true",
+        help="fit the routing's burst to the published imbalance after EPLB",
+    )
     args = ap.parse_args()
     for item in args.sets:
         key, _, value = item.partition("=")
         HW_SET[key] = value
     data = load()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.fit_burst:
+        fit_burst(data)
+        return
     if args.fit_derate:
         fit_derate(data, args.work, args.fit_derate)
         return

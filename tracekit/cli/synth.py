@@ -178,6 +178,15 @@ def _resolve_model(name: str) -> ModelArch:
     default=None,
     help="Per-rank (max-mean)/mean to reach at --ep (solves the skew of zipf or fitted routing).",
 )
+@click.option(
+    "--burst",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Per-step variation of which experts are hot (zipf and uniform routing): token clusters with "
+    "their own expert preferences, mixed in proportions that change every step. 0.5 leaves DeepSeek-R1 "
+    "decode's published imbalance after EPLB (docs/synth.md).",
+)
 @click.option("--no-gate-weights", is_flag=True, help="Leave routing.gate_weights null (smaller, faster).")
 @click.option("--force", is_flag=True, help="Replace an existing trace at --out.")
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
@@ -193,6 +202,7 @@ def synth(
     prompt_len: int,
     ep: int | None,
     target_imbalance: float | None,
+    burst: float,
     no_gate_weights: bool,
     force: bool,
     as_json: bool,
@@ -215,6 +225,7 @@ def synth(
         ep=ep,
         target_imbalance=target_imbalance,
         gate_weights=not no_gate_weights,
+        burst=burst,
     )
     from tracekit.synth.generate import check_size
     from tracekit.trace.outputs import Output

@@ -165,15 +165,18 @@ def rank_times(cost: WindowCost, *, schedule: str, derate: float = 1.0) -> RankT
 
 def layer_times(cost: WindowCost, ranks: RankTimes) -> LayerTimes:
     """The slowest rank sets a layer's time. In aggregated serving, with chance ``p`` some rank
-    also runs a prefill chunk (``c`` per layer) and the layer takes ``max(slowest, mean + c)``:
-    the expected time is ``(1 - p) * slowest + p * max(slowest, mean + c)`` (a straggler too)."""
+    also runs a prefill chunk (``c`` per layer) and the layer takes ``max(slowest, mean + c)``, plus
+    ``e`` when decode runs under CUDA graphs (such a step is not captured: every kernel launches
+    eagerly): the expected time is ``(1 - p) * slowest + p * (e + max(slowest, mean + c))`` (a
+    straggler too)."""
     total = ranks.total
     time = total.max(axis=-1)
     slowest = total.argmax(axis=-1)
     mean_load = total.mean(axis=-1)
     if cost.chunk_s is not None and cost.chunk_prob > 0:
         p = cost.chunk_prob
-        time = (1.0 - p) * time + p * np.maximum(time, mean_load + cost.chunk_s)
+        eager = 0.0 if cost.chunk_eager_s is None else cost.chunk_eager_s
+        time = (1.0 - p) * time + p * (eager + np.maximum(time, mean_load + cost.chunk_s))
     share = np.divide(
         np.minimum(ranks.exposed, ranks.comm), ranks.comm, out=np.zeros_like(ranks.comm), where=ranks.comm > 0
     )

@@ -157,6 +157,9 @@ class WindowCost:
     #: and the chance that some rank of the step does (0: no prefill beside the decode steps).
     chunk_s: np.ndarray | None = None
     chunk_prob: float = 0.0
+    #: [T] what a step with a prefill chunk adds to every rank's layer when decode runs under CUDA
+    #: graphs: engines capture decode-only batches, so such a step launches every kernel eagerly.
+    chunk_eager_s: np.ndarray | None = None
 
 
 def time_window(
@@ -195,6 +198,7 @@ def time_window(
     return WindowCost(
         chunk_s=chunk_s,
         chunk_prob=chunk_prob,
+        chunk_eager_s=_eager_penalty(setup, pricer, attn, moe, dense, M) if chunk_prob > 0 else None,
         layer_map=lm,
         M=M,
         stages=stages,
@@ -207,6 +211,24 @@ def time_window(
         embedding=embedding,
         lm_head=lm_head,
     )
+
+
+def _eager_penalty(
+    setup: ReplaySetup,
+    pricer: LayerPricer,
+    attn: dict[Any, LayerCosts],
+    moe: LayerCosts,
+    dense: LayerCosts,
+    M: int,
+) -> np.ndarray | None:
+    """[T] per target layer: its kernels x (eager - CUDA-graph launch gap), or None without graphs."""
+    extra = setup.hw.launch_gap_eager_s - pricer.gap
+    if extra <= 0:
+        return None
+    attn_n = np.array([sum(attn[w].kernels.values()) for w in setup.windows])
+    moe_n, dense_n = sum(moe.kernels.values()), sum(dense.kernels.values())
+    ffn_n = np.where(setup.source_of >= 0, moe_n, dense_n)
+    return (attn_n + ffn_n) * M * extra
 
 
 def _prefill_chunks(
@@ -337,6 +359,8 @@ def _layer_costs(
         moe.stages[stage] = t  # [M, W, L, R]
     for comp, pr in routed.components.items():
         moe.components[f"routed:{comp}"] = pr
+    for stage, n in routed.kernels.items():
+        moe.kernels[f"routed:{stage}"] = n  # counted, never priced again
     dense = LayerCosts()
     pricer.ffn(shape.tokens, float(setup.arch.intermediate_size or 0), "ffn", dense, shape.tp)
     dense.with_gaps(gap, live)

@@ -59,6 +59,11 @@ class SynthConfig:
     target_imbalance: float | None = None
     #: Write gate weights (False leaves routing.gate_weights null, about half the size).
     gate_weights: bool = True
+    #: Per-step variation of the hot experts (zipf and uniform routing; 0: none): the strength of
+    #: :data:`BURST_CLUSTERS` token clusters with their own expert preferences, mixed in proportions
+    #: that change every step (see :mod:`tracekit.synth.routing`). What a placement computed from
+    #: past steps cannot balance away.
+    burst: float = 0.0
 
     def check(self) -> None:
         if self.phase not in PHASES:
@@ -77,6 +82,14 @@ class SynthConfig:
                 raise UsageError("--target-imbalance cannot apply to --routing balanced; use zipf or fitted")
             if self.target_imbalance < 0:
                 raise UsageError(f"--target-imbalance must be >= 0, got {self.target_imbalance}")
+        if self.burst:
+            if self.spec.kind not in ("zipf", "uniform"):
+                raise UsageError(
+                    f"--burst applies to zipf and uniform routing; {self.spec.kind} routing has its own "
+                    "step-to-step variation (fitted) or none (balanced)"
+                )
+            if not 0 < self.burst <= 10:
+                raise UsageError(f"--burst must be in (0, 10], got {self.burst:g}")
         if self.ep is not None:
             m.contiguous_slots(self.arch.num_experts, self.ep)
         if self.spec.kind == "balanced":
@@ -145,6 +158,7 @@ def _run_fields(config: SynthConfig) -> dict[str, Any]:
         "tokens_per_step": config.tokens_per_step,
         "steps": config.steps,
         "prompt_len": config.prompt_len,
+        **({"burst": config.burst} if config.burst else {}),
     }
 
 
@@ -159,6 +173,25 @@ def trace_id_for(config: SynthConfig) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+#: The burst model's token clusters, the Dirichlet concentration of their per-step mix, and the chance
+#: a token keeps its cluster from one MoE layer to the next (fixed; ``burst`` sets the strength).
+BURST_CLUSTERS = 16
+BURST_MIX = 0.5
+BURST_STAY = 0.5
+
+
+def with_burst(model: RoutingModel, burst: float) -> RoutingModel:
+    """``model`` with the per-step hot-set variation of strength ``burst`` (0: unchanged)."""
+    if burst <= 0:
+        return model
+    return model.with_(
+        num_clusters=BURST_CLUSTERS,
+        cluster_strength=burst,
+        mix_concentration=BURST_MIX,
+        cluster_stay=BURST_STAY,
+    )
 
 
 def zipf_model(router: Router, num_layers: int, alpha: float) -> RoutingModel:
@@ -262,11 +295,11 @@ def build_model(config: SynthConfig, router: Router) -> tuple[RoutingModel | Non
         }
     else:
         alpha = spec.alpha if spec.kind == "zipf" else 0.0
-        model = zipf_model(router, num_layers, float(alpha or 0.0))
+        model = with_burst(zipf_model(router, num_layers, float(alpha or 0.0)), config.burst)
     if config.target_imbalance is not None and config.ep is not None:
         base = model
         if spec.kind == "uniform" or (spec.kind == "zipf" and not spec.alpha):
-            base = zipf_model(router, num_layers, 1.0)
+            base = with_burst(zipf_model(router, num_layers, 1.0), config.burst)
         factor, achieved = solve_skew(
             router,
             base,
