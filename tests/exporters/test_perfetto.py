@@ -147,7 +147,8 @@ def test_replay_result_built_from_the_docs(tmp_path: Path, tbo: bool) -> None:
     )
 
 
-def test_real_replay_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mtp", [None, (1, 0.8)])
+def test_real_replay_result(tmp_path: Path, mtp: tuple[int, float] | None) -> None:
     replay_mod = pytest.importorskip("tracekit.replay")
     results = pytest.importorskip("tracekit.replay.results")
     from tests.factories import tiny_manifest, write_routing_trace
@@ -157,7 +158,7 @@ def test_real_replay_result(tmp_path: Path) -> None:
     write_routing_trace(
         tmp_path / "trace", ids, manifest=tiny_manifest(), phases=["prefill", "decode", "decode"]
     )
-    res = replay_mod.replay(tmp_path / "trace", replay_mod.Deployment(hw="h200-sxm", ep=2, tbo=True))
+    res = replay_mod.replay(tmp_path / "trace", replay_mod.Deployment(hw="h200-sxm", ep=2, tbo=True, mtp=mtp))
     results.write_result(res, tmp_path / "r")
     doc = _export(tmp_path / "r", tmp_path / "out.json")
     _check_timeline(

@@ -47,7 +47,8 @@ def _deployment_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             multiple=True,
             metavar="SPEC",
             help="fp8 (attention, dense, experts, dispatch) or PART=FORMAT for attention, dense, experts, "
-            "dispatch, combine, kv_cache (bf16, fp8, fp4/nvfp4, mxfp4, int4 for weights); comma-separated or repeated.",
+            "dispatch, combine, kv_cache, attention_core (bf16, fp8, fp4/nvfp4, mxfp4, int4 for weights); "
+            "comma-separated or repeated.",
         ),
         click.option("--impl", type=click.Choice(COMM_IMPLS), default=None, help="EP communication [deepep-normal for prefill, deepep-ll for decode]."),
         click.option("--tbo/--no-tbo", default=False, show_default=True, help="Two-batch overlap of communication with compute."),
@@ -56,7 +57,14 @@ def _deployment_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--model", default=None, help="Target model: catalog name or config.json [the trace's own]."),
         click.option("--prefill-tokens-per-gpu", type=click.IntRange(1), default=None, help="Prefill tokens per GPU per step."),
         click.option("--kv-len", type=click.IntRange(1), default=None, help="KV length of every decode token [from the trace]."),
+        click.option("--kv-len-mean", type=click.IntRange(1), default=None, help="Scale the trace's decode KV lengths to this mean, keeping their spread over sequences and ranks."),
         click.option("--steps", type=click.IntRange(1), default=None, help="Replayed steps per phase [as many as the trace fills]."),
+        click.option("--sbo", is_flag=True, help="Single-batch overlap: dispatch under the shared experts, combine under the down GEMM."),
+        click.option("--cuda-graphs/--no-cuda-graphs", default=None, help="Kernels replayed from CUDA graphs (small launch gaps) or launched eagerly [graphs in decode, eager in prefill]."),
+        click.option("--mtp", default=None, metavar="DRAFTS:ACCEPT", help="Multi-token prediction in decode: draft tokens per step and the acceptance rate of each, e.g. 1:0.85."),
+        click.option("--aggregated", default=None, metavar="ISL:OSL", help="Aggregated serving: decode steps also run the prefill of new requests of ISL prompt and OSL output tokens."),
+        click.option("--prefill-chunk", type=click.IntRange(1), default=None, help="With --aggregated: prompt tokens per prefill chunk [a whole prompt]."),
+        click.option("--prefix-hit", type=click.FloatRange(0.0, 1.0, max_open=True), default=None, help="Share of every prompt read from the prefix cache (not computed in prefill)."),
     ]  # fmt: skip
     for opt in reversed(opts):
         fn = opt(fn)
@@ -80,6 +88,13 @@ def _base(
     prefill_tokens_per_gpu: int | None,
     kv_len: int | None,
     steps: int | None,
+    kv_len_mean: int | None = None,
+    sbo: bool = False,
+    cuda_graphs: bool | None = None,
+    mtp: str | None = None,
+    aggregated: str | None = None,
+    prefill_chunk: int | None = None,
+    prefix_hit: float | None = None,
     merge_precisions: bool = True,
 ) -> Any:
     from tracekit.hardware import parse_set_options
@@ -104,8 +119,30 @@ def _base(
         batch_per_gpu=batch_per_gpu,
         prefill_tokens_per_gpu=prefill_tokens_per_gpu,
         kv_len=kv_len,
+        kv_len_mean=kv_len_mean,
         steps=steps,
+        sbo=sbo,
+        cuda_graphs=cuda_graphs,
+        mtp=_pair("--mtp", mtp, "DRAFTS:ACCEPT, e.g. 1:0.85", int, float),
+        aggregated=_pair("--aggregated", aggregated, "ISL:OSL, e.g. 1024:2048", int, int),
+        prefill_chunk=prefill_chunk,
+        prefix_hit=prefix_hit,
     )
+
+
+def _pair(
+    flag: str, text: str | None, form: str, first: Callable[[str], Any], second: Callable[[str], Any]
+) -> Any:
+    """``A:B`` of a flag as a typed pair (None when not given)."""
+    if text is None:
+        return None
+    a, sep, b = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return (first(a), second(b))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected {form}") from None
 
 
 def _fmt(v: Any, unit: str = "") -> str:

@@ -7,7 +7,8 @@ its layers in order, its LM head; a layer lasts its slowest rank's time, and on 
 order: attention, attention projections, dispatch, expert GEMM, dense (dense FFN or shared experts),
 small fixed kernels (norms, router, quantisation, launch gaps), combine, tensor-parallel collective,
 ``contention`` (compute slowed by the SMs the all-to-all holds, when the result has it), then ``idle``
-(waiting for the slowest rank). Communication hidden by overlap is not drawn: each communication
+(waiting for the slowest rank); a step ends with the LM head and, with multi-token prediction, the
+``mtp`` draft passes. Communication hidden by overlap is not drawn: each communication
 event lasts its exposed share (``exposed_comm_s / comm_s`` of it) and its args carry the full time. Events are ``ph: X`` with ``ts``/``dur`` in microseconds.
 
 A trace with a ``kernels`` table becomes one process per rank and one thread per stream (CPU
@@ -204,23 +205,34 @@ def _replay_layout(src: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
             "step": pl.Int64,
             "embedding_s": pl.Float64,
             "lm_head_s": pl.Float64,
+            "mtp_s": pl.Float64,
+            "step_time_s": pl.Float64,
         }
     )
     spath = src / "replay_steps.parquet"
     if spath.is_file():
         steps = _keyed(_read_parquet(spath, ("step",)))
-        for c in ("embedding_s", "lm_head_s"):
+        for c in ("embedding_s", "lm_head_s", "mtp_s"):
             if c not in steps.columns:
                 steps = steps.with_columns(pl.lit(0.0).alias(c))
+        if "step_time_s" not in steps.columns:
+            steps = steps.with_columns(pl.lit(None, pl.Float64).alias("step_time_s"))
         extra = steps.select(
-            *_KEY, pl.col("embedding_s").cast(pl.Float64), pl.col("lm_head_s").cast(pl.Float64)
+            *_KEY,
+            *[pl.col(c).cast(pl.Float64) for c in ("embedding_s", "lm_head_s", "mtp_s", "step_time_s")],
         )
     step_len = (
         layer_len.group_by(*_KEY)
         .agg(layers_s=pl.col("layer_s").sum())
         .join(extra, on=_KEY, how="left")
-        .with_columns(pl.col("embedding_s").fill_null(0.0), pl.col("lm_head_s").fill_null(0.0))
-        .with_columns(step_s=pl.col("embedding_s") + pl.col("layers_s") + pl.col("lm_head_s"))
+        .with_columns(pl.col(c).fill_null(0.0) for c in ("embedding_s", "lm_head_s", "mtp_s"))
+        .with_columns(
+            edges_end_s=pl.col("embedding_s") + pl.col("layers_s") + pl.col("lm_head_s") + pl.col("mtp_s")
+        )
+        # the step lasts the replay's step time: what the slowest rank's embedding, LM head and
+        # draft passes add beyond the mean is drawn as idle at the step's end
+        .with_columns(step_s=pl.max_horizontal("edges_end_s", pl.col("step_time_s").fill_null(0.0)))
+        .with_columns(edge_wait_s=pl.col("step_s") - pl.col("edges_end_s"))
         .with_columns(phase_order=pl.col("phase").replace_strict(_PHASE_ORDER, default=len(_PHASE_ORDER)))
         .sort("pool", "phase_order", "phase", "step")
         .with_columns(step_start_s=pl.col("step_s").cum_sum().over("pool") - pl.col("step_s"))
@@ -291,6 +303,13 @@ def _export_replay(src: Path, dst: Path) -> ExportReport:
             "lm_head_s",
             1 << 30,
         ),
+        (
+            "mtp",
+            pl.col("step_start_s") + pl.col("embedding_s") + pl.col("layers_s") + pl.col("lm_head_s"),
+            "mtp_s",
+            (1 << 30) + 1,
+        ),
+        ("idle", pl.col("step_start_s") + pl.col("edges_end_s"), "edge_wait_s", (1 << 30) + 2),
     ):
         parts.append(
             edges.with_columns(
@@ -298,7 +317,7 @@ def _export_replay(src: Path, dst: Path) -> ExportReport:
                 layer_order=pl.lit(order, pl.Int64),
                 seg=pl.lit(0),
                 name=pl.lit(name),
-                cat=pl.lit("compute"),
+                cat=pl.lit("idle" if name == "idle" else "compute"),
                 ts_s=start,
                 dur_s=pl.col(col),
                 full_s=pl.col(col),

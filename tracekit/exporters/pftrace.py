@@ -82,7 +82,10 @@ def write_replay(ranks: pl.DataFrame, step_len: pl.DataFrame, src: Path, dst: Pa
             emb_end = start + row["embedding_s"]
             tl.slice(t["compute"], "embedding", _ns(start), _ns(emb_end), depth=1, args=args)
             head_start = start + row["embedding_s"] + row["layers_s"]
-            tl.slice(t["compute"], "lm_head", _ns(head_start), _ns(end), depth=1, args=args)
+            head_end = head_start + row["lm_head_s"]
+            tl.slice(t["compute"], "lm_head", _ns(head_start), _ns(head_end), depth=1, args=args)
+            if row.get("mtp_s", 0.0) > 0:  # multi-token prediction's draft passes end the step
+                tl.slice(t["compute"], "mtp", _ns(head_end), _ns(head_end + row["mtp_s"]), depth=1, args=args)
 
     peers = _peer_pairs(src)
     flows_left = MAX_FLOWS

@@ -22,7 +22,7 @@ collective slowed by its implementation's ``overlap_derate``. Per rank and layer
 The send and receive kernels (``launch``) and the tensor-parallel all-reduce are never hidden. A
 layer takes as long as its slowest rank; the mean over ranks is the *mean load*, the rest the
 *straggler* cost of routing imbalance. A step is its layers plus the slowest rank's embedding and
-LM head. Each rank's bound is its largest component's; a layer's bound is its slowest rank's; a
+LM head (and MTP draft passes, :mod:`tracekit.replay.mtp`). Each rank's bound is its largest component's; a layer's bound is its slowest rank's; a
 step's bound the one carrying the most of its time.
 
 To change how the straggler is attributed, or how communication hides: this module.
@@ -192,6 +192,8 @@ def layer_times(cost: WindowCost, ranks: RankTimes) -> LayerTimes:
 
 def step_times(cost: WindowCost, layers: LayerTimes) -> StepTimes:
     edge = cost.embedding.time + cost.lm_head.time
+    if cost.draft is not None:  # MTP draft passes: per rank, synchronised like the edges
+        edge = edge + cost.draft.time
     edge_max = edge.max(axis=-1)
     return StepTimes(
         time=layers.time.sum(axis=-1) + edge_max,

@@ -20,6 +20,7 @@ physical slots, ``Q`` scale-up domains, ``E`` experts, ``K`` top-k.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -96,6 +97,19 @@ class ExpertWindow:
     slots_per_rank: int
     ranks_per_node: int
     top_k: int
+
+    def scaled(self, factor: int) -> ExpertWindow:
+        """The window with every token repeated ``factor`` times, routed alike (MTP verification:
+        each sequence's draft tokens take its token's experts)."""
+        if factor == 1:
+            return self
+        return dataclasses.replace(
+            self,
+            recv=self.recv * factor,
+            rank_pairs=self.rank_pairs * factor,
+            dup_rank=self.dup_rank * factor,
+            dup_node=self.dup_node * factor,
+        )
 
     @property
     def peer_tokens(self) -> np.ndarray:

@@ -123,6 +123,10 @@ class Deployment:
     aggregated: tuple[int, int] | None = None
     #: Prompt tokens per prefill chunk in aggregated serving (None: a whole prompt at once).
     prefill_chunk: int | None = None
+    #: Multi-token prediction (speculative decoding with the model's MTP layers) in decode: (draft
+    #: tokens per step, acceptance rate of each draft token given the previous one was accepted).
+    #: Each step verifies 1 + drafts tokens per sequence and runs the MTP layer once per draft.
+    mtp: tuple[int, float] | None = None
     #: Expert placement: a file written by ``tracekit place``, placement epochs (ascending
     #: ``from_step``), or None for the contiguous layout.
     placement: PlacementSource = None
@@ -137,6 +141,11 @@ class Deployment:
     prefill_tokens_per_gpu: int | None = None
     #: KV length of every decode token (None: each token's position + 1 from the trace).
     kv_len: int | None = None
+    #: Mean KV length of the decode tokens, keeping the trace's spread (each token's position + 1
+    #: scaled by one factor); exclusive with ``kv_len``.
+    kv_len_mean: int | None = None
+    #: Share of every prompt found in the prefix cache (0 <= hit < 1): not computed in prefill.
+    prefix_hit: float | None = None
     #: Replayed steps per phase (None: as many as the trace's tokens fill).
     steps: int | None = None
 
@@ -152,7 +161,14 @@ class Deployment:
             )
         if self.impl is not None and self.impl not in COMM_IMPLS:
             raise UsageError(f"{param('impl')} {self.impl!r} is not one of {', '.join(COMM_IMPLS)}")
-        for name in ("batch_per_gpu", "prefill_tokens_per_gpu", "kv_len", "steps"):
+        if self.kv_len is not None and self.kv_len_mean is not None:
+            raise UsageError(
+                f"{param('kv_len')} fixes every decode token's KV length and {param('kv_len_mean')} scales "
+                "the trace's to a mean; give one of them"
+            )
+        if self.prefix_hit is not None and not 0.0 <= self.prefix_hit < 1.0:
+            raise UsageError(f"{param('prefix_hit')} must be in [0, 1), got {self.prefix_hit}")
+        for name in ("batch_per_gpu", "prefill_tokens_per_gpu", "kv_len", "kv_len_mean", "steps"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UsageError(f"{param(name)} must be >= 1, got {v}")
@@ -168,6 +184,13 @@ class Deployment:
                     f"{param('aggregated')} needs prompt and output tokens >= 1, got {isl}:{osl}"
                 )
             object.__setattr__(self, "aggregated", (int(isl), int(osl)))
+        if self.mtp is not None:
+            drafts, accept = self.mtp
+            if int(drafts) != drafts or not 1 <= drafts <= 8:
+                raise UsageError(f"{param('mtp')} needs 1 to 8 draft tokens, got {drafts}")
+            if not 0.0 <= accept <= 1.0:
+                raise UsageError(f"{param('mtp')} acceptance rate must be in 0..1, got {accept}")
+            object.__setattr__(self, "mtp", (int(drafts), float(accept)))
         if self.prefill_chunk is not None and self.prefill_chunk < 1:
             raise UsageError(f"{param('prefill_chunk')} must be >= 1, got {self.prefill_chunk}")
         if self.redundant < 0:
@@ -176,6 +199,18 @@ class Deployment:
             object.__setattr__(self, "placement", tuple(self.placement))
         if isinstance(self.placement, tuple) and not self.placement:
             raise UsageError(f"{param('placement')} holds no placement epoch; give at least one")
+
+    def verify_tokens(self, phase: str) -> int:
+        """Tokens per sequence a step of ``phase`` runs through the model (1 + MTP drafts in decode)."""
+        return 1 + self.mtp[0] if self.mtp is not None and phase == "decode" else 1
+
+    def accepted_tokens(self, phase: str) -> float:
+        """Output tokens per sequence a step of ``phase`` produces: ``1 + a + a^2 + ... + a^drafts``
+        with MTP in decode (each draft accepted with rate ``a`` once the one before it was), else 1."""
+        if self.mtp is None or phase != "decode":
+            return 1.0
+        drafts, a = self.mtp
+        return float(sum(a**i for i in range(drafts + 1)))
 
     @property
     def dp(self) -> int | None:

@@ -27,6 +27,7 @@ from tracekit.errors import UsageError, param
 from tracekit.replay.attribution import attribute, schedule_of
 from tracekit.replay.counts import ExpertWindow, RoutingSource, expert_window, prefetch_window, window_size
 from tracekit.replay.deployment import Deployment
+from tracekit.replay.mtp import with_draft
 from tracekit.replay.schedule import (
     AttentionLoad,
     PhaseTokens,
@@ -129,7 +130,13 @@ def replay(
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     setup = make_setup(tr, deployment)
     dep = setup.dep
-    tokens, index = load_tokens(tr, kv_len=dep.kv_len, min_step=setup.from_step)
+    tokens, index = load_tokens(
+        tr,
+        kv_len=dep.kv_len,
+        kv_len_mean=dep.kv_len_mean,
+        prefix_hit=dep.prefix_hit,
+        min_step=setup.from_step,
+    )
     wanted = _phases_to_replay(setup, tokens, phases)
     source = RoutingSource(trace=tr, layers=tuple(setup.trace_arch.moe_layers), top_k=setup.trace_arch.top_k)
     as_recorded_ok = index.ranks.size == setup.num_ranks and index.ranks.max() < setup.num_ranks
@@ -254,6 +261,9 @@ def _replay_phase(ph: _Phase, *, collect_ranks: bool, progress: Progress | None)
                 counted = ahead.submit(_count, ph, hi)
             seqs = window_sequences(ph.tokens, ph.schedule, lo, hi)
             cost = time_window(setup, phase=ph.name, counts=counts, load=ph.load, seqs=seqs, lo=lo, hi=hi)
+            cost = with_draft(
+                setup, cost, phase=ph.name, counts=counts, load=ph.load, seqs=seqs, lo=lo, hi=hi
+            )
             peer_tokens += cost.routed.peer_tokens.sum(axis=0)
             w = Window(
                 setup=setup,

@@ -49,10 +49,17 @@ class PhaseTokens:
     kv_len: np.ndarray
     #: [N] True when the token yields an output token (every decode token; the last prompt token).
     output: np.ndarray
+    #: Prompt tokens of the phase's requests read from the prefix cache instead (not in the stream).
+    cached: int = 0
 
     @property
     def num_tokens(self) -> int:
         return int(self.trace_step.size)
+
+    @property
+    def served_per_token(self) -> float:
+        """Prompt tokens served per token replayed: ``(tokens + cached) / tokens``."""
+        return (self.num_tokens + self.cached) / self.num_tokens if self.num_tokens else 1.0
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -113,12 +120,22 @@ class TokenIndex:
 
 
 def load_tokens(
-    trace: Trace, *, kv_len: int | None = None, min_step: int | None = None
+    trace: Trace,
+    *,
+    kv_len: int | None = None,
+    kv_len_mean: int | None = None,
+    prefix_hit: float | None = None,
+    min_step: int | None = None,
 ) -> tuple[dict[str, PhaseTokens], TokenIndex]:
     """The trace's tokens split by phase, and the index that maps routing rows onto them.
 
     ``min_step``: drop the tokens of trace steps before it (a placement's ``from_step``: the steps
-    it was computed from are not replayed); their routing rows then map to no token."""
+    it was computed from are not replayed); their routing rows then map to no token.
+    ``kv_len``: every decode token attends over this many keys; ``kv_len_mean``: the trace's decode
+    KV lengths scaled to this mean (each token's position + 1 times one factor, so the spread over
+    sequences and ranks is the trace's). ``prefix_hit``: the share of every request's prompt found in
+    the prefix cache: its first ``floor(hit x prompt length)`` prompt tokens are not computed (their
+    routing rows map to no token), the rest still attend over them."""
     tok = _phased_tokens(trace, kv_len=kv_len, min_step=min_step)
     # tok is in (step, rank, token_index) order, each token once (_token_frame)
     t_step = tok["step"].to_numpy().astype(np.int64)
@@ -143,6 +160,11 @@ def load_tokens(
     stream_flat: dict[str, np.ndarray] = {}
     for phase in PHASES:
         idx = np.nonzero(is_prefill if phase == "prefill" else ~is_prefill)[0]
+        cached = 0
+        if phase == "prefill" and prefix_hit and idx.size:
+            keep = _uncached(request[idx], position[idx], prefix_hit)
+            cached = int((~keep).sum())
+            idx = idx[keep]
         stream_flat[phase] = flat[idx]
         if not idx.size:
             continue
@@ -150,6 +172,8 @@ def load_tokens(
             kv = np.full(idx.size, kv_len, dtype=np.int64)
         else:
             kv = position[idx].astype(np.int64) + 1
+            if kv_len_mean is not None and phase == "decode":
+                kv = np.maximum(np.rint(kv * (kv_len_mean / kv.mean())), 1).astype(np.int64)
         out[phase] = PhaseTokens(
             phase=phase,
             trace_step=t_step[idx],
@@ -157,6 +181,7 @@ def load_tokens(
             request=request[idx],
             kv_len=kv,
             output=np.ones(idx.size, dtype=bool) if phase == "decode" else last[idx].astype(bool),
+            cached=cached,
         )
         ts = t_step[idx]  # ascending
         steps_by_phase[phase] = ts[np.concatenate([[True], np.diff(ts) != 0])]
@@ -169,6 +194,19 @@ def load_tokens(
         steps_by_phase=steps_by_phase,
     )
     return out, index
+
+
+def _uncached(request: np.ndarray, position: np.ndarray, hit: float) -> np.ndarray:
+    """bool: the prompt tokens not found in the prefix cache (position >= floor(hit x prompt
+    length), the prompt length being the request's largest position + 1; tokens without a request or
+    a position are all computed)."""
+    pos = np.asarray(position, dtype=np.float64)
+    known = (request >= 0) & ~np.isnan(pos)
+    if not known.any():
+        return np.ones(request.size, dtype=bool)
+    frame = pl.DataFrame({"r": np.where(known, request, -1), "p": np.where(known, pos, -1.0)})
+    length = frame.select(pl.col("p").max().over("r") + 1.0)["p"].to_numpy()
+    return ~known | (pos >= np.floor(hit * length))
 
 
 def _phased_tokens(trace: Trace, *, kv_len: int | None, min_step: int | None) -> pl.DataFrame:

@@ -36,6 +36,7 @@ BREAKDOWN = (
     "straggler",
     "embedding",
     "lm_head",
+    "mtp",
 )
 
 
@@ -246,7 +247,9 @@ def phase_summary(
     out_tokens = int(steps["output_tokens"].sum())
     all_tokens = int(steps["num_tokens"].sum())
     decode = phase == "decode"
-    tps_gpu = (out_tokens if decode else all_tokens) / total_time / setup.num_ranks if total_time > 0 else 0.0
+    # prefill serves the prompt tokens found in the prefix cache too
+    served = out_tokens if decode else all_tokens * tokens.served_per_token
+    tps_gpu = served / total_time / setup.num_ranks if total_time > 0 else 0.0
     bound_time = steps.group_by("bound").agg(pl.col("step_time_s").sum()).sort("step_time_s", descending=True)
     kv_mean = float(np.mean(tokens.kv_len)) if tokens.num_tokens else 1.0
     measured = steps["measured_time_s"].drop_nulls()
@@ -358,6 +361,13 @@ def run_frame(setup: ReplaySetup, info: RunInfo, steps: RunSteps, trace_path: st
         "batch_per_gpu": info.batch.get("decode"),
         "prefill_tokens_per_gpu": info.batch.get("prefill"),
         "kv_len": dep.kv_len,
+        "kv_len_mean": dep.kv_len_mean,
+        "prefix_hit": dep.prefix_hit,
+        "mtp_drafts": dep.mtp[0] if dep.mtp else None,
+        "mtp_acceptance": dep.mtp[1] if dep.mtp else None,
+        "aggregated_isl": dep.aggregated[0] if dep.aggregated else None,
+        "aggregated_osl": dep.aggregated[1] if dep.aggregated else None,
+        "prefill_chunk": dep.prefill_chunk,
         "rebatched": info.rebatched,
         "trace_moe_layers": len(setup.trace_arch.moe_layers),
         "target_moe_layers": len(setup.arch.moe_layers),

@@ -111,7 +111,9 @@ def steps_frame(w: Window) -> pl.DataFrame:
             "trace_step_last": load.trace_step_last[lo:hi].astype(np.int32),
             "num_tokens": tok.sum(axis=-1).astype(np.int64),
             "num_requests": load.requests[lo:hi].astype(np.int64),
-            "output_tokens": load.outputs[lo:hi].astype(np.float64).sum(axis=-1).astype(np.int64),
+            "output_tokens": np.rint(
+                load.outputs[lo:hi].astype(np.float64).sum(axis=-1) * w.setup.dep.accepted_tokens(w.phase)
+            ).astype(np.int64),
             "kv_len_mean": np.divide(
                 load.pairs[None][lo:hi].sum(axis=-1),
                 tok.sum(axis=-1),
@@ -124,6 +126,7 @@ def steps_frame(w: Window) -> pl.DataFrame:
             "straggler_s": w.att.steps.straggler,
             "embedding_s": w.cost.embedding.time.mean(axis=-1),
             "lm_head_s": w.cost.lm_head.time.mean(axis=-1),
+            "mtp_s": np.zeros(W) if w.cost.draft is None else w.cost.draft.time.mean(axis=-1),
             "hidden_comm_s": hidden,
             "dispatch_bytes": w.dispatch_bytes.sum(axis=(-1, -2)).astype(np.int64),
             "network_bytes": w.network_bytes.sum(axis=(-1, -2)).astype(np.int64),

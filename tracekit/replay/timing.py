@@ -18,6 +18,7 @@ decoder layers, ``R`` ranks, ``S`` slots per rank, ``P`` sequences per (step, ra
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -160,6 +161,8 @@ class WindowCost:
     #: [T] what a step with a prefill chunk adds to every rank's layer when decode runs under CUDA
     #: graphs: engines capture decode-only batches, so such a step launches every kernel eagerly.
     chunk_eager_s: np.ndarray | None = None
+    #: MTP: per (step, rank) [W, R] the draft passes of the step (None: no speculative decoding).
+    draft: Priced | None = None
 
 
 def time_window(
@@ -172,8 +175,14 @@ def time_window(
     lo: int,
     hi: int,
 ) -> WindowCost:
-    """Price every component of replayed steps ``lo .. hi - 1`` of ``phase``."""
+    """Price every component of replayed steps ``lo .. hi - 1`` of ``phase``. With MTP, each step
+    verifies ``1 + drafts`` tokens per sequence: every sequence's query tokens, its tokens' expert
+    pairs and its LM head rows are multiplied (the draft passes are :mod:`tracekit.replay.mtp`'s)."""
     dep = setup.dep
+    q = dep.verify_tokens(phase)
+    if q > 1:
+        counts = counts.scaled(q)
+        seqs = dataclasses.replace(seqs, new_tokens=seqs.new_tokens * q)
     M = 2 if dep.tbo else 1
     W, R = hi - lo, setup.num_ranks
     lm = LayerMap(source_of=setup.source_of, W=W, R=R)
@@ -191,8 +200,8 @@ def time_window(
     comps["tp_comm"] = Priced(
         time=tp_layers.sum(axis=0), bound=np.full(lm.shape, BOUND_NAMES.index("network"), np.int8)
     )
-    outputs = load.outputs[lo:hi].astype(np.float64)
-    tok = load.tokens[lo:hi].astype(np.float64)
+    outputs = load.outputs[lo:hi].astype(np.float64) * q
+    tok = load.tokens[lo:hi].astype(np.float64) * q
     embedding, lm_head = _edges(setup, tok, _group_sum(outputs, dep.tp))
     chunk_s, chunk_prob = _prefill_chunks(setup, phase, shape, lm)
     return WindowCost(
@@ -244,7 +253,8 @@ def _prefill_chunks(
     isl, osl = dep.aggregated
     chunk = min(dep.prefill_chunk or isl, isl)
     chunks_per_prompt = -(-isl // chunk)
-    batch = float(shape.tokens.sum(axis=0).mean())  # decode sequences per rank per step
+    # decode sequences per rank per step (a step verifies verify_tokens per sequence under MTP)
+    batch = float(shape.tokens.sum(axis=0).mean()) / dep.verify_tokens(phase)
     p = min(1.0, batch * chunks_per_prompt / osl)
     groups = max(1, setup.num_ranks // dep.tp)
     prob = 1.0 - (1.0 - p) ** groups

@@ -40,6 +40,7 @@ COMPONENT_INDEX: dict[str, int] = {
     "attn_proj": 9,
     "fixed": 5,
     "contention": 6,
+    "mtp": 4,
     "idle": 7,
 }
 #: Colour map of magnitudes (tokens, bytes): light to dark.
