@@ -57,6 +57,8 @@ class Outcome:
     predicted: float
     seconds: float
     breakdown: dict[str, float]
+    #: p10 and p90 of the prediction over the fitted parameters' spread.
+    band: tuple[float, float] = (0.0, 0.0)
 
     @property
     def error(self) -> float:
@@ -138,7 +140,9 @@ def run_anchor(a: dict[str, Any], routing: dict[str, Any], work: Path, *, tbo: b
     res = replay(trace, deployment(a, trace, tbo=tbo), phases=[a["phase"]], collect_ranks=False)
     s = res.summary
     per_gpu = s.tokens_per_s_per_gpu
-    value = per_gpu * GPUS_PER_NODE if a["metric"].endswith("per node") else per_gpu
+    scale = GPUS_PER_NODE if a["metric"].endswith("per node") else 1
+    value = per_gpu * scale
+    lo, hi = s.tokens_per_s_per_gpu_band
     return Outcome(
         id=a["id"] + ("" if tbo is None else f" (TBO {'on' if tbo else 'off'})"),
         metric=a["metric"],
@@ -146,6 +150,7 @@ def run_anchor(a: dict[str, Any], routing: dict[str, Any], work: Path, *, tbo: b
         predicted=value,
         seconds=time.perf_counter() - t0,
         breakdown=dict(s.breakdown),
+        band=(lo * scale, hi * scale),
     )
 
 
@@ -244,7 +249,9 @@ def main() -> None:
         return
     anchors = {a["id"]: a for a in data["anchor"] if args.only in a["id"]}
     failed = 0
-    print(f"{'anchor':34} {'metric':26} {'published':>10} {'replay':>10} {'error':>8}")
+    print(
+        f"{'anchor':34} {'metric':26} {'published':>10} {'replay':>10} {'error':>8}      {'p10-p90 band':>17}"
+    )
     outcomes = {}
     for a in anchors.values():
         o = run_anchor(a, data["routing"], args.work)
@@ -252,7 +259,8 @@ def main() -> None:
         ok = abs(o.error) <= TOLERANCE
         failed += not ok
         print(
-            f"{o.id:34} {o.metric:26} {o.published:10,.0f} {o.predicted:10,.0f} {100 * o.error:+7.1f}%  {'ok' if ok else 'OFF'}"
+            f"{o.id:34} {o.metric:26} {o.published:10,.0f} {o.predicted:10,.0f} {100 * o.error:+7.1f}%  "
+            f"{'ok ' if ok else 'OFF'}  {o.band[0]:8,.0f}-{o.band[1]:<8,.0f}"
         )
         if args.breakdown:
             parts = ", ".join(f"{k} {1e3 * v:.2f}" for k, v in o.breakdown.items() if v)

@@ -157,6 +157,7 @@ def _summary_rows(summary: Any) -> list[list[str]]:
     s = summary.to_dict()
     rows = [
         ["output tokens/s per GPU", _fmt(s.get("tokens_per_s_per_gpu"))],
+        ["  p10-p90", _band(s.get("tokens_per_s_per_gpu_p10"), s.get("tokens_per_s_per_gpu_p90"))],
         ["tokens/s per user", _fmt(s.get("tokens_per_s_per_user"))],
         ["TPOT", _fmt(_ms(s.get("tpot_s")), " ms")],
         ["TTFT", _fmt(_ms(s.get("ttft_s")), " ms")],
@@ -202,6 +203,13 @@ def _progress() -> Callable[[str, int, int], None] | None:
             click.echo("", err=True)
 
     return show
+
+
+def _band(lo: Any, hi: Any, unit: str = "") -> str:
+    """A p10-p90 band over the fitted parameters' spread ("-" when there is none)."""
+    if lo is None or hi is None:
+        return "-"
+    return f"{_fmt(float(lo))}-{_fmt(float(hi))}{unit}"
 
 
 def _ms(v: Any) -> float | None:
@@ -369,12 +377,17 @@ def _print_compare(systems: list[dict[str, Any]], at: float | None) -> None:
         ["impl", *[dep(s, "impl") for s in systems]],
         ["TBO", *[dep(s, "tbo") for s in systems]],
         ["output tokens/s per GPU", *[_fmt(s["tokens_per_s_per_gpu"]) for s in systems]],
+        [
+            "  p10-p90",
+            *[_band(s["tokens_per_s_per_gpu_p10"], s["tokens_per_s_per_gpu_p90"]) for s in systems],
+        ],
         ["tokens/s per user", *[_fmt(s["tokens_per_s_per_user"]) for s in systems]],
         ["TPOT", *[_fmt(_ms(s["tpot_s"]), " ms") for s in systems]],
         ["TTFT", *[_fmt(_ms(s["ttft_s"]), " ms") for s in systems]],
         ["dominant bound", *[_fmt(s["bound"]) for s in systems]],
         ["max batch per GPU", *[_fmt(s["max_batch_per_gpu"]) for s in systems]],
         [f"ratio vs {systems[0]['hw']}", *[_fmt(s["ratio"], "x") for s in systems]],
+        ["  p10-p90", *[_band(s["ratio_p10"], s["ratio_p90"], "x") for s in systems]],
     ]
     title = "compare" if at is None else f"best deployment at >= {at:g} tokens/s per user"
     click.echo(render_rows(cols, rows, "table", title=title))
@@ -382,9 +395,9 @@ def _print_compare(systems: list[dict[str, Any]], at: float | None) -> None:
         if s["note"]:
             click.echo(s["note"])
     if len(systems) > 1 and systems[-1]["ratio"] is not None:
-        click.echo(
-            f"{systems[-1]['hw']} / {systems[0]['hw']}: {systems[-1]['ratio']:.2f}x output tokens/s per GPU"
-        )
+        last = systems[-1]
+        band = f" (p10-p90 {last['ratio_p10']:.2f}-{last['ratio_p90']:.2f}x)" if last["ratio_p10"] else ""
+        click.echo(f"{last['hw']} / {systems[0]['hw']}: {last['ratio']:.2f}x output tokens/s per GPU{band}")
 
 
 def _parse_deploys(items: tuple[str, ...], hws: tuple[str, ...]) -> dict[str, dict[str, str]]:

@@ -266,12 +266,13 @@ def _fit(spec: FitSpec, rows: list[Measurement]) -> FitResult:
 
     x0 = np.array([_to_x(n, float(spec.start[n])) for n in names])
     x, r = levenberg_marquardt(residuals, x0)
+    rms = float(np.sqrt(np.mean(r**2)))
     return FitResult(
         hardware=spec.hardware,
         impl=spec.impl,
-        params=params_of(x),
+        params=dataclasses.replace(params_of(x), rms_log_residual=rms),
         rows=len(rows),
-        rms_log_residual=float(np.sqrt(np.mean(r**2))),
+        rms_log_residual=rms,
         spec=spec,
     )
 
@@ -337,7 +338,13 @@ def preset_sections(report: CalibrationReport, preset: str) -> str:
         lines.append(f"[comm.{f.impl}]")
         for name in COMM_FIELDS:
             value = getattr(f.params, name)
-            if preset == f.hardware:
+            if name == "rms_log_residual":
+                src = (
+                    f"rms log residual of the tracekit calibrate fit to {f.rows} published measurements "
+                    f"on {f.hardware}" + ("" if preset == f.hardware else " (transferred with the fit)")
+                )
+                lines.append(f"{name} = {{ value = {_fmt(value)}, source = {_q(src)} }}")
+            elif preset == f.hardware:
                 if name in f.spec.params:
                     src = (
                         f"fitted by tracekit calibrate to {f.rows} published measurements on {f.hardware} "

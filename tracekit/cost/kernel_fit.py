@@ -379,7 +379,8 @@ def preset_curves(fits: list[KernelFit]) -> dict[str, dict[tuple[str, str], Pres
             f"fitted by tracekit calibrate to {f.rows} rows of {'; '.join(f.sources)} (rms log residual "
             f"{f.rms_log_residual:.3f}{loo}; docs/calibration.md)"
         )
-        out.setdefault(f.hardware, {})[(f.family, f.dtype)] = PresetCurve(curve=f.curve, source=src)
+        curve = dataclasses.replace(f.curve, rms_log_residual=f.rms_log_residual)
+        out.setdefault(f.hardware, {})[(f.family, f.dtype)] = PresetCurve(curve=curve, source=src)
     for t in _raw().get("transfer", []):
         for family in _listed(t["family"]):
             for dtype in _listed(t["dtype"]):

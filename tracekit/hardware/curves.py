@@ -32,6 +32,9 @@ class KernelCurve:
     half_k: float = 0.0
     #: Attention: time per sequence (split-KV scheduling and combine) (s).
     per_seq_s: float = 0.0
+    #: Spread of the fit: rms of log(predicted / measured) over its rows (0: not fitted); the
+    #: replay's p10-p90 band draws the family's time factor from it.
+    rms_log_residual: float = 0.0
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -45,4 +48,12 @@ class KernelCurve:
 
 
 #: Fields of a curve that a preset sets (``[kernel.<family>.<dtype>]``).
-CURVE_FIELDS = ("compute_eff", "memory_eff", "fixed_s", "half_tiles", "half_k", "per_seq_s")
+CURVE_FIELDS = (
+    "compute_eff",
+    "memory_eff",
+    "fixed_s",
+    "half_tiles",
+    "half_k",
+    "per_seq_s",
+    "rms_log_residual",
+)

@@ -88,6 +88,12 @@ class CommParams:
         "x",
         1.0,
     )
+    rms_log_residual: float = _f(
+        "Spread of the calibration fit: rms of log(predicted / measured) over its rows (0: not "
+        "fitted); the replay's p10-p90 band draws the implementation's time factor from it.",
+        "log",
+        0.0,
+    )
 
 
 #: Timing families a preset's ``[scale]`` table can scale (a user's calibration; 1 by default).

@@ -17,6 +17,7 @@ from tracekit.replay.engine import replay
 from tracekit.replay.memory import memory_plan
 from tracekit.replay.results import prepare_dir, write_tables
 from tracekit.replay.setup import target_model
+from tracekit.replay.uncertainty import ratio_band
 from tracekit.replay.summary import ReplaySummary
 from tracekit.schema import ModelArch
 from tracekit.trace.reader import Trace, open_trace
@@ -89,6 +90,17 @@ class CompareResult:
         tps = system.tokens_per_s_per_gpu
         return tps / ref if (tps is not None and ref) else None
 
+    def ratio_band_of(self, system: SystemResult) -> tuple[float, float] | None:
+        """p10 and p90 of :meth:`ratio_of` over the fitted parameters' spread, fits shared by both
+        systems drawn once (:mod:`tracekit.replay.uncertainty`)."""
+        ref, s = self.systems[0].summary, system.summary
+        if ref is None or s is None or self.ratio_of(system) is None:
+            return None
+        return ratio_band(
+            (s.tokens_per_s_per_gpu, s.breakdown, s.main.spreads),
+            (ref.tokens_per_s_per_gpu, ref.breakdown, ref.main.spreads),
+        )
+
     @property
     def ratio(self) -> float | None:
         """The last system against the first (None with one system)."""
@@ -114,6 +126,10 @@ class CompareResult:
                         {**d.to_dict(), "batch_per_gpu": s.batch_per_gpu if s else None} if d else None
                     ),
                     "ratio": self.ratio_of(r),
+                    "ratio_p10": (band := self.ratio_band_of(r)) and band[0],
+                    "ratio_p90": band and band[1],
+                    "tokens_per_s_per_gpu_p10": s.tokens_per_s_per_gpu_band[0] if s else None,
+                    "tokens_per_s_per_gpu_p90": s.tokens_per_s_per_gpu_band[1] if s else None,
                     "note": r.note or None,
                 }
             )

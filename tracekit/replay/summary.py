@@ -22,6 +22,7 @@ from tracekit.placement import moved_replicas
 from tracekit.replay.schedule import PhaseTokens, Schedule, sequence_ids
 from tracekit.replay.setup import ReplaySetup
 from tracekit.replay.tables import frame
+from tracekit.replay.uncertainty import Spread, component_spreads, throughput_band
 
 #: Components of a step's time, in the order the summary and breakdown list them.
 BREAKDOWN = (
@@ -56,6 +57,9 @@ class PhaseSummary:
     step_time_s: float
     #: Decode: output tokens/s per GPU; prefill: prompt tokens/s per GPU.
     tokens_per_s_per_gpu: float
+    #: Its 10th and 90th percentiles over the fitted parameters' spread (:mod:`tracekit.replay.uncertainty`).
+    tokens_per_s_per_gpu_p10: float
+    tokens_per_s_per_gpu_p90: float
     #: Decode: 1 / TPOT; prefill: None.
     tokens_per_s_per_user: float | None
     tpot_s: float | None
@@ -69,10 +73,16 @@ class PhaseSummary:
     kv_bytes_per_token: int
     #: Mean measured step time (None when not comparable).
     measured_time_s: float | None
+    #: Where each component's spread comes from (the band's draws; not a column).
+    spreads: Mapping[str, Spread] = field(default_factory=dict, repr=False)
 
     def row(self) -> dict[str, Any]:
         """The ``replay_summary`` row."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "breakdown"}
+        out = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("breakdown", "spreads")
+        }
         comps = {f"{c}_s": self.breakdown[c] for c in BREAKDOWN}
         keys = list(out)
         at = keys.index("bound")
@@ -165,12 +175,24 @@ class ReplaySummary:
     def breakdown(self) -> Mapping[str, float]:
         return self.main.breakdown
 
+    @property
+    def tokens_per_s_per_gpu_band(self) -> tuple[float, float]:
+        """p10 and p90 of :attr:`tokens_per_s_per_gpu` (the main phase's relative band)."""
+        m = self.main
+        if m.tokens_per_s_per_gpu <= 0:
+            return (self.tokens_per_s_per_gpu, self.tokens_per_s_per_gpu)
+        k = self.tokens_per_s_per_gpu / m.tokens_per_s_per_gpu
+        return (m.tokens_per_s_per_gpu_p10 * k, m.tokens_per_s_per_gpu_p90 * k)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values, as ``replay --json`` prints and ``result.json`` stores them."""
-        main = {f.name: getattr(self.main, f.name) for f in dataclasses.fields(self.main)}
+        main = {
+            f.name: getattr(self.main, f.name) for f in dataclasses.fields(self.main) if f.name != "spreads"
+        }
         main["breakdown"] = dict(self.main.breakdown)
         main["ttft_s"] = self.ttft_s
         main["tokens_per_s_per_gpu"] = self.tokens_per_s_per_gpu
+        main["tokens_per_s_per_gpu_p10"], main["tokens_per_s_per_gpu_p90"] = self.tokens_per_s_per_gpu_band
         if self.prefill_tokens_per_s_per_gpu is not None:
             main["prefill_tokens_per_s_per_gpu"] = self.prefill_tokens_per_s_per_gpu
         main.update(dataclasses.asdict(self.run))
@@ -250,6 +272,9 @@ def phase_summary(
     # prefill serves the prompt tokens found in the prefix cache too
     served = out_tokens if decode else all_tokens * tokens.served_per_token
     tps_gpu = served / total_time / setup.num_ranks if total_time > 0 else 0.0
+    breakdown = {c: float(steps[f"{c}_s"].mean()) if n else 0.0 for c in BREAKDOWN}
+    spreads = spreads_of(setup, phase)
+    band = throughput_band(tps_gpu, breakdown, spreads)
     bound_time = steps.group_by("bound").agg(pl.col("step_time_s").sum()).sort("step_time_s", descending=True)
     kv_mean = float(np.mean(tokens.kv_len)) if tokens.num_tokens else 1.0
     measured = steps["measured_time_s"].drop_nulls()
@@ -264,15 +289,31 @@ def phase_summary(
         output_tokens=out_tokens,
         step_time_s=mean_step,
         tokens_per_s_per_gpu=tps_gpu,
+        tokens_per_s_per_gpu_p10=band[0],
+        tokens_per_s_per_gpu_p90=band[1],
         tokens_per_s_per_user=(1.0 / mean_step if mean_step > 0 else None) if decode else None,
         tpot_s=mean_step if decode else None,
         ttft_s=None if decode else _ttft(steps, tokens, schedule),
-        breakdown={c: float(steps[f"{c}_s"].mean()) if n else 0.0 for c in BREAKDOWN},  # type: ignore[arg-type]
+        breakdown=breakdown,
         bound=str(bound_time["bound"][0]) if bound_time.height else "latency",
         max_batch_per_gpu=plan.max_batch(kv_mean, setup.dep.tp),
         weight_bytes_per_gpu=int(plan.weight_bytes),
         kv_bytes_per_token=round(plan.kv_bytes_per_token),
         measured_time_s=float(measured.mean()) if measured.len() else None,  # type: ignore[arg-type]
+        spreads=spreads,
+    )
+
+
+def spreads_of(setup: ReplaySetup, phase: str) -> dict[str, Spread]:
+    """The fitted spread of each component of ``phase`` under the setup's deployment."""
+    dep = setup.dep
+    kind = "mla_" if setup.arch.attention.kind == "mla" else "gqa_"
+    p = dep.precision
+    return component_spreads(
+        setup.hw,
+        attention_family=kind + phase,
+        precision={part: getattr(p, part) for part in ("attention", "attention_core", "dense", "experts")},
+        impl=dep.impl_for(phase),
     )
 
 
