@@ -17,8 +17,8 @@ from tracekit.replay.engine import replay
 from tracekit.replay.memory import memory_plan
 from tracekit.replay.results import prepare_dir, write_tables
 from tracekit.replay.setup import target_model
-from tracekit.replay.uncertainty import ratio_band
 from tracekit.replay.summary import ReplaySummary
+from tracekit.replay.uncertainty import ratio_band
 from tracekit.schema import ModelArch
 from tracekit.trace.reader import Trace, open_trace
 

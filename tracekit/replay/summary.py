@@ -272,7 +272,7 @@ def phase_summary(
     # prefill serves the prompt tokens found in the prefix cache too
     served = out_tokens if decode else all_tokens * tokens.served_per_token
     tps_gpu = served / total_time / setup.num_ranks if total_time > 0 else 0.0
-    breakdown = {c: float(steps[f"{c}_s"].mean()) if n else 0.0 for c in BREAKDOWN}
+    breakdown = {c: float(steps[f"{c}_s"].mean()) if n else 0.0 for c in BREAKDOWN}  # type: ignore[arg-type]
     spreads = spreads_of(setup, phase)
     band = throughput_band(tps_gpu, breakdown, spreads)
     bound_time = steps.group_by("bound").agg(pl.col("step_time_s").sum()).sort("step_time_s", descending=True)
