@@ -21,8 +21,8 @@ def trace(tmp_path: Path) -> Path:
     return tmp_path / "t"
 
 
-def place(trace: Path, out: Path) -> tuple[int, list[str]]:
-    r = CliRunner().invoke(cli, ["place", str(trace), "--ep", "2", "--out", str(out)])
+def place(trace: Path, out: Path, *extra: str) -> tuple[int, list[str]]:
+    r = CliRunner().invoke(cli, ["place", str(trace), "--ep", "2", "--out", str(out), *extra])
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     return r.exit_code, r.stderr.strip().splitlines()
 
@@ -39,13 +39,19 @@ def test_out_is_someone_elses_file(trace: Path, tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("do not lose me\n")
     code, lines = place(trace, notes)
-    assert code == 2 and len(lines) == 1 and "is not a placement file" in lines[0]
+    assert code == 2 and len(lines) == 1 and "file exists" in lines[0] and "--force" in lines[0]
+    code, lines = place(trace, notes, "--force")
+    assert code == 2 and len(lines) == 1 and "not a tracekit placement file" in lines[0]
     assert notes.read_text() == "do not lose me\n"
 
 
-def test_an_earlier_placement_is_replaced(trace: Path, tmp_path: Path) -> None:
+def test_an_earlier_placement_is_replaced_only_with_force(trace: Path, tmp_path: Path) -> None:
     out = tmp_path / "p.parquet"
     assert place(trace, out)[0] == 0
-    assert place(trace, out)[0] == 0
+    before = out.read_bytes()
+    code, lines = place(trace, out)
+    assert code == 2 and "--force" in lines[0] and out.read_bytes() == before
+    assert place(trace, out, "--force")[0] == 0
+    assert not list(tmp_path.glob(".p*"))  # no staging or lock leftovers beside it
     (plan,) = read_placements(out)
     assert plan.num_ranks == 2 and plan.num_experts == 8

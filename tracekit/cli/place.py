@@ -71,6 +71,7 @@ from tracekit.errors import UsageError
     metavar="FILE",
     help="Write the placement as Parquet (the trace's placement table schema). One policy only.",
 )
+@click.option("--force", is_flag=True, help="Replace an existing placement file at --out.")
 @click.option("--evaluate", is_flag=True, help="Compare policies side by side (replayed when --hw is given).")
 @click.option("--hw", metavar="NAME", help="Hardware preset for --evaluate replays (tracekit hw list).")
 @click.option(
@@ -97,6 +98,7 @@ def place(
     recompute_every: int | None,
     precisions: tuple[str, ...],
     out: Path | None,
+    force: bool,
     evaluate: bool,
     hw: str | None,
     model: str | None,
@@ -130,6 +132,14 @@ def place(
         )
     if out is not None and len(policies) > 1:
         raise UsageError("--out writes one placement; give a single --policy with --out")
+    if out is not None and out.is_dir():
+        raise UsageError(f"--out {out}: is a directory; give a file name such as {out / 'placement.parquet'}")
+    if out is not None:  # refuse a bad --out before the work, not after
+        from tracekit.placement.core import is_placement_file
+        from tracekit.trace.outputs import Output
+
+        Output(out, kind="file", force=force, what="placement file", is_ours=is_placement_file,
+               inputs=(trace, loads_file, placement_file)).check()  # fmt: skip
     if hw is not None and not evaluate:
         raise UsageError("--hw is for --evaluate; add --evaluate or drop --hw")
     if model is not None and trace is None:
@@ -139,6 +149,16 @@ def place(
     loads_experts = None if trace is not None else _loads_experts(loads_file)
     num_experts = loads_experts if loads_experts is not None else _trace_experts(trace)
     num_redundant = _redundant(num_experts, redundant, slots)
+    import tracekit.limits as limits
+    from tracekit.replay.setup import MAX_EP, MAX_REDUNDANT_PER_EXPERT
+
+    limits.at_most("--ep", num_ranks, MAX_EP, "placements are per GPU (largest deployed EP: ~300)")
+    limits.at_most(
+        "--redundant",
+        num_redundant,
+        MAX_REDUNDANT_PER_EXPERT * num_experts,
+        f"{MAX_REDUNDANT_PER_EXPERT} redundant slots per expert on average ({num_experts} experts)",
+    )
     whatif = placement_whatif(
         trace,
         loads_file=loads_file,
@@ -159,7 +179,9 @@ def place(
     # the placement asked for: the last outcome (a baseline row, when there is one, comes first)
     chosen = whatif.outcomes[-1]
     if out is not None:
-        write_placements(out, list(chosen.plan.epochs))
+        write_placements(
+            out, list(chosen.plan.epochs), force=force, inputs=(trace, loads_file, placement_file)
+        )
     if evaluate:
         _print_comparison(whatif, list(whatif.outcomes), as_json, fmt)
         return

@@ -263,8 +263,18 @@ def _epochs_to_arrow(epochs: list[Placement]) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema.with_metadata(meta))
 
 
-def write_placements(path: str | os.PathLike[str], epochs: list[Placement]) -> Path:
-    """Write placement epochs (ascending ``from_step``) as one Parquet file, ``placement`` schema."""
+def write_placements(
+    path: str | os.PathLike[str],
+    epochs: list[Placement],
+    *,
+    force: bool = False,
+    inputs: tuple[str | os.PathLike[str] | None, ...] = (),
+) -> Path:
+    """Write placement epochs (ascending ``from_step``) as one Parquet file, ``placement`` schema.
+
+    The file is written whole or not at all (a staged sibling renamed into place under the output's
+    lock); an existing file is replaced only with ``force`` and only when it is a placement file;
+    ``inputs`` (the trace) are never overwritten."""
     if not epochs:
         raise UsageError("no placement to write")
     steps = [p.from_step for p in epochs]
@@ -278,23 +288,29 @@ def write_placements(path: str | os.PathLike[str], epochs: list[Placement]) -> P
             first.num_experts,
         ):
             raise UsageError("placement epochs must share ranks, slots per rank and expert count")
+    from tracekit.trace.outputs import Output
+
     out = Path(path)
     if out.is_dir():
         raise UsageError(
             f"{param('path', '--out')} {out}: is a directory; give a file name such as {out / 'placement.parquet'}"
         )
-    if out.exists():
-        try:
-            read_placements(out)
-        except (SchemaError, UsageError):
-            raise UsageError(
-                f"{param('path', '--out')} {out}: exists and is not a placement file; choose another path "
-                "(only an earlier placement file is replaced)"
-            ) from None
     if out.parent and not out.parent.exists():
         make_output_dir(out.parent)
-    pq.write_table(_epochs_to_arrow(epochs), out)
+    table = _epochs_to_arrow(epochs)
+    with Output(
+        out, kind="file", force=force, what="placement file", is_ours=is_placement_file, inputs=inputs
+    ) as o:
+        pq.write_table(table, o.target)
     return out
+
+
+def is_placement_file(path: Path) -> bool:
+    try:
+        read_placements(path)
+    except (SchemaError, UsageError, OSError):
+        return False
+    return True
 
 
 def read_placements(path: str | os.PathLike[str]) -> list[Placement]:

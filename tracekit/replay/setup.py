@@ -131,6 +131,46 @@ def placement_epochs(
     return epochs
 
 
+#: Most GPUs a replayed deployment may have: per-peer token matrices are EP x EP per layer, and the
+#: largest EP domains deployed are a few hundred GPUs (DeepSeek decode: EP144; NVL72 racks: 72).
+MAX_EP = 4096
+#: Most redundant slots per expert on average (deployments use at most about one: DeepSeek 32 of
+#: 256, Kimi K2 decode 96 of 384).
+MAX_REDUNDANT_PER_EXPERT = 16
+
+
+def check_sizes(dep: Deployment, num_ranks: int, moe_layers: int, num_experts: int) -> None:
+    """Refuse size-like arguments this machine's memory cannot back, before anything is allocated."""
+    import tracekit.limits as limits
+
+    limits.at_most(
+        param("ep"),
+        num_ranks,
+        MAX_EP,
+        "the replay keeps EP x EP token matrices per layer (largest deployed EP: ~300)",
+    )
+    limits.at_most(
+        param("redundant"),
+        dep.redundant,
+        MAX_REDUNDANT_PER_EXPERT * num_experts,
+        f"{MAX_REDUNDANT_PER_EXPERT} redundant slots per expert on average ({num_experts} experts)",
+    )
+    # per window of steps: three EP x EP int64 matrices per MoE layer (counts, duplicates, peers)
+    limits.fits_memory(
+        param("ep"), num_ranks, 3 * 8.0 * moe_layers * num_ranks, "counting EP x EP token matrices"
+    )
+    for name, per in (
+        ("batch_per_gpu", dep.batch_per_gpu),
+        ("prefill_tokens_per_gpu", dep.prefill_tokens_per_gpu),
+    ):
+        if per is not None:
+            # a step's schedule holds two int64 (step, rank) per token, and its routing counts one
+            # int64 cell per token-expert pair
+            limits.fits_memory(
+                param(name), per * num_ranks, 8.0 * 4, f"a step of {per} tokens on each of {num_ranks} GPUs"
+            )
+
+
 def make_setup(trace: Trace, dep: Deployment) -> ReplaySetup:
     """Resolve everything a replay of ``trace`` under ``dep`` holds fixed (see the module docstring)."""
     hw = get_hardware(dep.hw, dep.hw_overrides or None)
@@ -148,6 +188,7 @@ def make_setup(trace: Trace, dep: Deployment) -> ReplaySetup:
     src_layers = tuple(trace_arch.moe_layers)
     if not src_layers:
         raise DeploymentError(f"{trace.path}: the trace's model has no MoE layer; nothing to replay")
+    check_sizes(dep, num_ranks, len(src_layers), trace_arch.num_experts)
     epochs = placement_epochs(dep, src_layers, trace_arch.num_experts, num_ranks)
     placement = epochs[0]
     plan = memory_plan(
