@@ -167,7 +167,7 @@ def check_sizes(dep: Deployment, num_ranks: int, moe_layers: int, num_experts: i
             # a step's schedule holds two int64 (step, rank) per token, and its routing counts one
             # int64 cell per token-expert pair
             limits.fits_memory(
-                param(name), per * num_ranks, 8.0 * 4, f"a step of {per} tokens on each of {num_ranks} GPUs"
+                param(name), per, 8.0 * 4 * num_ranks, f"a step of {per} tokens on each of {num_ranks} GPUs"
             )
 
 
