@@ -498,13 +498,16 @@ def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tupl
     # user mistakes fail here in one line, not as a sweep whose every point failed
     from tracekit.hardware import get_hardware
     from tracekit.replay.results import check_out_dir
-    from tracekit.replay.setup import target_model
+    from tracekit.replay.setup import check_deployment_sizes, target_model
     from tracekit.trace import open_trace
 
     check_out_dir(out, overwrite=force)
     for hw in dict.fromkeys(hws):
         get_hardware(hw, base.hw_overrides or None)
-    target_model(open_trace(trace), base.model)
+    opened = open_trace(trace)
+    target_model(opened, base.model)
+    for point in points:
+        check_deployment_sizes(opened, point)
     click.echo(f"sweeping {len(points)} deployments ...", err=True)
     df = run_sweep(trace, points, jobs=jobs)
     write_sweep(out, trace, df, overwrite=force, plot=not no_plot)

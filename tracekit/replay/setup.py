@@ -171,6 +171,17 @@ def check_sizes(dep: Deployment, num_ranks: int, moe_layers: int, num_experts: i
             )
 
 
+def check_deployment_sizes(trace: Trace, dep: Deployment) -> None:
+    """Run ``check_sizes`` for ``dep`` on ``trace`` without building anything (sweeps check every
+    point before the first is replayed)."""
+    trace_arch = trace.manifest.model
+    num_ranks = dep.ep or max(trace.manifest.parallel.world_size, len(trace.ranks), 1)
+    num_experts = (
+        target_model(trace, dep.model).num_experts if is_unknown(trace_arch) else trace_arch.num_experts
+    )
+    check_sizes(dep, num_ranks, max(len(trace_arch.moe_layers), 1), num_experts)
+
+
 def make_setup(trace: Trace, dep: Deployment) -> ReplaySetup:
     """Resolve everything a replay of ``trace`` under ``dep`` holds fixed (see the module docstring)."""
     hw = get_hardware(dep.hw, dep.hw_overrides or None)
