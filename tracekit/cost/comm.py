@@ -163,9 +163,15 @@ def dispatch(
     matrix ``[..., R, R]`` (bytes when ``bytes_per_token`` is 1), see ``EPTraffic.from_rank_matrix``.
     """
     t = _as_traffic(traffic, hw)
+    return dispatch_from_loads(hw, link_loads(t, impl, bytes_per_token), impl=impl, ranks=t.num_ranks)
+
+
+def dispatch_from_loads(hw: HardwareSpec, loads: dict[str, F64], *, impl: str, ranks: int) -> CommCost:
+    """Dispatch time of every rank from its link loads (bytes, the keys of :func:`link_loads`) in an
+    all-to-all of ``ranks`` ranks: what :func:`dispatch` computes once the loads are known (the
+    planner's fast path counts the loads without the per-peer matrices)."""
     p = hw.comm_params(impl)
-    loads = link_loads(t, impl, bytes_per_token)
-    timed = _time(hw, p, loads, t.num_ranks, latency_s=p.dispatch_latency_s, floor_s=p.dispatch_floor_s)
+    timed = _time(hw, p, loads, ranks, latency_s=p.dispatch_latency_s, floor_s=p.dispatch_floor_s)
     return _comm_cost(*timed, loads)
 
 
@@ -194,16 +200,21 @@ def combine(
     """Combine time of every rank ([..., R]): the dispatch's tokens sent back (``traffic`` is the
     dispatch's traffic; ``bytes_per_token`` the combine's, usually bf16 ``2 * hidden``)."""
     t = _as_traffic(traffic, hw)
+    return combine_from_loads(hw, link_loads(t, impl, bytes_per_token), impl=impl, ranks=t.num_ranks)
+
+
+def combine_from_loads(hw: HardwareSpec, loads: dict[str, F64], *, impl: str, ranks: int) -> CommCost:
+    """Combine time of every rank from the link loads of the dispatch it answers (bytes at the
+    combine's payload): each rank's sent and received bytes swap (see :func:`dispatch_from_loads`)."""
     p = hw.comm_params(impl)
-    d = link_loads(t, impl, bytes_per_token)
-    loads = {
-        "nvlink_sent": d["nvlink_recv"],
-        "nvlink_recv": d["nvlink_sent"],
-        "network_sent": d["network_recv"],
-        "network_recv": d["network_sent"],
+    swapped = {
+        "nvlink_sent": loads["nvlink_recv"],
+        "nvlink_recv": loads["nvlink_sent"],
+        "network_sent": loads["network_recv"],
+        "network_recv": loads["network_sent"],
     }
-    timed = _time(hw, p, loads, t.num_ranks, latency_s=p.combine_latency_s, floor_s=p.combine_floor_s)
-    return _comm_cost(*timed, loads)
+    timed = _time(hw, p, swapped, ranks, latency_s=p.combine_latency_s, floor_s=p.combine_floor_s)
+    return _comm_cost(*timed, swapped)
 
 
 def alltoall(hw: HardwareSpec, *, nbytes: ArrayLike, ranks: int, impl: str = "nccl") -> CommCost:

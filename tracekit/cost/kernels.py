@@ -26,6 +26,8 @@ arrays and broadcasts; a kernel with no work (zero rows) costs nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -141,32 +143,58 @@ def gemm_time(
     return _result(np.full(rows.shape, curve.fixed_s), terms, flops, hbm, rows > 0)
 
 
+#: Rows per tile of a grouped GEMM in each layout (module docstring).
+GROUPED_TILE_ROWS = {"masked": 64, "contiguous": 128}
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class GroupedRows:
+    """What a grouped GEMM's time depends on in the rows it is given, per rank (``[...]``): the
+    rows, the experts with at least one row and, per layout, the row tiles. The planner's fast path
+    counts these without ever building the ``[..., experts]`` array (``tracekit.replay.workload``)."""
+
+    rows: F64
+    active: F64
+    #: Per layout (``masked``, ``contiguous``): the sum over experts of ceil(rows / tile rows).
+    row_tiles: Mapping[str, F64]
+
+    @classmethod
+    def of(cls, tokens_per_expert: ArrayLike) -> GroupedRows:
+        t = _arr(tokens_per_expert)
+        if t.ndim == 0:
+            t = t[None]
+        return cls(
+            rows=t.sum(axis=-1),
+            active=(t > 0).sum(axis=-1).astype(np.float64),
+            row_tiles={name: np.ceil(t / bm).sum(axis=-1) for name, bm in GROUPED_TILE_ROWS.items()},
+        )
+
+
 def grouped_gemm_time(
     hw: _Hardware,
     *,
-    tokens_per_expert: ArrayLike,
+    tokens_per_expert: ArrayLike | GroupedRows,
     n: ArrayLike,
     k: ArrayLike,
     precision: str = "bf16",
     weight_precision: str | None = None,
     layout: str = "masked",
 ) -> ComputeCost:
-    """One grouped GEMM over a rank's experts: ``tokens_per_expert[..., E]`` rows per expert, each
-    ``[rows, k] x [k, n]``; the weights of every expert with tokens are read once. ``layout``:
-    ``masked`` (decode: 64-row tiles per expert) or ``contiguous`` (prefill: 128-row tiles)."""
-    if layout not in ("masked", "contiguous"):
+    """One grouped GEMM over a rank's experts: ``tokens_per_expert[..., E]`` rows per expert (or
+    their :class:`GroupedRows` summary), each ``[rows, k] x [k, n]``; the weights of every expert
+    with tokens are read once. ``layout``: ``masked`` (decode: 64-row tiles per expert) or
+    ``contiguous`` (prefill: 128-row tiles)."""
+    if layout not in GROUPED_TILE_ROWS:
         raise UsageError(f"grouped GEMM layout {layout!r}: valid: masked, contiguous")
-    t = _arr(tokens_per_expert)
-    if t.ndim == 0:
-        t = t[None]
+    g = tokens_per_expert if isinstance(tokens_per_expert, GroupedRows) else GroupedRows.of(tokens_per_expert)
     curve = hw.kernel_curve("grouped_gemm", compute_class(precision))
     wb = bytes_per_param(weight_precision or precision)
     ab = bytes_per_param(precision)
-    bm = 64.0 if layout == "masked" else 128.0
-    rows = t.sum(axis=-1)
+    bm = float(GROUPED_TILE_ROWS[layout])
+    rows = g.rows
     n, k = _arr(n), _arr(k)
-    n_active = (t > 0).sum(axis=-1)
-    row_tiles = np.ceil(t / bm).sum(axis=-1)
+    n_active = g.active
+    row_tiles = g.row_tiles[layout]
     col_tiles = n_active * np.ceil(n / TILE_N)
     t_compute, eff = _tiled(
         hw, curve, row_tiles=row_tiles, col_tiles=col_tiles, bm=bm, n=n, k=k, precision=precision

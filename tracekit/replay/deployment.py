@@ -100,10 +100,16 @@ class Deployment:
     hw: str
     #: Overrides of preset fields (``--set field=value``).
     hw_overrides: Mapping[str, Any] = field(default_factory=dict)
-    #: Expert-parallel degree = GPUs of the deployment (None: the trace's world size).
+    #: GPUs of the deployment (None: the trace's world size); the expert-parallel degree when
+    #: ``moe_tp`` is 1.
     ep: int | None = None
     #: Attention tensor-parallel degree; attention data-parallel degree is ``ep // tp``.
     tp: int = 1
+    #: MoE tensor parallelism: 1 (each expert whole on one GPU, experts spread over all ``ep`` GPUs),
+    #: or ``tp`` (the attention TP group shares its experts, each GPU holding every expert's 1/tp
+    #: slice: experts spread over ``ep // tp`` groups; ``tp == ep`` is pure tensor parallelism with
+    #: no all-to-all). The MoE output is then all-reduced over the group.
+    moe_tp: int = 1
     #: Precision per part.
     precision: Precision = field(default_factory=Precision)
     #: A communication implementation of :data:`tracekit.hardware.COMM_IMPLS` (None: each phase's
@@ -158,6 +164,11 @@ class Deployment:
             raise UsageError(
                 f"{param('tp')} {self.tp} does not divide {param('ep')} {self.ep}; the deployment has ep GPUs "
                 "split into ep/tp attention data-parallel groups of tp GPUs"
+            )
+        if self.moe_tp not in (1, self.tp):
+            raise UsageError(
+                f"{param('moe_tp')} {self.moe_tp}: MoE tensor parallelism shares experts within the attention "
+                f"TP group, so it is 1 or {param('tp')} ({self.tp})"
             )
         if self.impl is not None and self.impl not in COMM_IMPLS:
             raise UsageError(f"{param('impl')} {self.impl!r} is not one of {', '.join(COMM_IMPLS)}")
@@ -215,6 +226,11 @@ class Deployment:
     @property
     def dp(self) -> int | None:
         return None if self.ep is None else self.ep // self.tp
+
+    @property
+    def ep_groups(self) -> int | None:
+        """Groups the experts are spread over: ``ep`` GPUs, or ``ep // moe_tp`` under MoE TP."""
+        return None if self.ep is None else self.ep // self.moe_tp
 
     def impl_for(self, phase: str) -> str:
         return self.impl if self.impl is not None else default_impl(phase)

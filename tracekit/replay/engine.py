@@ -104,6 +104,9 @@ class _Phase:
     tokens: PhaseTokens
     index: TokenIndex
     schedule: Schedule
+    #: Where the routing is counted: ``schedule`` itself, or under MoE TP the same tokens on the
+    #: expert groups (``moe_tp`` consecutive GPUs' tokens are one group's).
+    count_schedule: Schedule
     load: AttentionLoad
     source: RoutingSource
     window_steps: int
@@ -148,7 +151,7 @@ def replay(
     for name in wanted:
         ptok = tokens[name]
         given = dep.prefill_tokens_per_gpu if name == "prefill" else dep.batch_per_gpu
-        per_gpu = given if given is not None or as_recorded_ok else default_batch(ptok)
+        per_gpu = given if given is not None or (as_recorded_ok and dep.moe_tp == 1) else default_batch(ptok)
         schedule = make_schedule(ptok, num_ranks=setup.num_ranks, batch_per_gpu=per_gpu, num_steps=dep.steps)
         phase = _start_phase(setup, name, pool, ptok, index, schedule, source)
         out = _replay_phase(phase, collect_ranks=collect_ranks, progress=progress)
@@ -208,11 +211,19 @@ def _start_phase(
 ) -> _Phase:
     """The phase's fixed parts; its first window's routing starts decoding in the background while
     the attention load is summed."""
+    counted = schedule
+    if setup.dep.moe_tp > 1 and schedule.batch_per_gpu is not None:
+        counted = make_schedule(
+            tokens,
+            num_ranks=setup.ep_groups,
+            batch_per_gpu=schedule.batch_per_gpu * setup.dep.moe_tp,
+            num_steps=schedule.num_steps,
+        )
     rows_per_step = len(source.layers) * schedule.tokens[0].size / max(1, schedule.num_steps)
     wsize = window_size(
-        len(source.layers), setup.num_ranks, setup.placement.num_slots, setup.hw.scaleup_size, rows_per_step
+        len(source.layers), setup.ep_groups, setup.placement.num_slots, setup.group_domain, rows_per_step
     )
-    prefetch_window(source, tokens, schedule, step_lo=0, step_hi=min(schedule.num_steps, wsize))
+    prefetch_window(source, tokens, counted, step_lo=0, step_hi=min(schedule.num_steps, wsize))
     load = attention_load(tokens, schedule, setup.distinct_windows)
     check_kv(setup, name, load.keys[None], load.tokens)
     return _Phase(
@@ -222,6 +233,7 @@ def _start_phase(
         tokens=tokens,
         index=index,
         schedule=schedule,
+        count_schedule=counted,
         load=load,
         source=source,
         window_steps=wsize,
@@ -233,11 +245,11 @@ def _count(ph: _Phase, step_lo: int) -> ExpertWindow:
         ph.source,
         ph.index,
         ph.tokens,
-        ph.schedule,
+        ph.count_schedule,
         ph.setup.epochs,
         step_lo=step_lo,
         step_hi=min(ph.schedule.num_steps, step_lo + ph.window_steps),
-        ranks_per_node=ph.setup.hw.scaleup_size,
+        ranks_per_node=ph.setup.group_domain,
         prefetch_next=True,
     )
 
@@ -264,7 +276,8 @@ def _replay_phase(ph: _Phase, *, collect_ranks: bool, progress: Progress | None)
             cost = with_draft(
                 setup, cost, phase=ph.name, counts=counts, load=ph.load, seqs=seqs, lo=lo, hi=hi
             )
-            peer_tokens += cost.routed.peer_tokens.sum(axis=0)
+            if cost.routed.peer_tokens is not None:
+                peer_tokens += cost.routed.peer_tokens.sum(axis=0)
             w = Window(
                 setup=setup,
                 phase=ph.name,

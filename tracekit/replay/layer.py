@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracekit.cost.kernels import attention_time, elementwise_time, gemm_time, grouped_gemm_time
+from tracekit.cost.kernels import (
+    GroupedRows,
+    attention_time,
+    elementwise_time,
+    gemm_time,
+    grouped_gemm_time,
+)
 from tracekit.hardware import HardwareSpec
 from tracekit.models import shared_expert_params
 from tracekit.models.work import (
@@ -69,6 +75,11 @@ class Priced:
         a, b = np.broadcast_arrays(self.time, other.time)
         ba, bb = np.broadcast_arrays(self.bound, other.bound)
         return Priced(time=a + b, bound=np.where(a >= b, ba, bb))
+
+
+def grouped_rows(expert_tokens: np.ndarray | GroupedRows) -> GroupedRows:
+    """The summary of per-slot expert tokens ``[..., S]`` (given as is when already summarised)."""
+    return expert_tokens if isinstance(expert_tokens, GroupedRows) else GroupedRows.of(expert_tokens)
 
 
 #: Stages of a layer, in order.
@@ -119,10 +130,13 @@ class LayerShape:
     #: Sequences' new tokens and context, [M, W, R, P] (the group's, heads split ``tp`` ways).
     new_tokens: np.ndarray
     context_tokens: np.ndarray
-    #: Tokens each local expert slot receives, [M, W, L, R, S].
-    expert_tokens: np.ndarray
+    #: Tokens each local expert slot receives, [M, W, L, R, S], or their summary [M, W, L, R] (what
+    #: the grouped GEMMs depend on; the planner's fast path counts it directly).
+    expert_tokens: np.ndarray | GroupedRows
     phase: str
     tp: int
+    #: MoE tensor parallelism: each rank holds every local expert's 1/moe_tp slice (1: whole experts).
+    moe_tp: int = 1
 
 
 class LayerPricer:
@@ -259,14 +273,15 @@ class LayerPricer:
     def experts(self, shape: LayerShape, costs: LayerCosts) -> np.ndarray:
         """The routed experts of every trace MoE layer: stage ``experts`` [M, W, L, R]; returns the
         expert weight bytes read."""
-        H, F, p = self.arch.hidden_size, self.arch.moe_intermediate_size, self.expert_prec
-        t = shape.expert_tokens
+        H, p = self.arch.hidden_size, self.expert_prec
+        F = self.arch.moe_intermediate_size / shape.moe_tp  # each rank's slice of every expert
+        g = grouped_rows(shape.expert_tokens)
         layout = self.expert_layout
         scale = self.hw.time_scale("expert_gemm")
-        up = grouped_gemm_time(self.hw, tokens_per_expert=t, n=2 * F, k=H, precision=p, layout=layout)
-        down = grouped_gemm_time(self.hw, tokens_per_expert=t, n=H, k=F, precision=p, layout=layout)
+        up = grouped_gemm_time(self.hw, tokens_per_expert=g, n=2 * F, k=H, precision=p, layout=layout)
+        down = grouped_gemm_time(self.hw, tokens_per_expert=g, n=H, k=F, precision=p, layout=layout)
         costs.add("experts", "expert_gemm", Priced.of(up, scale) + Priced.of(down, scale), kernels=2.0)
-        rows = t.sum(axis=-1)
+        rows = g.rows
         live = rows > 0
         costs.add(
             "experts", "fixed", self.ew(rows * F * (4.0 + bytes_per_param(p)), live)
@@ -274,8 +289,7 @@ class LayerPricer:
         if layout == "contiguous":  # rows permuted into expert order and back (normal all-to-all layouts)
             permute = rows * H * (2.0 * bytes_per_param(p) + 4.0)
             costs.add("experts", "fixed", self.ew(permute, live, 2.0), kernels=2.0)
-        n_active = (t > 0).sum(axis=-1)
-        return np.asarray(n_active * 3.0 * H * F * bytes_per_param(p), dtype=np.float64)
+        return np.asarray(g.active * 3.0 * H * F * bytes_per_param(p), dtype=np.float64)
 
     def residual(self, shape: LayerShape, costs: LayerCosts) -> None:
         """The MoE layer's output: shared and routed outputs added into the residual (SGLang runs it

@@ -44,9 +44,16 @@ class MemoryPlan:
 
 
 def memory_plan(
-    arch: ModelArch, precision: Precision, *, hbm_bytes: float, slots_per_rank: int, tp: int
+    arch: ModelArch,
+    precision: Precision,
+    *,
+    hbm_bytes: float,
+    slots_per_rank: int,
+    tp: int,
+    moe_tp: int = 1,
 ) -> MemoryPlan:
-    """Weights and KV bytes per GPU; raises DeploymentError when the weights alone do not fit."""
+    """Weights and KV bytes per GPU (``slots_per_rank``: expert slots of the GPU's expert group, each
+    held as a 1/``moe_tp`` slice)."""
     n_moe = len(arch.moe_layers)
     attn = arch.num_layers * attention_weight_bytes(arch, precision.attention) / tp
     dense = len(arch.dense_layers) * dense_ffn_weight_bytes(arch, precision.dense) / tp
@@ -54,7 +61,7 @@ def memory_plan(
     routers = n_moe * router_params(arch) * 2.0
     emb = arch.vocab_size * arch.hidden_size * bytes_per_param(precision.dense)
     head = 0.0 if arch.tie_word_embeddings else emb
-    experts = n_moe * slots_per_rank * expert_weight_bytes(arch, precision.experts)
+    experts = n_moe * slots_per_rank * expert_weight_bytes(arch, precision.experts) / moe_tp
     weights = attn + dense + shared + routers + (emb + head) / tp + experts
     kv = kv_cache_bytes_per_token_all_layers(arch, precision.kv_cache)
     if arch.attention.kind != "mla":

@@ -35,8 +35,10 @@ class ReplaySetup:
     arch: ModelArch
     #: The trace's model (an imported trace's placeholder gets the target's expert count).
     trace_arch: ModelArch
+    #: GPUs of the deployment.
     num_ranks: int
-    #: The first placement epoch (slots per rank and the slot count are the same in every epoch).
+    #: The first placement epoch (slots per rank and the slot count are the same in every epoch);
+    #: over ``num_ranks // dep.moe_tp`` expert groups.
     placement: Placement
     #: Placement epochs, ascending ``from_step`` (one unless several were given).
     epochs: tuple[Placement, ...]
@@ -48,6 +50,17 @@ class ReplaySetup:
     source_of: np.ndarray
     #: Per target decoder layer: its attention window (None: full attention).
     windows: tuple[int | None, ...]
+
+    @property
+    def ep_groups(self) -> int:
+        """Groups the experts are placed on: the GPUs, or groups of ``dep.moe_tp`` GPUs."""
+        return self.placement.num_ranks
+
+    @property
+    def group_domain(self) -> int:
+        """Expert groups per scale-up domain, as the all-to-all between groups sees them: rank ``i``
+        of group ``a`` talks to rank ``i`` of group ``b`` over NVLink when both sit in one domain."""
+        return max(1, self.hw.scaleup_size // self.dep.moe_tp)
 
     @property
     def moe_mask(self) -> np.ndarray:
@@ -200,10 +213,16 @@ def make_setup(trace: Trace, dep: Deployment) -> ReplaySetup:
     if not src_layers:
         raise DeploymentError(f"{trace.path}: the trace's model has no MoE layer; nothing to replay")
     check_sizes(dep, num_ranks, len(src_layers), trace_arch.num_experts)
-    epochs = placement_epochs(dep, src_layers, trace_arch.num_experts, num_ranks)
+    # under MoE TP the experts are placed on groups of moe_tp GPUs (each GPU a slice of every expert)
+    epochs = placement_epochs(dep, src_layers, trace_arch.num_experts, num_ranks // dep.moe_tp)
     placement = epochs[0]
     plan = memory_plan(
-        arch, dep.precision, hbm_bytes=hw.hbm_bytes, slots_per_rank=placement.slots_per_rank, tp=dep.tp
+        arch,
+        dep.precision,
+        hbm_bytes=hw.hbm_bytes,
+        slots_per_rank=placement.slots_per_rank,
+        tp=dep.tp,
+        moe_tp=dep.moe_tp,
     )
     check_weights_fit(plan, model=arch.name, hw=hw.name, ep=num_ranks)
     moe_pos = {layer: i for i, layer in enumerate(arch.moe_layers)}

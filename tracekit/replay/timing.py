@@ -25,12 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from tracekit.cost import EPTraffic, allreduce, combine, dispatch, gemm, roofline
-from tracekit.cost.result import BOUNDS
+from tracekit.cost import EPTraffic, allreduce, gemm, link_loads, roofline
+from tracekit.cost.comm import combine_from_loads, dispatch_from_loads
+from tracekit.cost.kernels import GroupedRows
+from tracekit.cost.result import BOUNDS, CommCost
 from tracekit.hardware import comm_impl
 from tracekit.precision import bytes_per_param, wire_bytes_per_token
 from tracekit.replay.counts import ExpertWindow
-from tracekit.replay.layer import STAGES, LayerCosts, LayerPricer, LayerShape, Priced
+from tracekit.replay.layer import STAGES, LayerCosts, LayerPricer, LayerShape, Priced, grouped_rows
 from tracekit.replay.schedule import AttentionLoad, WindowSequences
 from tracekit.replay.setup import ReplaySetup
 
@@ -116,8 +118,9 @@ class CommTimes:
 class RoutedWork:
     """What the routed experts of a window do per (step, trace MoE layer, rank) [W, L, R]."""
 
-    #: [W, L, R, R] tokens each source rank sends each destination rank (once per destination).
-    peer_tokens: np.ndarray
+    #: [W, L, R, R] tokens each source rank sends each destination rank (once per destination; None
+    #: when timed from counts without the per-peer matrices).
+    peer_tokens: np.ndarray | None
     #: Token-expert pairs each rank's experts receive.
     tokens_recv: np.ndarray
     #: Experts with tokens on the rank.
@@ -196,7 +199,9 @@ def time_window(
     tp = _tp_comm(setup, shape)
     comps["dispatch"] = _comm_component(lm, d, M)
     comps["combine"] = _comm_component(lm, c, M)
-    tp_layers = lm.kinds(tp, 2.0 * tp)  # dense layers all-reduce after attention and after the FFN
+    # dense layers all-reduce after attention and after the FFN; MoE layers after the experts too
+    # under MoE TP (each GPU holds a slice of every expert's output)
+    tp_layers = lm.kinds(tp * (2.0 if dep.moe_tp > 1 else 1.0), 2.0 * tp)
     comps["tp_comm"] = Priced(
         time=tp_layers.sum(axis=0), bound=np.full(lm.shape, BOUND_NAMES.index("network"), np.int8)
     )
@@ -318,10 +323,22 @@ def _group_sum(x: np.ndarray, tp: int) -> np.ndarray:
 
 def _shape(setup: ReplaySetup, phase: str, counts: ExpertWindow, seqs: WindowSequences, M: int) -> LayerShape:
     """Per micro-batch: the group's tokens and sequences, and each slot's expert tokens."""
-    tp = setup.dep.tp
     W, L, _ = counts.recv.shape
+    moe_tp = setup.dep.moe_tp
+    local = counts.recv.reshape(W, L, setup.ep_groups, setup.placement.slots_per_rank)
+    if moe_tp > 1:  # every GPU of an expert group computes all of the group's tokens (its slice)
+        local = np.repeat(local, moe_tp, axis=2)
+    return layer_shape(setup, phase, seqs, M, _halves(local) if M == 2 else local[None])
+
+
+def layer_shape(
+    setup: ReplaySetup, phase: str, seqs: WindowSequences, M: int, experts: np.ndarray | GroupedRows
+) -> LayerShape:
+    """The :class:`LayerShape` of a window: the attention side from its sequences (per micro-batch),
+    ``experts`` the routed side ([M, W, L, R, S] tokens per slot, or their summary [M, W, L, R])."""
+    tp = setup.dep.tp
     R = setup.num_ranks
-    local = counts.recv.reshape(W, L, R, setup.placement.slots_per_rank)
+    W = seqs.new_tokens.shape[0]
     new, ctx = seqs.new_tokens, seqs.context_tokens  # [W, R, P]
     if tp > 1:  # a DP group's ranks compute attention over the group's sequences, heads split tp ways
         groups = R // tp
@@ -331,9 +348,8 @@ def _shape(setup: ReplaySetup, phase: str, counts: ExpertWindow, seqs: WindowSeq
         mb = (np.arange(new.shape[-1]) % 2)[None, None, :]
         new = np.stack([new * (mb == 0), new * (mb == 1)])
         ctx = np.stack([ctx * (mb == 0), ctx * (mb == 1)])
-        experts = _halves(local)
     else:
-        new, ctx, experts = new[None], ctx[None], local[None]
+        new, ctx = new[None], ctx[None]
     return LayerShape(
         tokens=new.sum(axis=-1),
         new_tokens=new,
@@ -341,6 +357,7 @@ def _shape(setup: ReplaySetup, phase: str, counts: ExpertWindow, seqs: WindowSeq
         expert_tokens=experts,
         phase=phase,
         tp=tp,
+        moe_tp=setup.dep.moe_tp,
     )
 
 
@@ -363,8 +380,9 @@ def _layer_costs(
     pricer.residual(shape, moe)
     moe.with_gaps(gap, live)
     routed = LayerCosts()
-    weight_read = pricer.experts(shape, routed).sum(axis=0)
-    routed.with_gaps(gap, shape.expert_tokens.sum(axis=-1) > 0)
+    rows = grouped_rows(shape.expert_tokens)  # summarised once: both grouped GEMMs and the gaps use it
+    weight_read = pricer.experts(dataclasses.replace(shape, expert_tokens=rows), routed).sum(axis=0)
+    routed.with_gaps(gap, rows.rows > 0)
     for stage, t in routed.stages.items():
         moe.stages[stage] = t  # [M, W, L, R]
     for comp, pr in routed.components.items():
@@ -449,40 +467,114 @@ def _component(
     return Priced(time=total.time.sum(axis=0), bound=np.take_along_axis(total.bound, largest, axis=0)[0])
 
 
-def _routed(
-    setup: ReplaySetup, phase: str, counts: ExpertWindow, M: int, weight_read: np.ndarray
-) -> tuple[RoutedWork, CommTimes, CommTimes]:
-    """Traffic and bytes of the routed experts, and the dispatch and combine of each micro-batch
-    ([M, W, L, R])."""
-    hw, arch, dep = setup.hw, setup.arch, setup.dep
-    prec = dep.precision
-    R = setup.num_ranks
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RoutedCounts:
+    """What the routed experts' traffic and bytes depend on, per (step, trace MoE layer, expert
+    group) ``[W, L, G]``, in tokens: from a window's per-peer matrices (:func:`routed_counts`), or
+    counted straight from the routing by the planner's fast path (``tracekit.replay.workload``)."""
+
+    #: :func:`tracekit.cost.link_loads` of the phase's implementation at one byte per token (each
+    #: micro-batch then moves ``1 / M`` of it, at its payload's bytes per token).
+    loads: dict[str, np.ndarray]
+    #: Token-expert pairs the group's slots receive, and its slots with at least one.
+    tokens_recv: np.ndarray
+    active_experts: np.ndarray
+    #: Tokens sent to other groups (once per destination group), and received from them.
+    sent_tokens: np.ndarray
+    recv_tokens: np.ndarray
+
+
+def routed_counts(setup: ReplaySetup, phase: str, counts: ExpertWindow) -> RoutedCounts:
+    """The :class:`RoutedCounts` of a counted window."""
+    G = setup.ep_groups
     W, L, _ = counts.recv.shape
-    local = counts.recv.reshape(W, L, R, setup.placement.slots_per_rank)
+    local = counts.recv.reshape(W, L, G, setup.placement.slots_per_rank)
     peer = counts.peer_tokens.astype(np.float64)
     traffic = EPTraffic(
         rank_tokens=peer,
         expert_tokens=counts.rank_pairs.astype(np.float64),
         domain_tokens=counts.node_tokens.astype(np.float64),
-        domain_size=hw.scaleup_size,
+        domain_size=setup.group_domain,
     )
+    off = 1.0 - np.eye(G)
+    return RoutedCounts(
+        loads=link_loads(traffic, setup.dep.impl_for(phase), 1.0),
+        tokens_recv=local.sum(axis=-1),
+        active_experts=(local > 0).sum(axis=-1),
+        sent_tokens=(peer * off).sum(axis=-1),
+        recv_tokens=(peer * off).sum(axis=-2),
+    )
+
+
+def _gpu_peers(peer: np.ndarray, moe_tp: int) -> np.ndarray:
+    """[W, L, G, G] tokens between expert groups -> [W, L, R, R] between GPUs: under MoE TP rank
+    ``i`` of group ``a`` sends group ``a``'s tokens to rank ``i`` of each destination group."""
+    if moe_tp == 1:
+        return peer
+    W, L, G, _ = peer.shape
+    eye = np.eye(moe_tp)[None, None, None, :, None, :]
+    return (peer[:, :, :, None, :, None] * eye).reshape(W, L, G * moe_tp, G * moe_tp)
+
+
+def _routed(
+    setup: ReplaySetup, phase: str, counts: ExpertWindow, M: int, weight_read: np.ndarray
+) -> tuple[RoutedWork, CommTimes, CommTimes]:
+    """Traffic and bytes of the routed experts, and the dispatch and combine of each micro-batch
+    ([M, W, L, R])."""
+    peer = _gpu_peers(counts.peer_tokens.astype(np.float64), setup.dep.moe_tp)
+    return price_routed(setup, phase, routed_counts(setup, phase, counts), M, weight_read, peer_tokens=peer)
+
+
+def price_routed(
+    setup: ReplaySetup,
+    phase: str,
+    rc: RoutedCounts,
+    M: int,
+    weight_read: np.ndarray,
+    *,
+    peer_tokens: np.ndarray | None = None,
+) -> tuple[RoutedWork, CommTimes, CommTimes]:
+    """:func:`_routed` from the counts: per GPU (a group's counts on each of its ``moe_tp`` GPUs),
+    bytes at each payload's size, each micro-batch moving ``1 / M`` of the traffic."""
+    hw, arch, dep = setup.hw, setup.arch, setup.dep
+    prec = dep.precision
+    G, moe_tp = setup.ep_groups, dep.moe_tp
     impl = dep.impl_for(phase)
     params = hw.comm_params(impl)
     bpt_dispatch = wire_bytes_per_token(prec.dispatch, arch.hidden_size)
     bpt_combine = wire_bytes_per_token(prec.combine, arch.hidden_size)
-    part = traffic.scaled(1.0 / M)  # each micro-batch moves its share of the traffic
-    d = dispatch(hw, part, impl=impl, bytes_per_token=bpt_dispatch)
-    c = combine(hw, part, impl=impl, bytes_per_token=bpt_combine)
-    off = 1.0 - np.eye(R)
-    disp_recv = (peer * off).sum(axis=-2) * bpt_dispatch
+
+    def gpu(x: np.ndarray) -> np.ndarray:
+        return x if moe_tp == 1 else np.repeat(x, moe_tp, axis=-1)
+
+    if G == 1 and moe_tp > 1:  # pure tensor parallelism: every GPU holds a slice of every expert
+        zero = np.zeros(rc.tokens_recv.shape[:-1] + (setup.num_ranks,))
+        d = c = CommCost(
+            time_s=zero,
+            bound=np.full(zero.shape, "latency"),
+            link=np.full(zero.shape, "none"),
+            nvlink_bytes_sent=zero,
+            nvlink_bytes_recv=zero,
+            network_bytes_sent=zero,
+            network_bytes_recv=zero,
+            up_time_s=zero,
+            out_time_s=zero,
+        )
+    else:  # each micro-batch moves its share of the traffic
+        d = dispatch_from_loads(
+            hw, {k: gpu(v) * (bpt_dispatch / M) for k, v in rc.loads.items()}, impl=impl, ranks=G
+        )
+        c = combine_from_loads(
+            hw, {k: gpu(v) * (bpt_combine / M) for k, v in rc.loads.items()}, impl=impl, ranks=G
+        )
     routed = RoutedWork(
-        peer_tokens=peer,
-        tokens_recv=local.sum(axis=-1),
-        active_experts=(local > 0).sum(axis=-1),
+        peer_tokens=peer_tokens,
+        tokens_recv=gpu(rc.tokens_recv),
+        active_experts=gpu(rc.active_experts),
         weight_bytes=weight_read,
-        dispatch_bytes=(peer * off).sum(axis=-1) * bpt_dispatch,
-        dispatch_recv_bytes=disp_recv,
-        combine_bytes=disp_recv / bpt_dispatch * bpt_combine,
+        dispatch_bytes=gpu(rc.sent_tokens) * bpt_dispatch,
+        dispatch_recv_bytes=gpu(rc.recv_tokens) * bpt_dispatch,
+        combine_bytes=gpu(rc.recv_tokens) * bpt_combine,
         network_bytes=M * (d.network_bytes_sent + c.network_bytes_sent),
     )
     scale = {"d": hw.time_scale("moe_dispatch"), "c": hw.time_scale("moe_combine")}
