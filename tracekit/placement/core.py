@@ -442,12 +442,16 @@ def route_to_slots(
     expert_ids: np.ndarray,
     src_rank: np.ndarray,
     ranks_per_node: int,
+    *,
+    dispatch: np.ndarray | None = None,
 ) -> np.ndarray:
     """Physical slot of each (token, choice): ``expert_ids[N, K]`` logical ids of tokens computed on
     ``src_rank[N]``; returns int64 slot ids [N, K] (rank = slot // slots_per_rank).
 
     Rule (module docstring): own rank's replica, else own node's, else any, round-robin by token
-    among equal candidates. Vectorised: no Python loop over tokens.
+    among equal candidates. Vectorised: no Python loop over tokens. ``dispatch[N]`` (int, optional)
+    routes several dispatches in one call: the round-robin counts each dispatch's tokens on their
+    own, in the order given (the same as one call per dispatch).
     """
     placement.row(layer)  # raises for a layer it does not place
     ids = np.asarray(expert_ids)
@@ -468,6 +472,8 @@ def route_to_slots(
         raise UsageError(f"source ranks {int(src.min())}..{int(src.max())} outside 0..{R - 1}")
     if ranks_per_node < 1:
         raise UsageError(f"ranks_per_node must be >= 1, got {ranks_per_node}")
+    if dispatch is not None and np.asarray(dispatch).size != N:
+        raise UsageError(f"dispatch has {np.asarray(dispatch).size} entries for {N} tokens")
 
     table = _route_table(placement, layer, ranks_per_node)
     # One gather per (token, choice) from the small (expert, source rank) tables.
@@ -479,6 +485,9 @@ def route_to_slots(
     if multi.size:
         # j-th occurrence (in token order) within the candidate group (expert, case, scope).
         gid = table.group[cell[multi]]
+        if dispatch is not None:  # candidate groups of different dispatches count apart
+            disp = np.repeat(np.asarray(dispatch, dtype=np.int64).reshape(-1), K)[multi]
+            gid = disp * (int(table.group.max(initial=0)) + 1) + gid
         order = np.argsort(gid, kind="stable")  # radix sort when groups fit in 16 bits
         sk = gid[order]
         first = np.empty(sk.size, dtype=bool)

@@ -187,15 +187,45 @@ def time_window(
         counts = counts.scaled(q)
         seqs = dataclasses.replace(seqs, new_tokens=seqs.new_tokens * q)
     M = 2 if dep.tbo else 1
+    return time_counted(
+        setup,
+        phase=phase,
+        shape=_shape(setup, phase, counts, seqs, M),
+        routed=routed_counts(setup, phase, counts),
+        peer_tokens=_gpu_peers(counts.peer_tokens.astype(np.float64), setup.dep.moe_tp),
+        load=load,
+        seqs=seqs,
+        lo=lo,
+        hi=hi,
+    )
+
+
+def time_counted(
+    setup: ReplaySetup,
+    *,
+    phase: str,
+    shape: LayerShape,
+    routed: RoutedCounts,
+    load: AttentionLoad,
+    seqs: WindowSequences,
+    lo: int,
+    hi: int,
+    peer_tokens: np.ndarray | None = None,
+) -> WindowCost:
+    """:func:`time_window` once the window's routing is counted: ``shape`` (:func:`layer_shape`) and
+    ``routed`` per expert group, as a counted window gives them or as the planner's fast path counts
+    them (``peer_tokens``, the per-peer matrix, only feeds the ``replay_peers`` table)."""
+    dep = setup.dep
+    q = dep.verify_tokens(phase)
+    M = int(shape.tokens.shape[0])
     W, R = hi - lo, setup.num_ranks
     lm = LayerMap(source_of=setup.source_of, W=W, R=R)
-    shape = _shape(setup, phase, counts, seqs, M)
     pricer = _pricer(setup, phase)
     attn, moe, dense, weight_read = _layer_costs(setup, pricer, shape, seqs)
     kinds = _kinds(setup, lm)
     stages = {s: _assemble(kinds, attn, moe, dense, s, M) for s in STAGES}
     comps = {c: _component(kinds, attn, moe, dense, c, M) for c in COMPONENTS if c not in COMM_COMPONENTS}
-    routed, d, c = _routed(setup, phase, counts, M, weight_read)
+    routed_work, d, c = price_routed(setup, phase, routed, M, weight_read, peer_tokens=peer_tokens)
     tp = _tp_comm(setup, shape)
     comps["dispatch"] = _comm_component(lm, d, M)
     comps["combine"] = _comm_component(lm, c, M)
@@ -221,7 +251,7 @@ def time_window(
         combine=_comm_layers(lm, c),
         tp_comm=tp_layers,
         comm_sm_frac=setup.hw.comm_params(dep.impl_for(phase)).sm_frac_up,
-        routed=routed,
+        routed=routed_work,
         embedding=embedding,
         lm_head=lm_head,
     )
@@ -516,15 +546,6 @@ def _gpu_peers(peer: np.ndarray, moe_tp: int) -> np.ndarray:
     return (peer[:, :, :, None, :, None] * eye).reshape(W, L, G * moe_tp, G * moe_tp)
 
 
-def _routed(
-    setup: ReplaySetup, phase: str, counts: ExpertWindow, M: int, weight_read: np.ndarray
-) -> tuple[RoutedWork, CommTimes, CommTimes]:
-    """Traffic and bytes of the routed experts, and the dispatch and combine of each micro-batch
-    ([M, W, L, R])."""
-    peer = _gpu_peers(counts.peer_tokens.astype(np.float64), setup.dep.moe_tp)
-    return price_routed(setup, phase, routed_counts(setup, phase, counts), M, weight_read, peer_tokens=peer)
-
-
 def price_routed(
     setup: ReplaySetup,
     phase: str,
@@ -548,7 +569,7 @@ def price_routed(
         return x if moe_tp == 1 else np.repeat(x, moe_tp, axis=-1)
 
     if G == 1 and moe_tp > 1:  # pure tensor parallelism: every GPU holds a slice of every expert
-        zero = np.zeros(rc.tokens_recv.shape[:-1] + (setup.num_ranks,))
+        zero = np.zeros((*rc.tokens_recv.shape[:-1], setup.num_ranks))
         d = c = CommCost(
             time_s=zero,
             bound=np.full(zero.shape, "latency"),

@@ -1,0 +1,87 @@
+"""The fast path (tracekit.replay.fast) against the full replay, deployment by deployment: the same
+figures from counts shared across deployments as from each deployment's own per-peer matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tracekit.models import get_model
+from tracekit.replay.deployment import Deployment, Precision
+from tracekit.replay.engine import replay
+from tracekit.replay.fast import FastReplay
+from tracekit.synth import SynthConfig, parse_spec, synthesize
+
+
+@pytest.fixture(scope="module")
+def r1_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DeepSeek-R1 decode routing (58 MoE layers x 256 experts, top-8), 2 steps of 1024 tokens."""
+    out = tmp_path_factory.mktemp("fast") / "trace"
+    config = SynthConfig(
+        arch=get_model("deepseek-r1"),
+        spec=parse_spec("zipf:0.8"),
+        phase="decode",
+        tokens_per_step=1024,
+        steps=2,
+        seed=3,
+        gate_weights=False,
+    )
+    synthesize(config, out, overwrite=True)
+    return out
+
+
+FP4 = Precision.parse("experts=fp4")
+
+DEPLOYMENTS = [
+    pytest.param(Deployment(hw="h200-sxm", ep=16, batch_per_gpu=32, kv_len=2048), id="h200-ep16"),
+    pytest.param(
+        Deployment(hw="h200-sxm", ep=16, batch_per_gpu=96, kv_len=1024, tbo=True, impl="deepep-ll"),
+        id="h200-ep16-tbo-ll-b96",
+    ),
+    pytest.param(
+        Deployment(hw="h200-sxm", ep=16, batch_per_gpu=64, kv_len=1024, impl="deepep-normal"),
+        id="h200-ep16-normal-2nodes",
+    ),
+    pytest.param(
+        Deployment(hw="gb200-nvl72", ep=32, batch_per_gpu=24, kv_len=2048, redundant=32),
+        id="gb200-ep32-redundant32",
+    ),
+    pytest.param(
+        Deployment(hw="gb200-nvl72", ep=16, batch_per_gpu=48, kv_len=2048, precision=FP4, tbo=True),
+        id="gb200-ep16-fp4-tbo",
+    ),
+    pytest.param(Deployment(hw="h200-sxm", ep=16, tp=8, batch_per_gpu=16, kv_len=2048), id="h200-attn-tp8"),
+    pytest.param(
+        Deployment(hw="h200-sxm", ep=16, tp=8, moe_tp=8, batch_per_gpu=16, kv_len=2048), id="h200-moe-tp8"
+    ),
+    pytest.param(Deployment(hw="h200-sxm", ep=24, batch_per_gpu=40, kv_len=512), id="h200-ep24-3nodes"),
+]
+
+
+@pytest.fixture(scope="module")
+def fast(r1_trace: Path) -> FastReplay:
+    return FastReplay(r1_trace)  # one for every deployment: the counts are shared between them
+
+
+@pytest.mark.parametrize("dep", DEPLOYMENTS)
+def test_fast_path_equals_full_replay(r1_trace: Path, fast: FastReplay, dep: Deployment) -> None:
+    full = replay(r1_trace, dep, phases=["decode"], collect_ranks=False).phases[0]
+    got = fast.phase(dep)
+    assert got.num_steps == full.num_steps and got.batch_per_gpu == full.batch_per_gpu
+    assert got.tokens_per_s_per_gpu == pytest.approx(full.tokens_per_s_per_gpu, rel=1e-9)
+    assert got.tpot_s == pytest.approx(full.tpot_s, rel=1e-9)
+    assert got.bound == full.bound
+    for name, value in full.breakdown.items():
+        assert got.breakdown[name] == pytest.approx(value, rel=1e-9, abs=1e-15), name
+
+
+def test_counts_are_shared_across_hardware_and_precision(r1_trace: Path) -> None:
+    fr = FastReplay(r1_trace)
+    a = Deployment(hw="h200-sxm", ep=16, batch_per_gpu=32, kv_len=1024)
+    fr.phase(a)
+    fr.phase(a.replace(hw="h100-sxm", precision=FP4, tbo=True, impl="deepep-ll"))
+    (work,) = fr._workloads.values()
+    assert len(work._windows) == 1  # one counted window served both deployments
+    fr.phase(a.replace(hw="gb200-nvl72"))  # 72 GPUs per domain: another split of the traffic
+    assert len(work._windows) == 2

@@ -1,0 +1,665 @@
+"""Counted workloads: a phase's routing read once, counted once per expert layout and batch, and
+shared by every deployment that needs the same counts (the fast path of ``tracekit.replay.fast``).
+
+A replay counts its routing window by window into per-peer matrices (:mod:`tracekit.replay.counts`);
+the timing stage then reduces them to a few numbers per (step, layer, rank). Here those numbers are
+counted straight from the routing, kept in memory as one ``[N, L, K]`` array of the phase's token
+stream, so that a search over deployments pays for the routing once:
+
+- :class:`RoutingStream`: the expert ids of each token of a phase, in stream order (trace step,
+  rank, token index), read from the trace's row groups once;
+- :class:`Workloads`: the counts of an expert layout (placement epochs on ``G`` expert groups,
+  ``D`` groups per scale-up domain) under a re-batched schedule (``B`` tokens per group per step),
+  cached by ``(layout, B, steps)``. The hardware, precision, communication implementation,
+  two-batch overlap and the attention layout of a deployment do not change them: every deployment
+  with the same layout and batch reuses one :class:`CountedWindow`;
+- :class:`CountedWindow`: per (step, trace MoE layer, group) ``[W, L, G]``: what the grouped expert
+  GEMMs depend on (:class:`tracekit.cost.kernels.GroupedRows`, also per two-batch-overlap half) and
+  the link loads of each deduplication rule (:class:`tracekit.replay.timing.RoutedCounts`).
+
+Replayed token ``g`` of the cyclically repeated stream is stream token ``g mod N`` on step
+``g // (B G)`` and group ``(g // B) mod G``, as :func:`tracekit.replay.schedule.make_schedule` places
+it; a destination of a token is its slot's group (``slot // slots per group``). Every count is a
+``bincount`` or a reshaped sum over ``[W, G, B, L, K]``: no Python loop runs per token, and no
+``[W, L, G, G]`` matrix is built.
+
+Shape legend: ``N`` stream tokens, ``L`` trace MoE layers, ``K`` top-k, ``W`` replayed steps, ``G``
+expert groups, ``B`` tokens per group per step, ``S`` physical slots, ``D`` groups per domain.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from tracekit.cost.kernels import GROUPED_TILE_ROWS, GroupedRows
+from tracekit.errors import DeploymentError, TraceError
+from tracekit.hardware import COMM_IMPL_REGISTRY, comm_impl
+from tracekit.placement import Placement, route_to_slots
+from tracekit.replay.counts import ROWS_PER_BATCH, _expert_ids, _sort_columns
+from tracekit.replay.schedule import PhaseTokens, TokenIndex
+from tracekit.replay.timing import RoutedCounts
+from tracekit.trace.reader import Trace
+from tracekit.trace.rowgroups import RowGroupReader, min_max
+
+#: Largest routing array (bytes) a stream keeps in memory.
+MAX_STREAM_BYTES = 4 * 2**30
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RoutingStream:
+    """The routing of one phase's token stream, in memory."""
+
+    phase: str
+    #: [N, L, K] expert ids of each stream token at each trace MoE layer (-1: no routing row).
+    expert_ids: np.ndarray
+    #: Trace MoE layers, in the order of the second axis.
+    layers: tuple[int, ...]
+    num_experts: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.expert_ids.shape[0])
+
+    @cached_property
+    def complete(self) -> bool:
+        """Every token has a routing row at every layer."""
+        return bool((self.expert_ids[..., 0] >= 0).all())
+
+    def suffix(self, start: int) -> RoutingStream:
+        """The stream from token ``start`` on (a placement's ``from_step`` drops the tokens before it)."""
+        if start == 0:
+            return self
+        return RoutingStream(
+            phase=self.phase,
+            expert_ids=self.expert_ids[start:],
+            layers=self.layers,
+            num_experts=self.num_experts,
+        )
+
+
+def load_stream(
+    trace: Trace, index: TokenIndex, phase: str, *, layers: tuple[int, ...], top_k: int, num_experts: int
+) -> RoutingStream:
+    """Read the routing of ``phase``'s tokens (``index.stream_flat[phase]``) into an ``[N, L, K]``
+    array, row group by row group (the rows of other phases and of layers not replayed are dropped)."""
+    stream = index.stream_flat.get(phase, np.zeros(0, np.int64))
+    N, L = int(stream.size), len(layers)
+    need = N * L * top_k * 2
+    if need > MAX_STREAM_BYTES:
+        raise TraceError(
+            f"{trace.path}: the {phase} routing ({N:,} tokens x {L} layers x top-{top_k}) needs "
+            f"{need / 2**30:.1f} GiB in memory, more than the fast path keeps ({MAX_STREAM_BYTES / 2**30:.0f} "
+            "GiB); plan on a shorter trace (tracekit synth --steps) or replay deployments one by one"
+        )
+    ids = np.full((N, L, top_k), -1, dtype=np.int16)
+    position = np.full(int(index.offset[-1]), -1, dtype=np.int64)
+    position[stream] = np.arange(N)
+    layer_pos = np.full(max(layers) + 1, -1, dtype=np.int64)
+    layer_pos[list(layers)] = np.arange(L)
+    files = tuple(str(f) for f in trace.files("routing"))
+    if not files:
+        raise TraceError(
+            f"{trace.path}: the trace has no routing rows; the replay needs per-token routing "
+            "(record with tracekit record, or synthesize with tracekit synth)"
+        )
+    reader = RowGroupReader(
+        files=files,
+        table="routing",
+        columns=("rank", "step", "layer", "token_index", "expert_ids"),
+        stat_columns=("rank", "step", "layer", "token_index", "expert_ids"),
+        batch_rows=ROWS_PER_BATCH,
+        keep=0,
+    )
+    lo_id, hi_id = 0, -1
+    for f, i, *_ in reader.row_groups:
+        item = (f, i)
+        bounds = reader.bounds.get(item, {})
+        for batch in reader.read(item):
+            if batch.num_rows == 0:
+                continue
+            layer = batch.column("layer").to_numpy().astype(np.int64)
+            fl, ok = index.flat(
+                batch.column("rank").to_numpy(),
+                batch.column("step").to_numpy(),
+                batch.column("token_index").to_numpy(),
+                bounds,
+            )
+            inside = (layer >= 0) & (layer < layer_pos.size)
+            lpos = np.where(inside, layer_pos[np.where(inside, layer, 0)], -1)
+            p = position[fl]
+            keep = (p >= 0) & (lpos >= 0)
+            if ok is not None:
+                keep &= ok
+            sel = np.flatnonzero(keep)
+            if not sel.size:
+                continue
+            chosen = _expert_ids(batch.column("expert_ids"), top_k)[sel]
+            a, b = min_max(chosen)
+            lo_id, hi_id = min(lo_id, a), max(hi_id, b)
+            ids[p[sel], lpos[sel]] = chosen
+    if hi_id >= num_experts or lo_id < 0:
+        raise TraceError(
+            f"{trace.path}: routing holds expert ids {lo_id}..{hi_id} outside 0..{num_experts - 1}; the "
+            "trace does not match its model's expert count"
+        )
+    return RoutingStream(phase=phase, expert_ids=ids, layers=tuple(layers), num_experts=num_experts)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Layout:
+    """Where a deployment's experts sit, as the counts see it."""
+
+    #: What identifies the placement (the counts of equal keys are shared): e.g. ``("contiguous",
+    #: redundant slots)`` or a placement file's path.
+    key: tuple[object, ...]
+    #: Placement epochs over the expert groups (ascending ``from_step``).
+    epochs: tuple[Placement, ...]
+    #: Expert groups (GPUs, or groups of ``moe_tp`` GPUs).
+    groups: int
+    #: Groups per scale-up domain, as the all-to-all between groups sees it.
+    domain: int
+
+    @property
+    def slots_per_group(self) -> int:
+        return self.epochs[0].slots_per_rank
+
+    @property
+    def num_slots(self) -> int:
+        return self.epochs[0].num_slots
+
+    @property
+    def replicated(self) -> bool:
+        """Some expert has several slots (the token's source decides which one it uses)."""
+        return any(bool((p.logcnt > 1).any()) for p in self.epochs)
+
+
+@dataclass(kw_only=True, eq=False)
+class CountedWindow:
+    """The counts of one layout under one re-batched schedule, all replayed steps at once
+    (``[W, L, G]`` arrays; see the module docstring). Link loads are computed per deduplication rule
+    on first use and kept."""
+
+    layout: Layout
+    #: Tokens per group per step.
+    batch: int
+    num_steps: int
+    top_k: int
+    #: [W, L, S] token-expert pairs each physical slot receives.
+    recv: np.ndarray
+    #: Source side, [W, L, G]: valid pairs sent, distinct destination groups of the tokens (summed),
+    #: pairs and tokens to the group itself.
+    sent_pairs: np.ndarray
+    sent_tokens: np.ndarray
+    own_pairs: np.ndarray
+    own_tokens: np.ndarray
+    #: Destination side, [W, L, G]: tokens received once per destination group.
+    recv_tokens: np.ndarray
+    #: Several domains: pairs and tokens sent to the source's own domain, received from the
+    #: destination's own domain (None in one domain).
+    local_sent_pairs: np.ndarray | None = None
+    local_sent_tokens: np.ndarray | None = None
+    local_recv_pairs: np.ndarray | None = None
+    local_recv_tokens: np.ndarray | None = None
+    #: DeepEP normal across domains, from :meth:`_domain_loads` (set by the workloads on request).
+    domain_loads: dict[str, np.ndarray] | None = None
+    _loads: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    _rows: dict[int, GroupedRows] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.num_steps, int(self.recv.shape[1]), self.layout.groups)
+
+    @cached_property
+    def local(self) -> np.ndarray:
+        """[W, L, G, S/G] pairs per slot of each group."""
+        W, L, G = self.shape
+        return self.recv.reshape(W, L, G, self.layout.slots_per_group)
+
+    @cached_property
+    def recv_pairs(self) -> np.ndarray:
+        return self.local.sum(axis=-1)
+
+    def grouped_rows(self, micro_batches: int) -> GroupedRows:
+        """[M, W, L, G] what each group's grouped GEMMs depend on; under two-batch overlap (``M = 2``)
+        each slot's pairs split ``ceil / floor`` between the micro-batches, as the timing stage splits them."""
+        if micro_batches not in self._rows:
+            t = self.local
+            if micro_batches == 2:  # ceil and floor halves (counts may be uint8: no t + 1)
+                self._rows[2] = _stack_rows([_rows_of(t // 2 + (t & 1)), _rows_of(t // 2)])
+            else:
+                self._rows[1] = _stack_rows([_rows_of(t)])
+        return self._rows[micro_batches]
+
+    def routed_counts(self, impl: str) -> RoutedCounts:
+        """The :class:`RoutedCounts` of communication implementation ``impl`` (loads per token)."""
+        return RoutedCounts(
+            loads=self.link_loads(impl),
+            tokens_recv=self.recv_pairs.astype(np.float64),
+            active_experts=(self.local > 0).sum(axis=-1),
+            sent_tokens=(self.sent_tokens - self.own_tokens).astype(np.float64),
+            recv_tokens=(self.recv_tokens - self.own_tokens).astype(np.float64),
+        )
+
+    def link_loads(self, impl: str) -> dict[str, np.ndarray]:
+        """Each group's NVLink and NIC tokens sent and received in one dispatch of ``impl``, as
+        :func:`tracekit.cost.link_loads` gives them from the per-peer matrices (one byte per token)."""
+        spec = comm_impl(impl)
+        G, D = self.layout.groups, self.layout.domain
+        key = f"{spec.dedup}:{spec.links}"
+        if key in self._loads:
+            return self._loads[key]
+        if spec.dedup == "domain" and G > D:
+            if self.domain_loads is None:
+                raise RuntimeError("workload: DeepEP-normal loads were not counted")
+            out = self.domain_loads
+        else:
+            if spec.dedup == "expert":
+                sent, recv, own = self.sent_pairs, self.recv_pairs, self.own_pairs
+                lsent, lrecv = self.local_sent_pairs, self.local_recv_pairs
+            else:
+                sent, recv, own = self.sent_tokens, self.recv_tokens, self.own_tokens
+                lsent, lrecv = self.local_sent_tokens, self.local_recv_tokens
+            if spec.links == "nic":
+                lsent, lrecv = own, own
+            elif G <= D or lsent is None or lrecv is None:
+                lsent, lrecv = sent, recv
+            f = np.float64
+            out = {
+                "nvlink_sent": (lsent - own).astype(f),
+                "nvlink_recv": (lrecv - own).astype(f),
+                "network_sent": (sent - lsent).astype(f),
+                "network_recv": (recv - lrecv).astype(f),
+            }
+            if spec.links == "domain" and np.any(out["network_sent"] > 0):
+                others = [c.name for c in COMM_IMPL_REGISTRY.values() if c.links != "domain"]
+                raise DeploymentError(
+                    f"{impl} runs inside one scale-up domain only; {G} ranks span {-(-G // D)} domains of "
+                    f"{D}: use {', '.join(others)}, or fewer ranks"
+                )
+        self._loads[key] = out
+        return out
+
+
+def _rows_of(t: np.ndarray) -> GroupedRows:
+    """GroupedRows of integer slot counts ``t[..., S]`` (exactly what ``GroupedRows.of`` gives)."""
+    return GroupedRows(
+        rows=t.sum(axis=-1).astype(np.float64),
+        active=(t > 0).sum(axis=-1).astype(np.float64),
+        row_tiles={
+            name: (t // bm + (t % bm > 0)).sum(axis=-1).astype(np.float64)
+            for name, bm in GROUPED_TILE_ROWS.items()
+        },
+    )
+
+
+def _stack_rows(parts: list[GroupedRows]) -> GroupedRows:
+    return GroupedRows(
+        rows=np.stack([p.rows for p in parts]),
+        active=np.stack([p.active for p in parts]),
+        row_tiles={k: np.stack([p.row_tiles[k] for p in parts]) for k in GROUPED_TILE_ROWS},
+    )
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _Destinations:
+    """Per token (of the stream, or of the replayed positions for a replicated layout) and layer, for
+    one layout: its choices' groups sorted ascending, ``G`` for a choice without routing."""
+
+    #: [n, L, K] sorted destination groups (uint8, or uint16 beyond 255 groups).
+    groups: np.ndarray
+    #: [n, L, K] the choice is the token's first to its group (and valid).
+    first: np.ndarray
+    #: [n, L, K] the choice is the token's first to its domain (and valid); None in one domain.
+    first_domain: np.ndarray | None
+    #: [n, L] valid choices, and distinct destination groups.
+    num_valid: np.ndarray
+    num_groups: np.ndarray
+
+    def at(self, pos: np.ndarray | None) -> _Destinations:
+        """The destinations of replayed positions (stream token ``pos``; None: the identity)."""
+        if pos is None:
+            return self
+        return _Destinations(
+            groups=self.groups[pos],
+            first=self.first[pos],
+            first_domain=None if self.first_domain is None else self.first_domain[pos],
+            num_valid=self.num_valid[pos],
+            num_groups=self.num_groups[pos],
+        )
+
+
+def _destinations(slots: np.ndarray, layout: Layout) -> _Destinations:
+    """Sorted destination groups and first-occurrence marks of ``slots`` [n, L, K] (``num_slots``:
+    no routing)."""
+    G, D, spg = layout.groups, layout.domain, layout.slots_per_group
+    K = slots.shape[-1]
+    dtype = np.uint8 if G < 255 else np.uint16
+    dst = np.minimum(slots // spg, G).astype(dtype)
+    groups = np.stack(_sort_columns([dst[..., k] for k in range(K)]), axis=-1)
+    valid = groups < G
+    first = np.ones(groups.shape, dtype=bool)
+    first[..., 1:] = groups[..., 1:] != groups[..., :-1]
+    first &= valid
+    first_domain = None
+    if G > D:
+        dom = groups // D
+        first_domain = np.ones(groups.shape, dtype=bool)
+        first_domain[..., 1:] = dom[..., 1:] != dom[..., :-1]
+        first_domain &= valid
+    return _Destinations(
+        groups=groups,
+        first=first,
+        first_domain=first_domain,
+        num_valid=valid.sum(axis=-1, dtype=np.uint8),
+        num_groups=first.sum(axis=-1, dtype=np.uint8),
+    )
+
+
+#: Counter bins filled by one ``bincount`` (the counts of larger block sets are made in parts).
+MAX_BINS = 8_000_000
+
+
+@dataclass(kw_only=True, eq=False)
+class _Chain:
+    """Counts of one kind of choice per block of ``c`` consecutive replayed positions, by layer and
+    destination (``[blocks, L, V]``), for several block sizes: a block of ``2c`` is two blocks of
+    ``c``, so once one size is counted the larger ones are sums of pairs (:meth:`Workloads._blocks`)."""
+
+    #: [n, L, K] destination of each choice over the stream (``V``: not counted).
+    values: np.ndarray
+    V: int
+    #: Largest count one token adds to one (block, layer, destination).
+    per_token: int
+    #: Block size -> counts of the blocks computed so far (from position 0).
+    sizes: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+def _count_dtype(bound: int) -> type[np.unsignedinteger] | type[np.signedinteger]:
+    return np.uint8 if bound < 2**8 else np.uint16 if bound < 2**16 else np.int32  # type: ignore[return-value]
+
+
+class Workloads:
+    """The counted workloads of one phase of a trace (see the module docstring), cached."""
+
+    def __init__(self, stream: RoutingStream, tokens: PhaseTokens, *, top_k: int) -> None:
+        if stream.num_tokens != tokens.num_tokens:
+            raise ValueError("workloads: routing stream and tokens differ in length")
+        self.stream = stream
+        self.tokens = tokens
+        self.top_k = top_k
+        self._lock = threading.RLock()
+        self._slots: dict[tuple[object, ...], np.ndarray] = {}
+        self._dest: dict[tuple[object, ...], _Destinations] = {}
+        self._chains: dict[tuple[object, ...], _Chain] = {}
+        self._windows: dict[tuple[object, ...], CountedWindow] = {}
+
+    @property
+    def N(self) -> int:
+        return self.stream.num_tokens
+
+    @property
+    def L(self) -> int:
+        return len(self.stream.layers)
+
+    # -- per layout -------------------------------------------------------------------------------
+    def _epoch_of_token(self, epochs: tuple[Placement, ...]) -> np.ndarray | None:
+        if len(epochs) == 1:
+            return None
+        from_steps = np.array([p.from_step for p in epochs], dtype=np.int64)
+        return np.maximum(np.searchsorted(from_steps, self.tokens.trace_step, side="right") - 1, 0)
+
+    def _slot_key(self, layout: Layout) -> tuple[object, ...]:
+        """Layouts whose slots hold experts ``0 .. E-1`` in order share their slot counts."""
+        E = self.stream.num_experts
+        identity = all(p.num_slots == E and bool((p.phy2log == np.arange(E)).all()) for p in layout.epochs)
+        return ("identity",) if identity else (*layout.key, layout.groups)
+
+    def slots(self, layout: Layout) -> np.ndarray:
+        """[N, L, K] physical slot of every choice (``num_slots`` where there is no routing row), for a
+        layout without replicas (each expert has one slot: the token's source does not matter)."""
+        key = self._slot_key(layout)
+        got = self._slots.get(key)
+        if got is not None:
+            return got
+        epochs, L = layout.epochs, self.L
+        E, S = self.stream.num_experts, layout.num_slots
+        table = np.full((len(epochs), L, E + 1), S, dtype=np.int32)  # the last column: no routing row
+        for ei, p in enumerate(epochs):
+            for li, layer in enumerate(self.stream.layers):
+                table[ei, li, p.row(layer)] = np.arange(S)
+        ids = self.stream.expert_ids.astype(np.int32)
+        ids = np.where(ids < 0, E, ids)
+        epoch = self._epoch_of_token(epochs)
+        lay = np.arange(L)[None, :, None]
+        out = table[0][lay, ids] if epoch is None else table[epoch[:, None, None], lay, ids]
+        out = out.astype(np.uint16 if S < 2**16 else np.int32)
+        self._slots[key] = out
+        return out
+
+    def _stream_destinations(self, layout: Layout) -> _Destinations:
+        key = (*layout.key, layout.groups, layout.domain)
+        got = self._dest.get(key)
+        if got is None:
+            got = self._dest[key] = _destinations(self.slots(layout), layout)
+        return got
+
+    def _chain(self, key: tuple[object, ...], make: Callable[[], tuple[np.ndarray, int, int]]) -> _Chain:
+        got = self._chains.get(key)
+        if got is None:
+            values, V, per_token = make()
+            got = self._chains[key] = _Chain(values=values, V=V, per_token=per_token)
+        return got
+
+    def _blocks(self, chain: _Chain, c: int, blocks: int) -> np.ndarray:
+        """[blocks, L, V] counts of ``chain`` per block of ``c`` replayed positions (see :class:`_Chain`)."""
+        have = chain.sizes.get(c)
+        if have is not None and have.shape[0] >= blocks:
+            return have[:blocks]
+        start = 0 if have is None else have.shape[0]
+        below = [x for x in chain.sizes if x < c and c % x == 0 and (c // x) & (c // x - 1) == 0]
+        if below:  # sums of pairs of the next smaller size (itself from the smallest counted)
+            half = self._blocks(chain, c // 2, 2 * blocks)[2 * start :]
+            dtype = _count_dtype(c * chain.per_token)
+            new = half[0::2].astype(dtype) + half[1::2].astype(dtype)
+        else:
+            new = self._count_blocks(chain, c, start, blocks)
+        out = new if have is None else np.concatenate([have, new.astype(have.dtype)])
+        chain.sizes[c] = out
+        return out
+
+    def _count_blocks(self, chain: _Chain, c: int, first: int, last: int) -> np.ndarray:
+        """Blocks ``first .. last - 1`` of size ``c`` counted from the values (in parts of at most
+        ``MAX_BINS`` counters)."""
+        L, V = self.L, chain.V
+        dtype = _count_dtype(c * chain.per_token)
+        out = np.zeros((last - first, L, V), dtype=dtype)
+        step = max(1, MAX_BINS // (L * (V + 1)))
+        lay = np.arange(L, dtype=np.int64)[None, :, None]
+        for j0 in range(first, last, step):
+            j1 = min(last, j0 + step)
+            pos = np.arange(j0 * c, j1 * c, dtype=np.int64) % chain.values.shape[0]
+            blk = (np.arange(j1 * c - j0 * c, dtype=np.int64) // c)[:, None, None]
+            keys = (blk * L + lay) * (V + 1) + chain.values[pos]
+            counts = np.bincount(keys.reshape(-1), minlength=(j1 - j0) * L * (V + 1))
+            out[j0 - first : j1 - first] = counts.reshape(j1 - j0, L, V + 1)[..., :V]
+        return out
+
+    # -- per schedule -----------------------------------------------------------------------------
+    def window(
+        self, layout: Layout, *, batch: int, num_steps: int | None = None, deepep_normal: bool = False
+    ) -> CountedWindow:
+        """The counts of ``layout`` with ``batch`` tokens per group per step (cached); ``num_steps``
+        as :func:`~tracekit.replay.schedule.make_schedule` takes it. ``deepep_normal``: also count the
+        per-domain loads of DeepEP's normal kernels across domains."""
+        G = layout.groups
+        W = num_steps if num_steps is not None else max(1, -(-self.N // (batch * G)))
+        key = (*layout.key, G, layout.domain, batch, W)
+        with self._lock:
+            win = self._windows.get(key)
+            if win is None:
+                win = self._windows[key] = self._count(layout, batch, W)
+            if deepep_normal and win.domain_loads is None and layout.domain < G:
+                win.domain_loads = self._domain_loads(layout, batch, W)
+        return win
+
+    def _positions(self, total: int) -> np.ndarray | None:
+        """Stream token of each replayed position ``0 .. total - 1`` (None: the identity)."""
+        return None if total == self.N else np.arange(total, dtype=np.int64) % self.N
+
+    def _replica_slots(self, layout: Layout, batch: int, W: int) -> np.ndarray:
+        """[n, L, K] slots of a replicated layout at every replayed position: ``route_to_slots``
+        over every (step, epoch) dispatch of a layer at once, each dispatch's tokens in (source group,
+        stream position) order, as the replay's counting routes them."""
+        G = layout.groups
+        total = W * G * batch
+        p = np.arange(total, dtype=np.int64) % self.N
+        ids = self.stream.expert_ids[p]  # [n, L, K]
+        src = (np.arange(total) // batch) % G
+        step = np.arange(total) // (G * batch)
+        epoch = self._epoch_of_token(layout.epochs)
+        ep_of = np.zeros(total, dtype=np.int64) if epoch is None else epoch[p]
+        out = np.full(ids.shape, layout.num_slots, dtype=np.int32)
+        valid = ids[..., 0] >= 0  # [n, L]
+        order = np.lexsort((p, src, step))
+        for ei, placement in enumerate(layout.epochs):
+            in_epoch = order[ep_of[order] == ei]
+            for li, layer in enumerate(self.stream.layers):
+                rows = in_epoch[valid[in_epoch, li]]
+                if rows.size:
+                    out[rows, li] = route_to_slots(
+                        placement, layer, ids[rows, li], src[rows], layout.domain, dispatch=step[rows]
+                    )
+        return out
+
+    def _count(self, layout: Layout, batch: int, W: int) -> CountedWindow:
+        G, D, K, L = layout.groups, layout.domain, self.top_k, self.L
+        S, B = layout.num_slots, batch
+        n = W * G * B
+        pos = self._positions(n)
+        per_step = G * B
+        if layout.replicated:  # the slot depends on the token's source: counted per schedule
+            slots = self._replica_slots(layout, B, W)
+            dest = _destinations(slots, layout)
+            ckey: tuple[object, ...] = (*layout.key, G, D, B, W)
+            slot_chain = self._chain(("slots", *ckey), lambda: (slots, S, 1))
+            base = dest
+        else:
+            ckey = (*layout.key, G, D)
+            slot_chain = self._chain(("slots", *self._slot_key(layout)), lambda: (self.slots(layout), S, 1))
+            base = self._stream_destinations(layout)
+            dest = base.at(pos)
+
+        def marked(mask: np.ndarray, V: int) -> np.ndarray:
+            return np.where(mask, base.groups, np.asarray(V, dtype=base.groups.dtype))
+
+        first_chain = self._chain(("first", *ckey), lambda: (marked(base.first, G), G, 1))
+        recv = self._blocks(slot_chain, per_step, W)
+        recv_tokens = self._blocks(first_chain, per_step, W)
+        # source side: each group's B tokens of a step
+        shape4 = (W, G, B, L)
+
+        def src_sum(x: np.ndarray) -> np.ndarray:  # [n, L] -> [W, L, G]
+            return np.moveaxis(x.reshape(shape4).sum(axis=2, dtype=np.int64), 1, 2)
+
+        src = np.arange(G, dtype=dest.groups.dtype)[None, :, None, None, None]
+        own = dest.groups.reshape(W, G, B, L, K) == src
+        win = CountedWindow(
+            layout=layout,
+            batch=B,
+            num_steps=W,
+            top_k=K,
+            recv=recv,
+            sent_pairs=src_sum(dest.num_valid),
+            sent_tokens=src_sum(dest.num_groups),
+            own_pairs=src_sum(own.sum(axis=-1, dtype=np.uint8).reshape(n, L)),
+            own_tokens=src_sum(own.any(axis=-1).reshape(n, L)),
+            recv_tokens=recv_tokens.astype(np.int64),
+        )
+        if G > D:  # what stays in the source's domain; a domain's tokens are B * D consecutive positions
+            Q = -(-G // D)
+            same = (dest.groups // D).reshape(W, G, B, L, K) == (src // D)
+            same &= (dest.groups < G).reshape(same.shape)
+            win.local_sent_pairs = src_sum(same.sum(axis=-1, dtype=np.uint8).reshape(n, L))
+            same &= dest.first.reshape(same.shape)
+            win.local_sent_tokens = src_sum(same.sum(axis=-1, dtype=np.uint8).reshape(n, L))
+            pair_chain = self._chain(("pairs", *ckey), lambda: (marked(base.groups < G, G), G, K))
+            dom_of = np.arange(G) // D
+            if G % D == 0:
+                blocks = W * Q
+
+                def local(chain: _Chain) -> np.ndarray:
+                    x = self._blocks(chain, B * D, blocks).reshape(W, Q, L, G)
+                    return np.take_along_axis(x, dom_of[None, None, None, :].repeat(W, 0), axis=1)[:, 0]
+
+            else:  # the last domain is partial: count per step with the source's domain in the key
+
+                def local(chain: _Chain) -> np.ndarray:
+                    return self._local_partial(chain, dest, B, W, G, D)
+
+            win.local_recv_pairs = local(pair_chain).astype(np.int64)
+            win.local_recv_tokens = local(first_chain).astype(np.int64)
+        return win
+
+    def _local_partial(
+        self, chain: _Chain, dest: _Destinations, B: int, W: int, G: int, D: int
+    ) -> np.ndarray:
+        """[W, L, G] of ``chain``'s counts from sources in the destination's own domain, when the groups
+        do not fill whole domains (a bincount over the replayed positions)."""
+        L, n = self.L, W * G * B
+        pos = np.arange(n, dtype=np.int64) % chain.values.shape[0]
+        vals = chain.values[pos].astype(np.int64)  # G: not counted
+        src_dom = ((np.arange(n) // B) % G) // D
+        keep = (vals < G) & ((vals // D) == src_dom[:, None, None])
+        step = (np.arange(n) // (G * B))[:, None, None]
+        keys = ((step * L + np.arange(L)[None, :, None]) * G + vals)[keep]
+        return np.bincount(keys, minlength=W * L * G).reshape(W, L, G)
+
+    def _domain_loads(self, layout: Layout, batch: int, W: int) -> dict[str, np.ndarray]:
+        """DeepEP normal across domains (as ``tracekit.cost.comm`` prices it from the matrices): NVLink
+        carries every (token, group) pair whose local indices differ, forwarded inside the destination
+        domain; the NIC one copy per (token, remote destination domain)."""
+        G, D, L = layout.groups, layout.domain, self.L
+        if G % D:
+            raise DeploymentError(
+                f"deepep-normal across domains needs whole domains: {G} ranks is not a multiple of {D} per domain"
+            )
+        n = W * G * batch
+        if layout.replicated:
+            dest = _destinations(self._replica_slots(layout, batch, W), layout)
+        else:
+            dest = self._stream_destinations(layout).at(self._positions(n))
+        first_dom = dest.first_domain
+        if first_dom is None:
+            raise RuntimeError("workload: no domain marks in one domain")
+        step = np.repeat(np.arange(W, dtype=np.int64), G * batch)
+        src = (np.arange(n, dtype=np.int64) // batch) % G
+        src_local, src_dom = (src % D)[:, None, None], (src // D)[:, None, None]
+        groups = np.minimum(dest.groups, G - 1).astype(np.int64)
+        dst_local, dst_dom = groups % D, groups // D
+        base = step[:, None, None] * L + np.arange(L, dtype=np.int64)[None, :, None]
+
+        def count(keys: np.ndarray, mask: np.ndarray) -> np.ndarray:  # -> [W, L, G]
+            return np.bincount(keys[mask], minlength=W * L * G).reshape(W, L, G).astype(np.float64)
+
+        crossed = dest.first & (dst_local != src_local)
+        # NVLink sent by rank (b, i): tokens of local index i's ranks to domain b's ranks j != i;
+        # received by rank (b, j): tokens to it from ranks of local index i != j
+        nvl_sent = count(base * G + dst_dom * D + src_local, crossed)
+        nvl_recv = count(base * G + groups, crossed)
+        # NIC received by rank (b, i): one copy per token from local index i's ranks of other domains
+        remote = first_dom & (dst_dom != src_dom)
+        net_recv = count(base * G + dst_dom * D + src_local, remote)
+        net_sent = np.moveaxis(
+            remote.reshape(W, G, batch, L, -1).sum(axis=(2, 4), dtype=np.int64), 1, 2
+        ).astype(np.float64)
+        return {
+            "nvlink_sent": nvl_sent,
+            "nvlink_recv": nvl_recv,
+            "network_sent": net_sent,
+            "network_recv": net_recv,
+        }
