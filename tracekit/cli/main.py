@@ -48,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "import": "tracekit.cli.io:import_",
     "export": "tracekit.cli.io:export",
     "bench": "tracekit.cli.bench:bench",
+    "plan": "tracekit.cli.plan:plan",
 }
 
 
