@@ -84,3 +84,11 @@ def test_plan_user_errors_are_one_line(args: list[str], message: str) -> None:
     assert res.exit_code != 0
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_progress_is_silent_when_stderr_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    from tracekit.cli.plan import progress_bar
+
+    with progress_bar("searching") as progress:
+        assert progress is None  # pytest's captured stderr is not a terminal
+    assert capsys.readouterr().err == ""

@@ -53,7 +53,7 @@ def _bools(choice: str | None) -> tuple[bool, ...] | None:
 
 
 @contextlib.contextmanager
-def _progress(label: str) -> Iterator[Callable[[str, int, int], None] | None]:
+def progress_bar(label: str) -> Iterator[Callable[[str, int, int], None] | None]:
     """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
     import sys
 
@@ -229,7 +229,7 @@ def plan(trace: Path | None, synth_spec: str | None, prefill_trace: Path | None,
         assert trace is not None
         fast = FastReplay(trace)
         pre = FastReplay(prefill_trace) if prefill_trace is not None else None
-        with _progress("searching") as progress:
+        with progress_bar("searching") as progress:
             result = run_plan(inputs, fast, prefill_trace=pre, progress=progress)
     if out is not None:
         write_plan(result, out, overwrite=force, plot=not no_plot)

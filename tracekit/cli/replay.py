@@ -508,8 +508,11 @@ def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tupl
     target_model(opened, base.model)
     for point in points:
         check_deployment_sizes(opened, point)
+    from tracekit.cli.plan import progress_bar
+
     click.echo(f"sweeping {len(points)} deployments ...", err=True)
-    df = run_sweep(trace, points, jobs=jobs)
+    with progress_bar("replaying") as progress:
+        df = run_sweep(trace, points, jobs=jobs, progress=progress)
     write_sweep(out, trace, df, overwrite=force, plot=not no_plot)
     front = pareto(df)
     if as_json:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -84,17 +84,32 @@ def _point(args: tuple[str, Deployment]) -> dict[str, Any]:
     }
 
 
-def run_sweep(trace: str | Path, points: Sequence[Deployment], *, jobs: int | None = None) -> pl.DataFrame:
-    """Replay every point (decode), in parallel over ``jobs`` processes; one row per point."""
+def run_sweep(
+    trace: str | Path,
+    points: Sequence[Deployment],
+    *,
+    jobs: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> pl.DataFrame:
+    """Replay every point (decode), in parallel over ``jobs`` processes; one row per point.
+    ``progress(what, done, total)`` is called as points finish."""
     jobs = jobs or min(len(points), os.cpu_count() or 1)
     work = [(str(trace), d) for d in points]
+    rows: list[dict[str, Any]] = []
     if jobs <= 1 or len(points) <= 1:
-        rows = [_point(w) for w in work]
+        results: Iterable[dict[str, Any]] = map(_point, work)
+        for row in results:
+            rows.append(row)
+            if progress is not None:
+                progress("sweep", len(rows), len(work))
     else:
         # spawn: forking a process that already runs polars / DuckDB thread pools can deadlock.
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            rows = list(pool.map(_point, work))
+            for row in pool.map(_point, work):
+                rows.append(row)
+                if progress is not None:
+                    progress("sweep", len(rows), len(work))
     return pl.DataFrame(rows, schema=POINT_COLUMNS)
 
 
