@@ -286,7 +286,7 @@ def plan(
                 f"TP {list(grid.tps)}); give more GPUs or smaller EP degrees"
             )
     pre_source = prefill_trace if prefill_trace is not None else trace
-    has_prefill = "prefill" in pre_source._phase_tokens(Deployment(hw=inputs.systems[0]), None).tokens
+    has_prefill = pre_source.has_phase("prefill")
     notes: list[str] = []
     if not has_prefill:
         notes.append(

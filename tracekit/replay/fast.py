@@ -82,17 +82,17 @@ class FastReplay:
         self._layouts: dict[tuple[object, ...], Layout] = {}
 
     # -- shared parts -------------------------------------------------------------------------------
-    def _phase_tokens(self, dep: Deployment, min_step: int | None) -> _Tokens:
-        key = (dep.kv_len, dep.kv_len_mean, dep.prefix_hit, min_step)
+    def _phase_tokens(self, dep: Deployment | None, min_step: int | None) -> _Tokens:
+        """The trace's tokens as ``dep`` sees them (KV lengths, prefix hits; None: as recorded)."""
+        kv_len, kv_mean, hit = (
+            (None, None, None) if dep is None else (dep.kv_len, dep.kv_len_mean, dep.prefix_hit)
+        )
+        key = (kv_len, kv_mean, hit, min_step)
         with self._lock:
             got = self._tokens.get(key)
             if got is None:
                 tokens, index = load_tokens(
-                    self.trace,
-                    kv_len=dep.kv_len,
-                    kv_len_mean=dep.kv_len_mean,
-                    prefix_hit=dep.prefix_hit,
-                    min_step=min_step,
+                    self.trace, kv_len=kv_len, kv_len_mean=kv_mean, prefix_hit=hit, min_step=min_step
                 )
                 got = self._tokens[key] = _Tokens(tokens=tokens, index=index)
             return got
@@ -174,6 +174,10 @@ class FastReplay:
             with self._lock:
                 self._scheduled[key] = got
         return got
+
+    def has_phase(self, phase: str) -> bool:
+        """Whether the trace holds tokens of ``phase``."""
+        return phase in self._phase_tokens(None, None).tokens
 
     # -- a deployment --------------------------------------------------------------------------------
     def phase(self, dep: Deployment, phase: str = "decode", *, pool: str = "all") -> PhaseSummary:
