@@ -69,14 +69,16 @@ def _known(x: float | None) -> float:
     return x
 
 
-def test_moe_tp_wins_at_high_interactivity_and_dp_at_high_throughput(traces: tuple[Path, Path]) -> None:
+def test_moe_tp_and_attention_tp_win_at_high_interactivity_and_dp_at_high_throughput(
+    traces: tuple[Path, Path],
+) -> None:
     decode, prefill = traces
     fast, pre = FastReplay(decode), FastReplay(prefill)
 
-    def best(per_user: float) -> dict[str, object]:
+    def best(per_user: float, grid: Grid = GRID) -> dict[str, object]:
         sla = Sla(isl=ISL, osl=OSL, ttft_s=2.0, tpot_s=1.0 / per_user)
         res = plan(
-            PlanInputs(systems=("h200-sxm",), total_gpus=(16,), sla=sla, grid=GRID), fast, prefill_trace=pre
+            PlanInputs(systems=("h200-sxm",), total_gpus=(16,), sla=sla, grid=grid), fast, prefill_trace=pre
         )
         rows = res.best.filter(pl.col("mode") == "disaggregated").to_dicts()
         assert len(rows) == 1
@@ -99,6 +101,15 @@ def test_moe_tp_wins_at_high_interactivity_and_dp_at_high_throughput(traces: tup
     ok = [b for b in GRID.batches if (speed["TP8 MoE-TP8"][b] or 0.0) >= tight]
     assert chosen["batch_per_gpu"] == max(ok)
     assert chosen["tokens_per_s_per_user"] == pytest.approx(speed["TP8 MoE-TP8"][max(ok)], rel=1e-9)
+
+    # Without MoE TP: attention TP8 reads 1/8 of the attention projections and the shared expert per
+    # GPU, so at one sequence per GPU it beats EP8 DP8 per user (the experts and all-to-all are alike)
+    assert one["TP8 EP8"] > one["EP8 DP8"]
+    between = 0.5 * (one["TP8 EP8"] + one["EP8 DP8"])
+    chosen = best(between, dataclasses.replace(GRID, moe_tp=(False,)))
+    assert (chosen["tp"], chosen["moe_tp"]) == (8, 1)
+    ok = [b for b in GRID.batches if (speed["TP8 EP8"][b] or 0.0) >= between]
+    assert chosen["batch_per_gpu"] == max(ok)
 
     loose = 0.9 * min(v for v in speed["EP8 DP8"].values() if v is not None)  # every fitting point meets it
     chosen = best(loose)
