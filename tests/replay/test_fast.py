@@ -56,6 +56,12 @@ DEPLOYMENTS = [
         Deployment(hw="h200-sxm", ep=16, tp=8, moe_tp=8, batch_per_gpu=16, kv_len=2048), id="h200-moe-tp8"
     ),
     pytest.param(Deployment(hw="h200-sxm", ep=24, batch_per_gpu=40, kv_len=512), id="h200-ep24-3nodes"),
+    # fewer steps than the stream holds: only the replayed prefix is counted
+    pytest.param(Deployment(hw="h200-sxm", ep=16, batch_per_gpu=8, kv_len=2048, steps=3), id="h200-prefix"),
+    pytest.param(
+        Deployment(hw="h200-sxm", ep=24, batch_per_gpu=4, kv_len=2048, steps=5, impl="deepep-normal"),
+        id="h200-prefix-normal-3nodes",
+    ),
 ]
 
 

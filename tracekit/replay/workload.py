@@ -441,11 +441,12 @@ class Workloads:
         self._slots[key] = out
         return out
 
-    def _stream_destinations(self, layout: Layout) -> _Destinations:
-        key = (*layout.key, layout.groups, layout.domain)
+    def _stream_destinations(self, layout: Layout, used: int) -> _Destinations:
+        """Destinations of the first ``used`` stream tokens (a short schedule sorts only what it replays)."""
+        key = (*layout.key, layout.groups, layout.domain, used)
         got = self._dest.get(key)
         if got is None:
-            got = self._dest[key] = _destinations(self.slots(layout), layout)
+            got = self._dest[key] = _destinations(self.slots(layout)[:used], layout)
         return got
 
     def _chain(self, key: tuple[object, ...], make: Callable[[], tuple[np.ndarray, int, int]]) -> _Chain:
@@ -549,10 +550,15 @@ class Workloads:
             slot_chain = self._chain(("slots", *ckey), lambda: (slots, S, 1))
             base = dest
         else:
-            ckey = (*layout.key, G, D)
-            slot_chain = self._chain(("slots", *self._slot_key(layout)), lambda: (self.slots(layout), S, 1))
-            base = self._stream_destinations(layout)
-            dest = base.at(pos)
+            # a schedule replaying fewer tokens than the stream holds counts only its prefix (positions
+            # 0 .. n - 1, no wrap); one that wraps counts the whole stream, shared by every batch
+            used = min(self.N, n)
+            ckey = (*layout.key, G, D, used)
+            slot_chain = self._chain(
+                ("slots", *self._slot_key(layout), used), lambda: (self.slots(layout)[:used], S, 1)
+            )
+            base = self._stream_destinations(layout, used)
+            dest = base if n == used else base.at(pos)
 
         def marked(mask: np.ndarray, V: int) -> np.ndarray:
             return np.where(mask, base.groups, np.asarray(V, dtype=base.groups.dtype))
@@ -632,7 +638,7 @@ class Workloads:
         if layout.replicated:
             dest = _destinations(self._replica_slots(layout, batch, W), layout)
         else:
-            dest = self._stream_destinations(layout).at(self._positions(n))
+            dest = self._stream_destinations(layout, min(self.N, n)).at(self._positions(n))
         first_dom = dest.first_domain
         if first_dom is None:
             raise RuntimeError("workload: no domain marks in one domain")
