@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.replay._traces import random_ids, write_ranked_trace
 from tracekit.cost import ep_traffic
 from tracekit.placement import Placement
-from tracekit.replay.counts import RoutingSource, _sort_columns, expert_window
+from tracekit.replay.counts import RoutingSource, expert_window, sort_columns
 from tracekit.replay.schedule import load_tokens, make_schedule
 from tracekit.trace import open_trace
 
@@ -21,7 +21,7 @@ from tracekit.trace import open_trace
 @given(st.integers(1, 12), st.integers(1, 6), st.integers(0, 10_000))
 def test_sorting_network_sorts_rows(k: int, n: int, seed: int) -> None:
     x = np.random.default_rng(seed).integers(0, 5, (n, k))
-    got = np.stack(_sort_columns([x[:, i] for i in range(k)]), axis=1)
+    got = np.stack(sort_columns([x[:, i] for i in range(k)]), axis=1)
     np.testing.assert_array_equal(got, np.sort(x, axis=1))
 
 

@@ -147,7 +147,7 @@ def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
-def _sort_columns(cols: list[np.ndarray]) -> list[np.ndarray]:
+def sort_columns(cols: list[np.ndarray]) -> list[np.ndarray]:
     """Sort K equal-length columns element-wise across the columns (row-wise sort, column layout)."""
     cols = list(cols)
     for i, j in _sorting_network(len(cols)):
@@ -335,7 +335,7 @@ class _WindowCounting:
             if len(self.epochs) > 1:  # one searchsorted per batch: the epoch of each row's trace step
                 epoch = np.maximum(np.searchsorted(self.from_steps, trace_step, side="right") - 1, 0)
                 lkey = np.where(lkey >= 0, epoch * self.L + lkey, -1)
-        ids = _expert_ids(batch.column("expert_ids"), self.source.top_k)
+        ids = expert_ids_array(batch.column("expert_ids"), self.source.top_k)
         out = _replayed_rows(self.copies, fl, has_token, lcell, lkey, ids)
         id_lo, id_hi = bounds.get("expert_ids", (-1, -1))  # no statistics: check the rows
         E = self.epochs[0].num_experts
@@ -431,7 +431,7 @@ def _by_layer(table: np.ndarray, layer: np.ndarray, bounds: Bounds, missing: int
     return np.where(inside, np.take(table, np.clip(layer, 0, table.size - 1)), missing)
 
 
-def _expert_ids(lists: pa.Array, K: int) -> np.ndarray:
+def expert_ids_array(lists: pa.Array, K: int) -> np.ndarray:
     """[n, K] expert ids of a routing batch's list column."""
     if isinstance(lists, pa.FixedSizeListArray):  # the values of its rows, without a copy
         return lists.values.slice(lists.offset * K, len(lists) * K).to_numpy().reshape(-1, K)
@@ -503,7 +503,7 @@ def _count(c: _Counters, cell: np.ndarray, slots: np.ndarray) -> None:
     np.add(((cell // R - sl_lo) * S)[None, :], slots.T, out=slot_keys)
     _add_counts(c.slots, slot_keys, sl_lo * S, sl_hi * S)
     rank = np.right_shift(slots, c.spr_shift) if c.spr_shift >= 0 else np.take(c.rank_of_slot, slots)
-    rank = np.stack(_sort_columns(list(rank.astype(wide, copy=False).T)))  # [K, n], rows ascending
+    rank = np.stack(sort_columns(list(rank.astype(wide, copy=False).T)))  # [K, n], rows ascending
     repeat = (rank[1:] == rank[:-1]).astype(wide)
     if states == 3:
         node = np.take(c.node_of_rank, rank)

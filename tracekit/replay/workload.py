@@ -40,7 +40,7 @@ from tracekit.cost.kernels import GROUPED_TILE_ROWS, GroupedRows
 from tracekit.errors import DeploymentError, TraceError
 from tracekit.hardware import COMM_IMPL_REGISTRY, comm_impl
 from tracekit.placement import Placement, route_to_slots
-from tracekit.replay.counts import ROWS_PER_BATCH, _expert_ids, _sort_columns
+from tracekit.replay.counts import ROWS_PER_BATCH, expert_ids_array, sort_columns
 from tracekit.replay.schedule import PhaseTokens, TokenIndex
 from tracekit.replay.timing import RoutedCounts
 from tracekit.trace.reader import Trace
@@ -138,7 +138,7 @@ def load_stream(
             sel = np.flatnonzero(keep)
             if not sel.size:
                 continue
-            chosen = _expert_ids(batch.column("expert_ids"), top_k)[sel]
+            chosen = expert_ids_array(batch.column("expert_ids"), top_k)[sel]
             a, b = min_max(chosen)
             lo_id, hi_id = min(lo_id, a), max(hi_id, b)
             ids[p[sel], lpos[sel]] = chosen
@@ -340,7 +340,7 @@ def _destinations(slots: np.ndarray, layout: Layout) -> _Destinations:
     K = slots.shape[-1]
     dtype = np.uint8 if G < 255 else np.uint16
     dst = np.minimum(slots // spg, G).astype(dtype)
-    groups = np.stack(_sort_columns([dst[..., k] for k in range(K)]), axis=-1)
+    groups = np.stack(sort_columns([dst[..., k] for k in range(K)]), axis=-1)
     valid = groups < G
     first = np.ones(groups.shape, dtype=bool)
     first[..., 1:] = groups[..., 1:] != groups[..., :-1]
@@ -441,19 +441,26 @@ class Workloads:
         self._slots[key] = out
         return out
 
-    def _stream_destinations(self, layout: Layout, used: int) -> _Destinations:
-        """Destinations of the first ``used`` stream tokens (a short schedule sorts only what it replays)."""
+    def _stream_destinations(self, layout: Layout, used: int, *, keep: bool = True) -> _Destinations:
+        """Destinations of the first ``used`` stream tokens (a short schedule sorts only what it
+        replays); ``keep``: cache them."""
         key = (*layout.key, layout.groups, layout.domain, used)
         got = self._dest.get(key)
         if got is None:
-            got = self._dest[key] = _destinations(self.slots(layout)[:used], layout)
+            got = _destinations(self.slots(layout)[:used], layout)
+            if keep:
+                self._dest[key] = got
         return got
 
-    def _chain(self, key: tuple[object, ...], make: Callable[[], tuple[np.ndarray, int, int]]) -> _Chain:
+    def _chain(
+        self, key: tuple[object, ...], make: Callable[[], tuple[np.ndarray, int, int]], *, keep: bool = True
+    ) -> _Chain:
         got = self._chains.get(key)
         if got is None:
             values, V, per_token = make()
-            got = self._chains[key] = _Chain(values=values, V=V, per_token=per_token)
+            got = _Chain(values=values, V=V, per_token=per_token)
+            if keep:
+                self._chains[key] = got
         return got
 
     def _blocks(self, chain: _Chain, c: int, blocks: int) -> np.ndarray:
@@ -547,23 +554,28 @@ class Workloads:
             slots = self._replica_slots(layout, B, W)
             dest = _destinations(slots, layout)
             ckey: tuple[object, ...] = (*layout.key, G, D, B, W)
-            slot_chain = self._chain(("slots", *ckey), lambda: (slots, S, 1))
+            slot_chain = self._chain(("slots", *ckey), lambda: (slots, S, 1), keep=False)
             base = dest
         else:
             # a schedule replaying fewer tokens than the stream holds counts only its prefix (positions
             # 0 .. n - 1, no wrap); one that wraps counts the whole stream, shared by every batch
+            # (a prefix is not kept: a sweep over many batches would hold one per batch)
             used = min(self.N, n)
+            keep = used == self.N
             ckey = (*layout.key, G, D, used)
             slot_chain = self._chain(
-                ("slots", *self._slot_key(layout), used), lambda: (self.slots(layout)[:used], S, 1)
+                ("slots", *self._slot_key(layout), used), lambda: (self.slots(layout)[:used], S, 1), keep=keep
             )
-            base = self._stream_destinations(layout, used)
+            base = self._stream_destinations(layout, used, keep=keep)
             dest = base if n == used else base.at(pos)
 
         def marked(mask: np.ndarray, V: int) -> np.ndarray:
             return np.where(mask, base.groups, np.asarray(V, dtype=base.groups.dtype))
 
-        first_chain = self._chain(("first", *ckey), lambda: (marked(base.first, G), G, 1))
+        keep_chain = (
+            not layout.replicated and n >= self.N
+        )  # a replicated layout counts per schedule: its window is the cache
+        first_chain = self._chain(("first", *ckey), lambda: (marked(base.first, G), G, 1), keep=keep_chain)
         recv = self._blocks(slot_chain, per_step, W)
         recv_tokens = self._blocks(first_chain, per_step, W)
         # source side: each group's B tokens of a step
@@ -593,7 +605,9 @@ class Workloads:
             win.local_sent_pairs = src_sum(same.sum(axis=-1, dtype=np.uint8).reshape(n, L))
             same &= dest.first.reshape(same.shape)
             win.local_sent_tokens = src_sum(same.sum(axis=-1, dtype=np.uint8).reshape(n, L))
-            pair_chain = self._chain(("pairs", *ckey), lambda: (marked(base.groups < G, G), G, K))
+            pair_chain = self._chain(
+                ("pairs", *ckey), lambda: (marked(base.groups < G, G), G, K), keep=keep_chain
+            )
             dom_of = np.arange(G) // D
             if G % D == 0:
                 blocks = W * Q
