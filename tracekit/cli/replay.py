@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from tracekit.cli._render import echo_json, render_rows
+from tracekit.cost.measured_source import TIMING_MODES
 from tracekit.errors import UsageError
 from tracekit.hardware.comm_impls import COMM_IMPLS
 
@@ -65,6 +66,11 @@ def _deployment_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--aggregated", default=None, metavar="ISL:OSL", help="Aggregated serving: decode steps also run the prefill of new requests of ISL prompt and OSL output tokens."),
         click.option("--prefill-chunk", type=click.IntRange(1), default=None, help="With --aggregated: prompt tokens per prefill chunk [a whole prompt]."),
         click.option("--prefix-hit", type=click.FloatRange(0.0, 1.0, max_open=True), default=None, help="Share of every prompt read from the prefix cache (not computed in prefill)."),
+        click.option("--timing", type=click.Choice(TIMING_MODES), default="analytic", show_default=True,
+                     help="Price kernels from the preset's curves (analytic), from a measured kernel table where it "
+                     "covers the shape (measured: a table is required), or measured when one is available (auto)."),
+        click.option("--measured", default=None, metavar="FILE|aiconfigurator[:SYSTEM/FRAMEWORK]",
+                     help="The measured table for --timing measured/auto [the preset's AIConfigurator database]."),
     ]  # fmt: skip
     for opt in reversed(opts):
         fn = opt(fn)
@@ -95,6 +101,8 @@ def _base(
     aggregated: str | None = None,
     prefill_chunk: int | None = None,
     prefix_hit: float | None = None,
+    timing: str = "analytic",
+    measured: str | None = None,
     merge_precisions: bool = True,
 ) -> Any:
     from tracekit.hardware import parse_set_options
@@ -127,6 +135,8 @@ def _base(
         aggregated=_pair("--aggregated", aggregated, "ISL:OSL, e.g. 1024:2048", int, int),
         prefill_chunk=prefill_chunk,
         prefix_hit=prefix_hit,
+        timing=timing,
+        measured=measured,
     )
 
 
@@ -282,8 +292,26 @@ def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phas
     )
     click.echo(title)
     click.echo(render_rows(["quantity", "value"], _summary_rows(res.summary), "table"))
+    sources = res.tables.get("replay_sources")
+    if sources is not None and dep.timing != "analytic":
+        click.echo(render_rows(*_source_rows(sources), "table"))
     if out is not None:
         click.echo(f"wrote {out}")
+
+
+def _source_rows(sources: Any) -> tuple[list[str], list[list[str]]]:
+    """Which timing source priced each component (replay_sources), one row per phase and component."""
+    rows = [
+        [
+            r["phase"],
+            r["component"],
+            r["source"],
+            f"{100 * (r['measured_share'] or 0.0):.0f}%",
+            r["table"] or "-",
+        ]
+        for r in sources.iter_rows(named=True)
+    ]
+    return ["phase", "component", "priced by", "measured share", "table"], rows
 
 
 @click.command()
