@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from tracekit.cli._render import echo_json, render_rows
+from tracekit.cli.profile import attach_profile, echo_profile, match_options
 from tracekit.cost.measured_source import TIMING_MODES
 from tracekit.errors import UsageError
 from tracekit.hardware.comm_impls import COMM_IMPLS
@@ -264,9 +265,18 @@ def _ms(v: Any) -> float | None:
 )
 @click.option("--force", is_flag=True, help="Replace an existing result directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--profile",
+    "profile",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A GPU profile of this run (Kineto JSON per rank, repeatable, or an imported trace): measured "
+    "beside the prediction per step, layer and component (table replay_profile).",
+)
+@match_options
 def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phases: tuple[str, ...], disagg: bool,
            prefill_hw: str | None, prefill_ep: int | None, prefill_gpus: int | None, out: Path | None, force: bool,
-           as_json: bool, **opts: Any) -> None:  # fmt: skip
+           as_json: bool, profile: tuple[Path, ...], match: str, layer_offset: int, **opts: Any) -> None:  # fmt: skip
     """Re-time TRACE on a hardware model under a deployment, step by step, layer by layer, rank by rank."""
     from tracekit.replay import replay as run_replay
     from tracekit.replay import replay_disaggregated, write_result
@@ -279,6 +289,12 @@ def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phas
         if prefill_hw or prefill_ep or prefill_gpus:
             raise UsageError("--prefill-hw, --prefill-ep and --prefill-gpus need --disagg")
         res = run_replay(trace, dep, phases=list(phases) or None, progress=_progress())
+    if profile:
+        if disagg:
+            raise UsageError("--profile compares one pool's replay with its profile: drop --disagg")
+        res = attach_profile(res, dep, trace, profile, match, layer_offset)
+    elif match != "auto" or layer_offset:
+        raise UsageError("--match and --layer-offset map a profile onto the replay: add --profile")
     if out is not None:
         write_result(res, out, overwrite=force)
     if as_json:
@@ -295,6 +311,7 @@ def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phas
     sources = res.tables.get("replay_sources")
     if sources is not None and dep.timing != "analytic":
         click.echo(render_rows(*_source_rows(sources), "table"))
+    echo_profile(res)
     if out is not None:
         click.echo(f"wrote {out}")
 
