@@ -75,29 +75,39 @@ def _us(t_s: float, dur_s: float) -> dict[str, float]:
 
 
 def write_profile(
-    true: Any, true_free: Any, out: Path, *, gap_s: dict[str, float], step_numbers: list[int] | None = None
+    true: Any,
+    true_free: Any,
+    out: Path,
+    *,
+    gap_s: dict[str, float],
+    step_numbers: list[int] | None = None,
+    ranks: list[int] | None = None,
+    jitter: float = 0.0,
+    seed: int = 0,
 ) -> list[Path]:
     """Kineto files ``out/prof_rank{r}.json`` of the replay ``true`` (``true_free``: the same replay
     without launch gaps, whose ``fixed`` is the small kernels' time); ``gap_s``: the launch gap per
-    phase. Returns the files."""
+    phase; ``ranks``: the profiled ranks (all); ``jitter``: each compute kernel's duration times a
+    lognormal factor of that sigma (run-to-run noise; the layer still ends when the replay says).
+    Returns the files."""
+    rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     steps = true.steps
     layers = true.layers
-    ranks = true.ranks.join(
+    rank_rows = true.ranks.join(
         true_free.ranks.select("phase", "step", "layer", "rank", pl.col("fixed_s").alias("free_s")),
         on=["phase", "step", "layer", "rank"],
     )
     R = int(true.run["num_gpus"][0])
     numbers = step_numbers or list(range(steps.height))
     files = []
-    for r in range(R):
+    for r in ranks if ranks is not None else range(R):
         ev = _Events()
         t = 1.0
-        mine = ranks.filter(pl.col("rank") == r)
+        mine = rank_rows.filter(pl.col("rank") == r)
         for i, srow in enumerate(steps.iter_rows(named=True)):
             phase, step = srow["phase"], srow["step"]
             step_start = t
-            ev.range(f"ProfilerStep#{numbers[i]}", step_start, srow["step_time_s"])
             ev.kernel(NAMES["embedding"], t, srow["embedding_s"], COMPUTE_STREAM)
             t += srow["embedding_s"]
             lt = layers.filter((pl.col("phase") == phase) & (pl.col("step") == step)).sort("layer")
@@ -109,19 +119,28 @@ def write_profile(
             }
             for lrow in lt.iter_rows(named=True):
                 layer_start = t
-                ev.range(f"model.layers.{lrow['layer']}", layer_start, lrow["time_s"])
-                row = rows[lrow["layer"]]
-                t = _layer(ev, row, t, gap_s[phase], phase)
-                t = layer_start + lrow["time_s"]
+                t = _layer(ev, rows[lrow["layer"]], t, gap_s[phase], phase, rng, jitter)
+                t = max(t, layer_start + lrow["time_s"])  # idle until the slowest rank is done
+                ev.range(f"model.layers.{lrow['layer']}", layer_start, t - layer_start)
             ev.kernel(NAMES["gemm"], t, srow["lm_head_s"], COMPUTE_STREAM)  # the LM head
-            t = step_start + srow["step_time_s"] + 50e-6
+            t += srow["lm_head_s"]
+            ev.range(f"ProfilerStep#{numbers[i]}", step_start, t - step_start)
+            t += 50e-6
         path = out / f"prof_rank{r}.json"
         path.write_text(json.dumps({"traceEvents": ev.events}))
         files.append(path)
     return files
 
 
-def _layer(ev: _Events, row: dict[str, Any], t: float, gap: float, phase: str) -> float:
+def _layer(
+    ev: _Events,
+    row: dict[str, Any],
+    t: float,
+    gap: float,
+    phase: str,
+    rng: np.random.Generator,
+    jitter: float,
+) -> float:
     gaps_total = row["fixed_s"] - row["free_s"]
     n = round(gaps_total / gap) if gap > 0 else 0
     kernels: list[tuple[str, float]] = []
@@ -137,12 +156,13 @@ def _layer(ev: _Events, row: dict[str, Any], t: float, gap: float, phase: str) -
         kernels += [(name, total / parts)] * parts
     small = max(1, n - len(kernels))
     kernels += [(NAMES["elementwise"][i % 4], row["free_s"] / small) for i in range(small)]
-    order = np.random.default_rng(len(kernels)).permutation(len(kernels))  # interleaved, as a layer runs
+    order = rng.permutation(len(kernels))  # interleaved, as a layer runs
+    noise = np.exp(rng.normal(0.0, jitter, len(kernels))) if jitter > 0 else np.ones(len(kernels))
     for i in order:
         name, dur = kernels[i]
         t += gap
-        ev.kernel(name, t, dur, COMPUTE_STREAM)
-        t += dur
+        ev.kernel(name, t, dur * noise[i], COMPUTE_STREAM)
+        t += dur * noise[i]
     for comp in ("dispatch", "combine", "tp_comm"):
         dur = row[f"{comp}_s"]
         if dur > 0:

@@ -104,6 +104,28 @@ def _read_trace_kernels(path: Path) -> pl.DataFrame:
     return tr.scan("kernels").select(cols).collect()
 
 
+def _import_json(paths: list[Path]) -> pl.DataFrame:
+    """Kernels of Kineto files, each file's rank from its name (``rank<N>``; a single file without
+    one is rank 0). Profiles of some ranks only (rank 0 not among them) are imported in file order
+    and given their ranks back."""
+    import re
+
+    from tracekit.importers import KinetoOptions, import_kineto
+
+    found = [re.findall(r"rank[-_.]?(\d+)", p.name, flags=re.IGNORECASE) for p in paths]
+    named = [int(f[-1]) for f in found if f]
+    order = len(named) == len(paths) and 0 not in named and len(set(named)) == len(named)
+    with tempfile.TemporaryDirectory(prefix="tracekit-profile-") as tmp:
+        out = Path(tmp) / "profile"
+        import_kineto(paths, out, options=KinetoOptions(rank_from="order" if order else "filename"))
+        kernels = _read_trace_kernels(out)
+    if order:
+        kernels = kernels.with_columns(
+            pl.col("rank").replace_strict(dict(enumerate(named)), return_dtype=pl.Int32)
+        )
+    return kernels
+
+
 def load_profile(paths: Sequence[str | os.PathLike[str]], *, layer_offset: int = 0) -> Profile:
     """The profile in ``paths``: one imported trace folder, or Kineto JSON files (one per rank,
     imported with the default step and layer patterns)."""
@@ -122,11 +144,7 @@ def load_profile(paths: Sequence[str | os.PathLike[str]], *, layer_offset: int =
             )
         kernels = _read_trace_kernels(ps[0])
     else:
-        from tracekit.importers import import_kineto
-
-        with tempfile.TemporaryDirectory(prefix="tracekit-profile-") as tmp:
-            import_kineto(ps, Path(tmp) / "profile")
-            kernels = _read_trace_kernels(Path(tmp) / "profile")
+        kernels = _import_json(ps)
     if layer_offset:
         kernels = kernels.with_columns(pl.col("layer") + layer_offset)
     kernels = kernels.with_columns(
