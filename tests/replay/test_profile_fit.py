@@ -254,7 +254,7 @@ def test_cli_calibrate_from_profile_and_the_report(run: dict[str, object], tmp_p
             files[0],
             "--out",
             str(tmp_path / "rep2"),
-        ],  # fmt: skip
+        ],
     )
     assert again.exit_code == 0, again.output
     assert "measured ms" in again.output
