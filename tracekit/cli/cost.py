@@ -463,7 +463,7 @@ def calibrate(
     given = [
         f"--{k.replace('_', '-')}"
         for k, v in profile_opts.items()
-        if v not in (None, (), False, 0, "auto", "analytic")
+        if v not in (None, (), False, 0, "auto", "analytic") and k != "fit_gaps"
     ]
     if given:
         raise UsageError(f"{', '.join(given)} describe a profiled run: add --from-profile PROFILE")
@@ -559,6 +559,7 @@ def _from_profile(
     report: Path | None,
     match: str,
     layer_offset: int,
+    fit_gaps: bool,
     **deployment: Any,
 ) -> None:
     from tracekit.cli.profile import run_from_profile
@@ -582,4 +583,5 @@ def _from_profile(
         force=force,
         report=report,
         fmt=fmt,
+        fit_gaps=fit_gaps,
     )

@@ -60,6 +60,7 @@ def calibrate_profile_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--phase", "phases", multiple=True, type=click.Choice(["prefill", "decode"]), help="With --from-profile: replay only these phases."),
         click.option("--name", "preset_name", default=None, help="With --from-profile --write: preset name [<hw>-profile]."),
         click.option("--report", type=click.Path(path_type=Path), default=None, help="With --from-profile: write the fitted replay and the profile beside it (a result directory)."),
+        click.option("--fit-gaps/--no-fit-gaps", default=True, show_default=True, help="With --from-profile: set the launch gaps from the profile's idle time between kernels (--no-fit-gaps: keep the preset's, when other work interleaves, as in a training profile)."),
     ]  # fmt: skip
     for opt in reversed(opts):
         fn = opt(fn)
@@ -141,6 +142,7 @@ def run_from_profile(
     force: bool,
     report: Path | None,
     fmt: str,
+    fit_gaps: bool = True,
 ) -> None:
     """``tracekit calibrate --from-profile``: fit, print, write the preset (and the report)."""
     from tracekit.replay import write_result
@@ -162,7 +164,9 @@ def run_from_profile(
         if sys.stderr.isatty():
             click.echo(f"\r{msg} ", err=True, nl=False)
 
-    fit = fit_profile(trace, dep, prof, phases=list(phases) or None, match=match, progress=show)
+    fit = fit_profile(
+        trace, dep, prof, phases=list(phases) or None, match=match, fit_gaps=fit_gaps, progress=show
+    )
     if sys.stderr.isatty():
         click.echo("", err=True)
     cols, rows = fit_rows(fit)

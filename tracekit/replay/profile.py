@@ -28,7 +28,8 @@ some were profiled). Ranks: the same rank number in the replay.
 Launch gaps: the idle time between consecutive compute kernels of one layer on one stream
 (communication kernels excluded) is the profile's launch gap; the replay's are the gaps it adds
 per kernel (``fixed`` minus the same replay's ``fixed`` without gaps). A step's measured time is
-the span of its kernels on the rank; its predicted time the replay's step time.
+the span of its kernels on the rank; its predicted time the replay's step time, or, when the
+profile holds only some of the layers, the sum of those layers' predicted times.
 
 :func:`profile_table` builds ``replay_profile`` (``schemas/v1/results/replay_profile.json``): one
 row per (step, layer, rank, component) with the measured seconds, the predicted seconds and the
@@ -379,10 +380,31 @@ def profile_table(
         .with_columns(pl.col("measured_s").fill_null(0.0), pl.col("kernels").fill_null(0))
         .filter((pl.col("measured_s") > 0) | (pl.col("predicted_s").fill_null(0.0) > 0))
     )
+    # a profile of some layers only is held against those layers' predicted times (the layer's
+    # time: its slowest rank); embedding and LM head count when every layer was profiled
+    num_layers = int(result.layers["layer"].max()) + 1
+    covered = (
+        profiled.join(m.step_map.select("g", "phase", "step"), on="g")
+        .join(
+            result.layers.select(
+                "phase", "step", pl.col("layer").cast(pl.Int64), pl.col("time_s").alias("lt")
+            ),
+            on=["phase", "step", "layer"],
+        )
+        .group_by("g", "rank")
+        .agg(pl.col("lt").sum(), pl.col("layer").n_unique().alias("nl"))
+    )
     steps = result.steps.select("phase", "step", "step_time_s", "embedding_s", "lm_head_s")
     step_rows = (
         m.steps.join(m.step_map.select("g", "phase", "step"), on="g")
         .join(steps, on=["phase", "step"])
+        .join(covered, on=["g", "rank"], how="left")
+        .with_columns(
+            pl.when(pl.col("nl") == num_layers)
+            .then(pl.col("step_time_s"))
+            .otherwise(pl.col("lt"))
+            .alias("step_time_s")
+        )
         .select(
             "g",
             "rank",

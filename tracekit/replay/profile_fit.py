@@ -329,8 +329,14 @@ def _choose(jac: np.ndarray, plist: list[_Param], candidates: list[int]) -> tupl
     """The parameters the cells identify (see the module docstring), and why the others are held."""
     chosen: list[int] = []
     why: dict[int, str] = {}
-    for col, i in enumerate(candidates):
-        effect = float(np.sqrt(np.mean(jac[:, col] ** 2))) if jac.shape[0] else 0.0
+    effects = [
+        float(np.sqrt(np.mean(jac[:, c] ** 2))) if jac.shape[0] else 0.0 for c in range(len(candidates))
+    ]
+    # the parameter that moves the cells most first: of two the profile cannot tell apart, the one
+    # that sets the kernels' time (compute in a compute-bound prefill, memory in decode) is fitted
+    for col in sorted(range(len(candidates)), key=lambda c: -effects[c]):
+        i = candidates[col]
+        effect = effects[col]
         if effect < MIN_EFFECT:
             why[i] = f"the profile does not exercise it (effect {effect:.3f} < {MIN_EFFECT})"
             continue
@@ -367,10 +373,13 @@ def fit_profile(
     phases: Sequence[str] | None = None,
     match: str = "auto",
     max_iterations: int = 8,
+    fit_gaps: bool = True,
     progress: Progress | None = None,
 ) -> ProfileFit:
     """Fit the curves, launch gaps and communication multipliers of ``deployment``'s preset to
-    ``profile`` (see the module docstring)."""
+    ``profile`` (see the module docstring). ``fit_gaps=False`` keeps the preset's launch gaps (a
+    profile whose idle time between a layer's kernels is not launch overhead: other work
+    interleaved, as a training profile's backward chunks)."""
     from tracekit.replay import replay
     from tracekit.trace import open_trace
 
@@ -458,7 +467,7 @@ def fit_profile(
     comm_groups, scales = _fit_comm(ev, hw, matched, fitted_over, fitted_free)
     # launch gaps, per phase: CUDA-graph phases set launch_gap_s, eager ones launch_gap_eager_s
     gaps: dict[str, list[float]] = {}
-    for ph, g in matched.median_gap_s.items():
+    for ph, g in matched.median_gap_s.items() if fit_gaps else ():
         graphs = deployment.cuda_graphs if deployment.cuda_graphs is not None else ph == "decode"
         gaps.setdefault("launch_gap_s" if graphs else "launch_gap_eager_s", []).append(g)
     gap_values = {k: float(np.median(v)) for k, v in gaps.items()}
