@@ -332,9 +332,7 @@ def _choose(jac: np.ndarray, plist: list[_Param], candidates: list[int]) -> tupl
     effects = [
         float(np.sqrt(np.mean(jac[:, c] ** 2))) if jac.shape[0] else 0.0 for c in range(len(candidates))
     ]
-    # the parameter that moves the cells most first: of two the profile cannot tell apart, the one
-    # that sets the kernels' time (compute in a compute-bound prefill, memory in decode) is fitted
-    for col in sorted(range(len(candidates)), key=lambda c: -effects[c]):
+    for col in range(len(candidates)):
         i = candidates[col]
         effect = effects[col]
         if effect < MIN_EFFECT:
