@@ -1,7 +1,7 @@
 """Cut the GPU side out of DeepSeek's published training profile (``train.json`` of the
-``deepseek-ai/profile-data`` repository) for ``sample_traces/deepseek-profile-data/``.
+``deepseek-ai/profile-data`` repository) for ``sample_profiles/deepseek-profile-data/``.
 
-    python scripts/cut_profile_data.py train.json sample_traces/deepseek-profile-data/train-gpu-rank0.json.gz
+    python scripts/cut_profile_data.py train.json sample_profiles/deepseek-profile-data/train-gpu-rank0.json.gz
 
 Kept, unchanged: every GPU event (``kernel``, ``gpu_memcpy``, ``gpu_memset``), the CUDA runtime and
 driver calls that launched them (matched by ``correlation``), every ``user_annotation`` range (the

@@ -1,5 +1,5 @@
 """A real published profile: the GPU side of DeepSeek's DeepSeek-V3 training profile
-(``sample_traces/deepseek-profile-data``, cut by ``scripts/cut_profile_data.py``) is imported
+(``sample_profiles/deepseek-profile-data``, cut by ``scripts/cut_profile_data.py``) is imported
 (forward chunks only), calibrated from (``calibrate --from-profile``) and replayed with the
 fitted preset against it (``replay --profile``, ``report predicted-vs-measured``). The kernel
 time the importer and the report attribute is checked against a direct sum over the JSON, with a
@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from tracekit.cli.main import cli
 from tracekit.hardware import get_hardware
 
-DATA = Path(__file__).resolve().parents[2] / "sample_traces" / "deepseek-profile-data"
+DATA = Path(__file__).resolve().parents[2] / "sample_profiles" / "deepseek-profile-data"
 PROFILE = DATA / "train-gpu-rank0.json.gz"
 #: This profile's kernels by report group, by name (independent of the importer's rules).
 HAND = [
