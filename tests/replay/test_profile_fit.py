@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from tests.replay._profiles import NAMES, write_profile
+from tracekit.replay.profile_synth import NAMES, write_profile
 from tests.replay._traces import random_ids, write_ranked_trace
 from tracekit.cli.main import cli
 from tracekit.errors import UsageError

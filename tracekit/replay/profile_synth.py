@@ -1,6 +1,7 @@
 """GPU profiles built from a known timing model: Kineto JSON files, one per rank, whose kernels (with
 real serving-kernel names, classified by the importer like a real profile's) take the times a
-replay on a "true" preset predicts.
+replay on a "true" preset predicts. The stand-in for a profiled run where none is published (the
+profile-fit tests, ``benchmarks/r1_decode_sources.py``).
 
 Per replayed step and rank: a ``ProfilerStep#N`` range; the embedding kernel; per decoder layer a
 ``model.layers.L`` range holding the layer's compute kernels on stream 7, each after one launch gap,
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-NAMES = {
+NAMES: dict[str, Any] = {
     "attention:decode": "void flash::flash_fwd_splitkv_mla_kernel<Flash_fwd_kernel_traits_mla<576, 64, 64, 8, "
     "cutlass::bfloat16_t, 512>, true>(Flash_fwd_mla_params)",
     "attention:prefill": "void flash::flash_fwd_kernel<Flash_fwd_kernel_traits<192, 128, 64, 4, false, false, "
