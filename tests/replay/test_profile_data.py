@@ -161,3 +161,11 @@ def test_the_fitted_preset_reproduces_the_fitted_groups(run: dict[str, object]) 
     for comp, m, p in per.iter_rows():
         if comp in FITTED:
             assert p == pytest.approx(m, rel=0.05), comp
+
+
+def test_a_bad_keep_pattern_is_named(tmp_path: Path) -> None:
+    res = CliRunner().invoke(
+        cli, ["import", "kineto", str(PROFILE), "--keep-pattern", "(F", "--out", str(tmp_path / "p")]
+    )
+    assert res.exit_code != 0 and "--keep-pattern '(F' is not a valid regular expression" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "p").exists()
