@@ -14,7 +14,6 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from tracekit.replay.profile_synth import NAMES, write_profile
 from tests.replay._traces import random_ids, write_ranked_trace
 from tracekit.cli.main import cli
 from tracekit.errors import UsageError
@@ -22,6 +21,7 @@ from tracekit.hardware import get_hardware
 from tracekit.replay import Deployment, Precision, replay
 from tracekit.replay.profile import load_profile, profile_table
 from tracekit.replay.profile_fit import ProfileFit, fit_profile, write_profile_preset
+from tracekit.replay.profile_synth import NAMES, write_profile
 
 #: The run's stack: efficiencies, launch gaps and communication unlike the h200-sxm preset's.
 TRUE = {
