@@ -563,7 +563,7 @@ def _from_profile(
     **deployment: Any,
 ) -> None:
     from tracekit.cli.profile import run_from_profile
-    from tracekit.cli.replay import _base
+    from tracekit.cli.replay import base_deployment as _base
 
     if hw_name is None:
         raise UsageError(

@@ -40,7 +40,7 @@ def match_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def calibrate_profile_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """calibrate --from-profile: the profile, the routing trace and the profiled run's deployment."""
-    from tracekit.cli.replay import _deployment_options
+    from tracekit.cli.replay import deployment_options as _deployment_options
 
     fn = match_options(fn)
     fn = _deployment_options(fn)

@@ -582,3 +582,8 @@ def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tupl
     if bad.height:
         click.echo(f"{bad.height} points do not fit or failed; see sweep_points.parquet (column error)")
     click.echo(f"wrote {out}")
+
+
+#: The deployment options and their parsing, shared with ``calibrate --from-profile``.
+deployment_options = _deployment_options
+base_deployment = _base

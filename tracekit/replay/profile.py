@@ -197,6 +197,32 @@ def _step_map(result_steps: pl.DataFrame, profile_steps: list[int], match: str) 
     return steps.with_columns(ps), match
 
 
+def _launch_gaps(in_layer: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, float]]:
+    """Launch gaps per (step, layer, rank), and the median gap per phase: the idle time between
+    consecutive compute kernels of a layer on one stream."""
+    ns = 1e-9
+    comp = in_layer.filter(pl.col("group").is_in(COMPUTE_GROUPS)).sort(
+        "rank", "stream", "g", "layer", "start_ns"
+    )
+    comp = comp.with_columns(
+        (pl.col("start_ns") - (pl.col("start_ns") + pl.col("duration_ns")).shift(1))
+        .over("rank", "stream", "g", "layer")
+        .alias("gap_ns")
+    ).filter(pl.col("gap_ns").is_not_null())
+    comp = comp.with_columns(pl.col("gap_ns").clip(lower_bound=0))
+    gaps = (
+        comp.group_by("g", "layer", "rank")
+        .agg((pl.col("gap_ns").sum() * ns).alias("launch_gaps_s"), pl.len().alias("gap_count"))
+        .with_columns(pl.col("layer").cast(pl.Int64), pl.col("rank").cast(pl.Int64))
+    )
+    median_gap = {
+        str(ph): float(v) * ns
+        for ph, v in comp.group_by("phase").agg(pl.col("gap_ns").median()).iter_rows()
+        if v is not None
+    }
+    return gaps, median_gap
+
+
 def match_profile(
     profile: Profile, result_steps: pl.DataFrame, *, num_ranks: int, match: str = "auto"
 ) -> Matched:
@@ -239,26 +265,7 @@ def match_profile(
     no_group = in_layer.filter(pl.col("group").is_null())
     for cat, t in no_group.group_by("category").agg(pl.col("duration_ns").sum()).iter_rows():
         unmatched[f"kernels of category {cat}"] = unmatched.get(f"kernels of category {cat}", 0.0) + t * ns
-    # launch gaps: idle between consecutive compute kernels of a layer on one stream
-    comp = in_layer.filter(pl.col("group").is_in(COMPUTE_GROUPS)).sort(
-        "rank", "stream", "g", "layer", "start_ns"
-    )
-    comp = comp.with_columns(
-        (pl.col("start_ns") - (pl.col("start_ns") + pl.col("duration_ns")).shift(1))
-        .over("rank", "stream", "g", "layer")
-        .alias("gap_ns")
-    ).filter(pl.col("gap_ns").is_not_null())
-    comp = comp.with_columns(pl.col("gap_ns").clip(lower_bound=0))
-    gaps = (
-        comp.group_by("g", "layer", "rank")
-        .agg((pl.col("gap_ns").sum() * ns).alias("launch_gaps_s"), pl.len().alias("gap_count"))
-        .with_columns(pl.col("layer").cast(pl.Int64), pl.col("rank").cast(pl.Int64))
-    )
-    median_gap = {
-        str(ph): float(v) * ns
-        for ph, v in comp.group_by("phase").agg(pl.col("gap_ns").median()).iter_rows()
-        if v is not None
-    }
+    gaps, median_gap = _launch_gaps(in_layer)
     span = k.group_by("g", "rank").agg(
         ((pl.col("start_ns") + pl.col("duration_ns")).max() - pl.col("start_ns").min()).alias("span_ns"),
         pl.col("duration_ns").filter(pl.col("layer").is_null()).sum().alias("edges_ns"),
@@ -341,45 +348,9 @@ def _error(pred: pl.Expr, meas: pl.Expr) -> pl.Expr:
     return pl.when(meas > 0).then(pred / meas - 1.0).otherwise(None)
 
 
-def profile_table(
-    result: Any,
-    profile: Profile,
-    *,
-    gap_free: Any = None,
-    match: str = "auto",
-    pool: str = "all",
-) -> pl.DataFrame:
-    """``replay_profile`` of a replay ``result`` (and the same replay without launch gaps,
-    ``gap_free``, for the elementwise and launch-gap rows) against ``profile``."""
-    num_ranks = int(result.run["num_gpus"][0])
-    m = match_profile(profile, result.steps, num_ranks=num_ranks, match=match)
-    pred = predicted_cells(result.ranks, m.step_map, gap_free=None if gap_free is None else gap_free.ranks)
-    meas = pl.concat(
-        [
-            m.cells.select("g", "layer", "rank", "group", "measured_s", "kernels"),
-            m.gaps.select(
-                "g",
-                "layer",
-                "rank",
-                pl.lit("launch_gaps").alias("group"),
-                pl.col("launch_gaps_s").alias("measured_s"),
-                pl.col("gap_count").alias("kernels"),
-            ),
-        ]
-    ).with_columns(pl.col("kernels").cast(pl.Int64))
-    if gap_free is None:  # fixed holds the gaps: measure it with them
-        meas = (
-            meas.with_columns(pl.col("group").replace("launch_gaps", "elementwise"))
-            .group_by("g", "layer", "rank", "group")
-            .agg(pl.col("measured_s").sum(), pl.col("kernels").sum())
-        )
-    profiled = m.cells.select("g", "layer", "rank").unique()
-    cells = (
-        pred.join(profiled, on=["g", "layer", "rank"])
-        .join(meas, on=["g", "layer", "rank", "group"], how="full", coalesce=True)
-        .with_columns(pl.col("measured_s").fill_null(0.0), pl.col("kernels").fill_null(0))
-        .filter((pl.col("measured_s") > 0) | (pl.col("predicted_s").fill_null(0.0) > 0))
-    )
+def _step_rows(result: Any, m: Matched, profiled: pl.DataFrame) -> pl.DataFrame:
+    """The per-step rows of ``replay_profile``: step (span against the step time), edges (kernels
+    outside any layer against embedding + LM head) and unmatched."""
     # a profile of some layers only is held against those layers' predicted times (the layer's
     # time: its slowest rank); embedding and LM head count when every layer was profiled
     num_layers = int(result.layers["layer"].max()) + 1
@@ -432,6 +403,49 @@ def profile_table(
         )
         .filter((pl.col("group") != "unmatched") | (pl.col("measured_s") > 0))
     )
+    return step_long
+
+
+def profile_table(
+    result: Any,
+    profile: Profile,
+    *,
+    gap_free: Any = None,
+    match: str = "auto",
+    pool: str = "all",
+) -> pl.DataFrame:
+    """``replay_profile`` of a replay ``result`` (and the same replay without launch gaps,
+    ``gap_free``, for the elementwise and launch-gap rows) against ``profile``."""
+    num_ranks = int(result.run["num_gpus"][0])
+    m = match_profile(profile, result.steps, num_ranks=num_ranks, match=match)
+    pred = predicted_cells(result.ranks, m.step_map, gap_free=None if gap_free is None else gap_free.ranks)
+    meas = pl.concat(
+        [
+            m.cells.select("g", "layer", "rank", "group", "measured_s", "kernels"),
+            m.gaps.select(
+                "g",
+                "layer",
+                "rank",
+                pl.lit("launch_gaps").alias("group"),
+                pl.col("launch_gaps_s").alias("measured_s"),
+                pl.col("gap_count").alias("kernels"),
+            ),
+        ]
+    ).with_columns(pl.col("kernels").cast(pl.Int64))
+    if gap_free is None:  # fixed holds the gaps: measure it with them
+        meas = (
+            meas.with_columns(pl.col("group").replace("launch_gaps", "elementwise"))
+            .group_by("g", "layer", "rank", "group")
+            .agg(pl.col("measured_s").sum(), pl.col("kernels").sum())
+        )
+    profiled = m.cells.select("g", "layer", "rank").unique()
+    cells = (
+        pred.join(profiled, on=["g", "layer", "rank"])
+        .join(meas, on=["g", "layer", "rank", "group"], how="full", coalesce=True)
+        .with_columns(pl.col("measured_s").fill_null(0.0), pl.col("kernels").fill_null(0))
+        .filter((pl.col("measured_s") > 0) | (pl.col("predicted_s").fill_null(0.0) > 0))
+    )
+    step_long = _step_rows(result, m, profiled)
     rows = pl.concat(
         [
             cells.select("g", "layer", "rank", "group", "measured_s", "predicted_s", "kernels"),

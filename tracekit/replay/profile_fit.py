@@ -363,6 +363,119 @@ def _lm_steps(
     return out
 
 
+def _reset_held(
+    params: dict[str, list[_Param]], x: dict[str, np.ndarray], chosen: dict[str, list[int]]
+) -> None:
+    """Held parameters go back to the preset's value."""
+    for n, plist in params.items():
+        for i, p in enumerate(plist):
+            if i not in chosen[n] and not p.is_eff:
+                x[n][i] = math.log(max(float(np.mean(p.base)), 1e-30))
+
+
+def _levenberg_marquardt(
+    ev: _Evaluator,
+    params: dict[str, list[_Param]],
+    x: dict[str, np.ndarray],
+    chosen: dict[str, list[int]],
+    r: dict[str, np.ndarray],
+    cost: dict[str, float],
+    max_iterations: int,
+) -> None:
+    """Levenberg-Marquardt per group on the chosen parameters; updates ``x``, ``r`` and ``cost``."""
+    lam = dict.fromkeys(params, 1e-2)
+    active = {n for n in params if chosen[n]}
+    for _ in range(max_iterations):
+        if not active:
+            break
+        sub = {n: chosen[n] if n in active else [] for n in params}
+        jac = _jacobian(ev, params, x, sub, r)
+        step = _lm_steps({n: jac[n] for n in active}, r, lam)
+        trial = {n: v.copy() for n, v in x.items()}
+        for n in active:
+            trial[n][chosen[n]] += step[n]
+        rt = ev.residuals(_all_overrides(params, trial, chosen))
+        start = dict(cost)
+        improved = set()
+        for n in list(active):
+            ct = float(rt[n] @ rt[n])
+            if rt[n].size == r[n].size and ct < cost[n]:
+                x[n], r[n], cost[n] = trial[n], rt[n], ct
+                lam[n] = max(lam[n] / 3.0, 1e-7)
+                improved.add(n)
+            else:
+                lam[n] *= 4.0
+                if lam[n] > 1e6:
+                    active.discard(n)
+        # a step that helped is tried twice as long while that helps more (the roofline's max makes
+        # the cost flat until a bound changes sides: the local step stops short of the kink)
+        grow = set(improved)
+        for k in range(1, 6):
+            if not grow:
+                break
+            trial = {n: v.copy() for n, v in x.items()}
+            for n in grow:
+                trial[n][chosen[n]] += step[n] * (2**k - 2 ** (k - 1))
+            rt = ev.residuals(_all_overrides(params, trial, chosen))
+            for n in list(grow):
+                ct = float(rt[n] @ rt[n])
+                if rt[n].size == r[n].size and ct < cost[n]:
+                    x[n], r[n], cost[n] = trial[n], rt[n], ct
+                else:
+                    grow.discard(n)
+        for n in improved:
+            small = start[n] - cost[n] < 1e-6 * max(start[n], 1e-12) or float(np.max(np.abs(step[n]))) < 1e-4
+            if small or cost[n] < 1e-12:
+                active.discard(n)
+
+
+def _gap_values(matched: Matched, deployment: Deployment) -> dict[str, float]:
+    """The launch gaps the profile shows, per phase: CUDA-graph phases set launch_gap_s, eager ones
+    launch_gap_eager_s."""
+    gaps: dict[str, list[float]] = {}
+    for ph, g in matched.median_gap_s.items():
+        graphs = deployment.cuda_graphs if deployment.cuda_graphs is not None else ph == "decode"
+        gaps.setdefault("launch_gap_s" if graphs else "launch_gap_eager_s", []).append(g)
+    gap_values = {k: float(np.median(v)) for k, v in gaps.items()}
+    return gap_values
+
+
+def _group_fits(
+    params: dict[str, list[_Param]],
+    x: dict[str, np.ndarray],
+    chosen: dict[str, list[int]],
+    held: dict[str, dict[int, str]],
+    r_base: dict[str, np.ndarray],
+    r: dict[str, np.ndarray],
+) -> list[GroupFit]:
+    """What each compute group's fit found, parameter by parameter."""
+    compute_groups = []
+    for n, plist in params.items():
+        fps = []
+        for i, p in enumerate(plist):
+            fitted = i in chosen[n]
+            fps.append(
+                FitParam(
+                    field=p.field,
+                    curves=p.curves,
+                    base=p.base,
+                    value=p.values(float(x[n][i])) if fitted else p.base,
+                    fitted=fitted,
+                    note="" if fitted else held[n].get(i, ""),
+                )
+            )
+        compute_groups.append(
+            GroupFit(
+                name=n,
+                cells=int(r_base[n].size),
+                rms_before=_rms(r_base[n]),
+                rms_after=_rms(r[n]),
+                params=tuple(fps),
+            )
+        )
+    return compute_groups
+
+
 def fit_profile(
     trace: Any,
     deployment: Deployment,
@@ -409,96 +522,22 @@ def fit_profile(
     held: dict[str, dict[int, str]] = {}
     for n in params:
         chosen[n], held[n] = _choose(jac[n], params[n], every[n])
-    for n, plist in params.items():  # held parameters go back to the preset's value
-        for i, p in enumerate(plist):
-            if i not in chosen[n] and not p.is_eff:
-                x[n][i] = math.log(max(float(np.mean(p.base)), 1e-30))
+    _reset_held(params, x, chosen)
     r = ev.residuals(_all_overrides(params, x, chosen))
     cost = {n: float(v @ v) for n, v in r.items()}
-    lam = dict.fromkeys(params, 1e-2)
-    active = {n for n in params if chosen[n]}
-    for _ in range(max_iterations):
-        if not active:
-            break
-        sub = {n: chosen[n] if n in active else [] for n in params}
-        jac = _jacobian(ev, params, x, sub, r)
-        step = _lm_steps({n: jac[n] for n in active}, r, lam)
-        trial = {n: v.copy() for n, v in x.items()}
-        for n in active:
-            trial[n][chosen[n]] += step[n]
-        rt = ev.residuals(_all_overrides(params, trial, chosen))
-        start = dict(cost)
-        improved = set()
-        for n in list(active):
-            ct = float(rt[n] @ rt[n])
-            if rt[n].size == r[n].size and ct < cost[n]:
-                x[n], r[n], cost[n] = trial[n], rt[n], ct
-                lam[n] = max(lam[n] / 3.0, 1e-7)
-                improved.add(n)
-            else:
-                lam[n] *= 4.0
-                if lam[n] > 1e6:
-                    active.discard(n)
-        # a step that helped is tried twice as long while that helps more (the roofline's max makes
-        # the cost flat until a bound changes sides: the local step stops short of the kink)
-        grow = set(improved)
-        for k in range(1, 6):
-            if not grow:
-                break
-            trial = {n: v.copy() for n, v in x.items()}
-            for n in grow:
-                trial[n][chosen[n]] += step[n] * (2**k - 2 ** (k - 1))
-            rt = ev.residuals(_all_overrides(params, trial, chosen))
-            for n in list(grow):
-                ct = float(rt[n] @ rt[n])
-                if rt[n].size == r[n].size and ct < cost[n]:
-                    x[n], r[n], cost[n] = trial[n], rt[n], ct
-                else:
-                    grow.discard(n)
-        for n in improved:
-            small = start[n] - cost[n] < 1e-6 * max(start[n], 1e-12) or float(np.max(np.abs(step[n]))) < 1e-4
-            if small or cost[n] < 1e-12:
-                active.discard(n)
+    _levenberg_marquardt(ev, params, x, chosen, r, cost, max_iterations)
     fitted_over = _all_overrides(params, x, chosen)
     # communication: one multiplier each, against the fitted compute replay
     fitted_free = ev.replay(fitted_over, gaps=False)
     comm_groups, scales = _fit_comm(ev, hw, matched, fitted_over, fitted_free)
-    # launch gaps, per phase: CUDA-graph phases set launch_gap_s, eager ones launch_gap_eager_s
-    gaps: dict[str, list[float]] = {}
-    for ph, g in matched.median_gap_s.items() if fit_gaps else ():
-        graphs = deployment.cuda_graphs if deployment.cuda_graphs is not None else ph == "decode"
-        gaps.setdefault("launch_gap_s" if graphs else "launch_gap_eager_s", []).append(g)
-    gap_values = {k: float(np.median(v)) for k, v in gaps.items()}
+    gap_values = _gap_values(matched, deployment) if fit_gaps else {}
     overrides = {**fitted_over, **scales, **gap_values}
     after = ev.replay(overrides, gaps=True)
     after_free = fitted_free if not scales else ev.replay({**fitted_over, **scales}, gaps=False)
     before_free = ev.replay({}, gaps=False)
     table_before = profile_table(base_res, profile, gap_free=before_free, match=matched.match)
     table_after = profile_table(after, profile, gap_free=after_free, match=matched.match)
-    compute_groups = []
-    for n, plist in params.items():
-        fps = []
-        for i, p in enumerate(plist):
-            fitted = i in chosen[n]
-            fps.append(
-                FitParam(
-                    field=p.field,
-                    curves=p.curves,
-                    base=p.base,
-                    value=p.values(float(x[n][i])) if fitted else p.base,
-                    fitted=fitted,
-                    note="" if fitted else held[n].get(i, ""),
-                )
-            )
-        compute_groups.append(
-            GroupFit(
-                name=n,
-                cells=int(r_base[n].size),
-                rms_before=_rms(r_base[n]),
-                rms_after=_rms(r[n]),
-                params=tuple(fps),
-            )
-        )
+    compute_groups = _group_fits(params, x, chosen, held, r_base, r)
     return ProfileFit(
         hw=deployment.hw,
         base=hw,
