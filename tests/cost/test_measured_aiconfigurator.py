@@ -17,6 +17,7 @@ from tracekit.cli.main import cli
 from tracekit.cost.measured import MeasuredTable, holdout_errors
 from tracekit.errors import InputFormatError, MissingDependencyError, UsageError
 from tracekit.importers import aiconfigurator as aic
+from tracekit.schema.measured import family_spec
 
 HEAD = {"framework": "TRTLLM", "device": "NVIDIA H200", "kernel_source": "x"}
 
@@ -215,3 +216,40 @@ def test_held_out_grid_points_are_predicted(h200: MeasuredTable, family: str, li
     covered = err["error"].drop_nans()
     assert covered.len() >= 0.95 * err.height
     assert covered.abs().median() <= limit
+
+
+@pytest.fixture(scope="module")
+def sglang() -> dict[str, MeasuredTable]:
+    return {s: MeasuredTable.from_aiconfigurator(system=s, framework="sglang") for s in ("h200_sxm", "gb200")}
+
+
+@pytest.mark.parametrize("system", ["h200_sxm", "gb200"])
+def test_held_out_points_of_the_deepseek_slices_of_the_sglang_databases(
+    sglang: dict[str, MeasuredTable], system: str
+) -> None:
+    """The databases the replay prices DeepSeek-R1 decode from by default (SGLang's, see
+    docs/calibration.md): the routed-expert slice (hidden 7168, expert FFN 2048) and MLA decode at
+    128 heads: every interior grid point held out (holdout_errors), median within 3%; and, by a
+    second route, single rows dropped one at a time and looked up in the rest, median within 3%."""
+    table = sglang[system]
+    for family, sel in (
+        ("grouped_gemm", (pl.col("hidden_size") == 7168) & (pl.col("ffn_size") == 2048)),
+        ("mla_decode", pl.col("num_heads") == 128),
+    ):
+        err = holdout_errors(table, family).filter(sel)
+        covered = err.filter(pl.col("error").is_not_nan())
+        assert covered.height >= 100, (system, family)
+        assert covered["error"].abs().median() <= 0.03, (system, family)
+        # a second route: true leave-one-out of 15 of those points (only that row dropped, the
+        # lookup on the rest of the family's table)
+        fam = table.frame.filter(pl.col("family") == family)
+        keys = [k for k in family_spec(family).shape_keys]
+        errors = []
+        for row in covered.sample(15, seed=2).iter_rows(named=True):
+            same = pl.all_horizontal(*(pl.col(k) == row[k] for k in keys), pl.col("dtype") == row["dtype"])
+            rest = MeasuredTable(fam.filter(~same))
+            got = rest.time_s(
+                family, dtype=row["dtype"], library=row["library"], **{k: float(row[k]) for k in keys}
+            )
+            errors.append(abs(float(got) / row["measured_s"] - 1))
+        assert float(np.median(errors)) <= 0.03, (system, family, errors)

@@ -185,8 +185,76 @@ def write_ep_trace(path: Path, *, seed: int = 1, world: int = 4, steps: int = 3,
     return EpTrace(path=path, matrix=matrix, sends=sends, world=world)
 
 
-def write_replay_result(path: Path, *, seed: int, hw: str, ep: int, steps: int = 5) -> None:
-    """A replay-like result directory with the tables and columns of docs/replay.md that the reports read."""
+PROFILE_COMPONENTS = ("attention", "gemm", "expert_gemm", "elementwise", "launch_gaps", "dispatch", "combine")
+
+
+def write_profile_table(path: Path, steps: pl.DataFrame, rng: np.random.Generator) -> pl.DataFrame:
+    """``replay_profile``: two profiled ranks and two layers of every replayed step, a measured and a
+    predicted time per component, a step row and (in prefill) an unmatched row."""
+    from tracekit.replay.tables import frame
+
+    rows = []
+    for s in steps.iter_rows(named=True):
+        for rank in (0, 1):
+            for layer in (0, 1):
+                for comp in PROFILE_COMPONENTS:
+                    m = float(rng.uniform(1e-5, 1e-4))
+                    rows.append(
+                        (
+                            s["phase"],
+                            s["step"],
+                            100 + s["step"],
+                            layer,
+                            rank,
+                            comp,
+                            m,
+                            m * float(rng.uniform(0.7, 1.3)),
+                            3,
+                        )
+                    )
+            rows.append(
+                (
+                    s["phase"],
+                    s["step"],
+                    100 + s["step"],
+                    None,
+                    rank,
+                    "step",
+                    1e-3,
+                    float(rng.uniform(0.8e-3, 1.2e-3)),
+                    None,
+                )
+            )
+            if s["phase"] == "prefill":
+                rows.append(
+                    (s["phase"], s["step"], 100 + s["step"], None, rank, "unmatched", 2e-5, None, None)
+                )
+    cols = list(zip(*rows, strict=True))
+    table = frame(
+        "replay_profile",
+        {
+            "pool": ["all"] * len(rows),
+            "phase": cols[0],
+            "step": cols[1],
+            "profile_step": cols[2],
+            "layer": pl.Series(cols[3], dtype=pl.Int16),
+            "rank": cols[4],
+            "component": cols[5],
+            "measured_s": cols[6],
+            "predicted_s": pl.Series(cols[7], dtype=pl.Float64),
+            "error": [None if p is None else p / m - 1 for m, p in zip(cols[6], cols[7], strict=True)],
+            "kernels": pl.Series(cols[8], dtype=pl.Int64),
+        },
+    )
+    table.write_parquet(path / "replay_profile.parquet")
+    return table
+
+
+def write_replay_result(
+    path: Path, *, seed: int, hw: str, ep: int, steps: int = 5, profile: bool = False
+) -> None:
+    """A replay-like result directory with the tables and columns of docs/replay.md that the reports
+    read (with ``profile``, a replay_profile table too)."""
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True)
     rows = []
@@ -262,6 +330,8 @@ def write_replay_result(path: Path, *, seed: int, hw: str, ep: int, steps: int =
         },
         schema_overrides={"num_gpus": pl.Int32, "ep": pl.Int32, "dp": pl.Int32, "tp": pl.Int32},
     ).write_parquet(path / "replay_run.parquet")
+    if profile:
+        write_profile_table(path, steps_df, rng)
     (path / "result.json").write_text(
         json.dumps(
             {

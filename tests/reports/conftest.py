@@ -35,7 +35,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     ids, weights = write_skewed_trace(root / "trace-a", seed=0)
     write_skewed_trace(root / "trace-b", seed=3, experts=16, top_k=4, steps=4, layers=2)
     ep = write_ep_trace(root / "ep4")
-    write_replay_result(root / "replay-h200", seed=10, hw="h200-sxm", ep=8)
+    write_replay_result(root / "replay-h200", seed=10, hw="h200-sxm", ep=8, profile=True)
     write_replay_result(root / "replay-nvl72", seed=11, hw="gb200-nvl72", ep=8)
     write_sweep_result(root / "sweep")
     return Inputs(

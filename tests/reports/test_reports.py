@@ -326,6 +326,41 @@ def test_replay_compare_against_polars(inputs: Inputs) -> None:
         run(paths, "replay-compare", baseline="nope")
 
 
+def test_predicted_vs_measured_against_polars(inputs: Inputs) -> None:
+    table = pl.read_parquet(inputs.replay_h200 / "replay_profile.parquet")
+    got = run([inputs.replay_h200], "predicted-vs-measured")
+    for phase in ("prefill", "decode"):
+        part = table.filter(pl.col("phase") == phase)
+        n = part.select(pl.struct("step", "rank").n_unique()).item()  # profiled steps x ranks
+        rows = [r for r in got if r["phase"] == phase]
+        want_order = ["attention", "gemm", "expert_gemm", "elementwise", "launch_gaps", "dispatch", "combine"]
+        want_order += ["unmatched"] if phase == "prefill" else []
+        assert [r["component"] for r in rows] == [*want_order, "step"]
+        for r in rows:
+            sel = part.filter(pl.col("component") == r["component"])
+            assert r["cells"] == sel.height
+            assert r["measured_s"] == pytest.approx(sel["measured_s"].sum() / n)
+            if r["component"] == "unmatched":
+                assert r["predicted_s"] is None and r["error"] is None
+                continue
+            assert r["predicted_s"] == pytest.approx(sel["predicted_s"].sum() / n)
+            assert r["error"] == pytest.approx(sel["predicted_s"].sum() / sel["measured_s"].sum() - 1)
+            assert r["cell_error_median"] == pytest.approx(float(np.median(np.abs(sel["error"].to_numpy()))))
+    by_layer = run([inputs.replay_h200], "predicted-vs-measured", by="layer")
+    one = [r for r in by_layer if r["phase"] == "decode" and r["layer"] == 1 and r["component"] == "gemm"]
+    sel = table.filter(
+        (pl.col("phase") == "decode") & (pl.col("layer") == 1) & (pl.col("component") == "gemm")
+    )
+    assert one[0]["measured_s"] == pytest.approx(sel["measured_s"].sum() / 10)  # 5 steps x 2 ranks
+    by_step = run([inputs.replay_h200], "predicted-vs-measured", by="step")
+    step3 = [r for r in by_step if r["phase"] == "decode" and r["step"] == 3 and r["component"] == "step"]
+    sel = table.filter(
+        (pl.col("phase") == "decode") & (pl.col("step") == 3) & (pl.col("component") == "step")
+    )
+    assert step3[0]["measured_s"] == pytest.approx(sel["measured_s"].mean())  # per rank
+    assert step3[0]["predicted_s"] == pytest.approx(sel["predicted_s"].mean())
+
+
 def test_sweep_pareto_lists_the_frontier(inputs: Inputs) -> None:
     got = run([inputs.sweep], "sweep-pareto")
     pareto = pl.read_parquet(inputs.sweep / "sweep_pareto.parquet")

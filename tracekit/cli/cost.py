@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from tracekit.cli._render import echo_json, format_option, render_rows
+from tracekit.cli.profile import calibrate_profile_options
 from tracekit.errors import UsageError
 from tracekit.hardware import COMM_IMPLS, HardwareSpec, get_hardware, parse_set_options
 from tracekit.precision import DEPLOYMENT_FORMATS, WIRE_FORMATS, compute_class, wire_bytes_per_token
@@ -427,8 +428,17 @@ def attention_cmd(
 )
 @click.option("--force", is_flag=True, help="With --write: replace preset files already in --out.")
 @format_option()
+@calibrate_profile_options
 def calibrate(
-    no_fit: bool, kernels: bool, no_database: bool, write: bool, out_dir: Path, force: bool, fmt: str
+    no_fit: bool,
+    kernels: bool,
+    no_database: bool,
+    write: bool,
+    out_dir: Path,
+    force: bool,
+    fmt: str,
+    from_profile: tuple[Path, ...],
+    **profile_opts: Any,
 ) -> None:
     """Compare every published EP communication measurement with the model's prediction, and with
     --kernels every published kernel figure with the compute-kernel curves.
@@ -439,7 +449,24 @@ def calibrate(
     and prints its leave-one-out error (a fit without each row in turn, predicting it); families
     fitted to published tables must stay within 10% median and 25% worst. --write records the fits
     as user presets in --out (use one with --hw PATH); the built-in presets are never modified.
+
+    With --from-profile PROFILE... --trace TRACE --hw HW and the profiled run's deployment: fit the
+    kernel curves, launch gaps and communication multipliers to a GPU profile of that run
+    (docs/calibration.md); --write records them as a user preset in --out, --report DIR writes the
+    fitted replay with the profile measured beside it.
     """
+    if from_profile:
+        if kernels or no_fit or no_database:
+            raise UsageError("--from-profile fits a profile: drop --kernels, --no-fit and --no-database")
+        _from_profile(from_profile, write=write, out_dir=out_dir, force=force, fmt=fmt, **profile_opts)
+        return
+    given = [
+        f"--{k.replace('_', '-')}"
+        for k, v in profile_opts.items()
+        if v not in (None, (), False, 0, "auto", "analytic") and k != "fit_gaps"
+    ]
+    if given:
+        raise UsageError(f"{', '.join(given)} describe a profiled run: add --from-profile PROFILE")
     from tracekit.cost.calibration import (
         MAX_ABS_ERROR,
         MEDIAN_ABS_ERROR,
@@ -514,3 +541,47 @@ def calibrate(
             click.echo(f"wrote {path} (use it with --hw {path})", err=True)
     if not passed:
         sys.exit(1)
+
+
+def _from_profile(
+    profile: tuple[Path, ...],
+    *,
+    write: bool,
+    out_dir: Path,
+    force: bool,
+    fmt: str,
+    trace: Path | None,
+    hw_name: str | None,
+    ep: int | None,
+    batch_per_gpu: int | None,
+    phases: tuple[str, ...],
+    preset_name: str | None,
+    report: Path | None,
+    match: str,
+    layer_offset: int,
+    fit_gaps: bool,
+    **deployment: Any,
+) -> None:
+    from tracekit.cli.profile import run_from_profile
+    from tracekit.cli.replay import base_deployment as _base
+
+    if hw_name is None:
+        raise UsageError(
+            "--from-profile needs --hw: the preset the profiled run is replayed on (e.g. h200-sxm)"
+        )
+    dep = _base(hw=hw_name, ep=ep, batch_per_gpu=batch_per_gpu, **deployment)
+    run_from_profile(
+        profile=profile,
+        trace=trace,
+        dep=dep,
+        phases=phases,
+        match=match,
+        layer_offset=layer_offset,
+        write=write,
+        out_dir=out_dir,
+        name=preset_name,
+        force=force,
+        report=report,
+        fmt=fmt,
+        fit_gaps=fit_gaps,
+    )

@@ -117,6 +117,13 @@ def import_() -> None:
     show_default=True,
     help="Rows from GPU kernels and copies, CPU operators, or both.",
 )
+@click.option(
+    "--keep-pattern",
+    default=None,
+    metavar="REGEX",
+    help="Keep only rows inside annotations matching REGEX (e.g. '\\(F\\)$': the forward chunks of a "
+    "training profile) [every row].",
+)
 @_rules_option
 @click.option("--force", is_flag=True, help="Replace OUT if it is an existing trace.")
 def kineto(
@@ -127,6 +134,7 @@ def kineto(
     step_pattern: str,
     layer_pattern: str,
     events: str,
+    keep_pattern: str | None,
     rules_file: Path | None,
     force: bool,
 ) -> None:
@@ -157,7 +165,11 @@ def kineto(
             )
 
     options = KinetoOptions(
-        step_pattern=step_pattern, layer_pattern=layer_pattern, events=events, rank_from=rank_from
+        step_pattern=step_pattern,
+        layer_pattern=layer_pattern,
+        events=events,
+        rank_from=rank_from,
+        keep_pattern=keep_pattern,
     )
     report = import_kineto(
         list(files), out, model=model, options=options, overwrite=force, on_file=show, rules=rules

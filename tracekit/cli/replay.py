@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from tracekit.cli._render import echo_json, render_rows
+from tracekit.cli.profile import attach_profile, echo_profile, match_options
+from tracekit.cost.measured_source import TIMING_MODES
 from tracekit.errors import UsageError
 from tracekit.hardware.comm_impls import COMM_IMPLS
 
@@ -65,6 +67,11 @@ def _deployment_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--aggregated", default=None, metavar="ISL:OSL", help="Aggregated serving: decode steps also run the prefill of new requests of ISL prompt and OSL output tokens."),
         click.option("--prefill-chunk", type=click.IntRange(1), default=None, help="With --aggregated: prompt tokens per prefill chunk [a whole prompt]."),
         click.option("--prefix-hit", type=click.FloatRange(0.0, 1.0, max_open=True), default=None, help="Share of every prompt read from the prefix cache (not computed in prefill)."),
+        click.option("--timing", type=click.Choice(TIMING_MODES), default="analytic", show_default=True,
+                     help="Price kernels from the preset's curves (analytic), from a measured kernel table where it "
+                     "covers the shape (measured: a table is required), or measured when one is available (auto)."),
+        click.option("--measured", default=None, metavar="FILE|aiconfigurator[:SYSTEM/FRAMEWORK]",
+                     help="The measured table for --timing measured/auto [the preset's AIConfigurator database]."),
     ]  # fmt: skip
     for opt in reversed(opts):
         fn = opt(fn)
@@ -95,6 +102,8 @@ def _base(
     aggregated: str | None = None,
     prefill_chunk: int | None = None,
     prefix_hit: float | None = None,
+    timing: str = "analytic",
+    measured: str | None = None,
     merge_precisions: bool = True,
 ) -> Any:
     from tracekit.hardware import parse_set_options
@@ -127,6 +136,8 @@ def _base(
         aggregated=_pair("--aggregated", aggregated, "ISL:OSL, e.g. 1024:2048", int, int),
         prefill_chunk=prefill_chunk,
         prefix_hit=prefix_hit,
+        timing=timing,
+        measured=measured,
     )
 
 
@@ -254,9 +265,18 @@ def _ms(v: Any) -> float | None:
 )
 @click.option("--force", is_flag=True, help="Replace an existing result directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--profile",
+    "profile",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A GPU profile of this run (Kineto JSON per rank, repeatable, or an imported trace): measured "
+    "beside the prediction per step, layer and component (table replay_profile).",
+)
+@match_options
 def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phases: tuple[str, ...], disagg: bool,
            prefill_hw: str | None, prefill_ep: int | None, prefill_gpus: int | None, out: Path | None, force: bool,
-           as_json: bool, **opts: Any) -> None:  # fmt: skip
+           as_json: bool, profile: tuple[Path, ...], match: str, layer_offset: int, **opts: Any) -> None:  # fmt: skip
     """Re-time TRACE on a hardware model under a deployment, step by step, layer by layer, rank by rank."""
     from tracekit.replay import replay as run_replay
     from tracekit.replay import replay_disaggregated, write_result
@@ -269,6 +289,12 @@ def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phas
         if prefill_hw or prefill_ep or prefill_gpus:
             raise UsageError("--prefill-hw, --prefill-ep and --prefill-gpus need --disagg")
         res = run_replay(trace, dep, phases=list(phases) or None, progress=_progress())
+    if profile:
+        if disagg:
+            raise UsageError("--profile compares one pool's replay with its profile: drop --disagg")
+        res = attach_profile(res, dep, trace, profile, match, layer_offset)
+    elif match != "auto" or layer_offset:
+        raise UsageError("--match and --layer-offset map a profile onto the replay: add --profile")
     if out is not None:
         write_result(res, out, overwrite=force)
     if as_json:
@@ -282,8 +308,27 @@ def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phas
     )
     click.echo(title)
     click.echo(render_rows(["quantity", "value"], _summary_rows(res.summary), "table"))
+    sources = res.tables.get("replay_sources")
+    if sources is not None and dep.timing != "analytic":
+        click.echo(render_rows(*_source_rows(sources), "table"))
+    echo_profile(res)
     if out is not None:
         click.echo(f"wrote {out}")
+
+
+def _source_rows(sources: Any) -> tuple[list[str], list[list[str]]]:
+    """Which timing source priced each component (replay_sources), one row per phase and component."""
+    rows = [
+        [
+            r["phase"],
+            r["component"],
+            r["source"],
+            f"{100 * (r['measured_share'] or 0.0):.0f}%",
+            r["table"] or "-",
+        ]
+        for r in sources.iter_rows(named=True)
+    ]
+    return ["phase", "component", "priced by", "measured share", "table"], rows
 
 
 @click.command()
@@ -540,3 +585,8 @@ def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tupl
     if bad.height:
         click.echo(f"{bad.height} points do not fit or failed; see sweep_points.parquet (column error)")
     click.echo(f"wrote {out}")
+
+
+#: The deployment options and their parsing, shared with ``calibrate --from-profile``.
+deployment_options = _deployment_options
+base_deployment = _base

@@ -91,6 +91,10 @@ class KinetoOptions:
     events: str = "gpu"
     #: How each file's rank is found: from a ``rank<N>`` in its name, or from the order given.
     rank_from: str = "filename"
+    #: Regular expression over annotation names: when set, only rows inside a matching range are
+    #: kept (GPU rows by their launch or their own start, as for layers): e.g. the forward chunks of
+    #: a training profile (``\(F\)$``). None keeps every row.
+    keep_pattern: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,12 +251,14 @@ class _FileReader:
         options: KinetoOptions,
         step_rx: re.Pattern[str],
         layer_rx: re.Pattern[str],
+        keep_rx: re.Pattern[str] | None = None,
     ) -> None:
         self.path = path
         self.rank = rank
         self.options = options
         self.step_rx = step_rx
         self.layer_rx = layer_rx
+        self.keep_rx = keep_rx
         self.want_gpu = options.events in ("gpu", "all")
         self.want_cpu = options.events in ("cpu", "all")
         self.rows = _Chunks(
@@ -340,6 +346,8 @@ class _FileReader:
             return
         if is_annotation:
             gpu_side = _ANNOTATION_CATS[cat]
+            if self.keep_rx is not None and self.keep_rx.search(name):
+                self.markers.add(ts=ts, end=ts + dur, kind=_KEEP, value=1, gpu=gpu_side)
             for kind, rx in ((0, self.step_rx), (1, self.layer_rx)):
                 m = rx.search(name)
                 if m:
@@ -406,6 +414,36 @@ class _Collected:
     inferred: InferredLayers | None
 
 
+#: Marker kind of a --keep-pattern range (0: step, 1: layer).
+_KEEP = 2
+
+
+def _in_marked(reader: _FileReader, cols: dict[str, np.ndarray], kind: int) -> np.ndarray:
+    """Per row, the value of the innermost marker of ``kind`` containing it (-1: none): GPU rows by
+    their own start among GPU-side markers, else by their launch among CPU-side ones; CPU rows by
+    their start among CPU-side markers."""
+    marks = reader.markers.arrays()
+    n = cols["ts"].size
+    out = np.full(n, -1, dtype=np.int64)
+    gpu = cols["gpu"]
+    sel = marks["kind"] == kind
+    gpu_m = sel & marks["gpu"]
+    cpu_m = sel & ~marks["gpu"]
+    if gpu_m.any():
+        out[gpu] = assign_innermost(
+            cols["ts"][gpu], marks["ts"][gpu_m], marks["end"][gpu_m], marks["value"][gpu_m]
+        )
+    elif cpu_m.any() and gpu.any():
+        launch = reader.launch.arrays()
+        times = launch_times(cols["corr"][gpu], launch["corr"], launch["ts"])
+        out[gpu] = assign_innermost(times, marks["ts"][cpu_m], marks["end"][cpu_m], marks["value"][cpu_m])
+    if cpu_m.any() and (~gpu).any():
+        out[~gpu] = assign_innermost(
+            cols["ts"][~gpu], marks["ts"][cpu_m], marks["end"][cpu_m], marks["value"][cpu_m]
+        )
+    return out
+
+
 def _collect(
     reader: _FileReader, rules: KernelRules | None = None, arch: ModelArch | None = None
 ) -> _Collected:
@@ -418,6 +456,11 @@ def _collect(
     fits = (np.abs(start_f) < _MAX_NS) & (dur_f < _MAX_NS) & np.isfinite(start_f) & np.isfinite(dur_f)
     if not fits.all():
         reader.skipped["event whose time does not fit int64 nanoseconds"] += int((~fits).sum())
+    if reader.keep_rx is not None:
+        inside = _in_marked(reader, cols, _KEEP) >= 0
+        reader.ignored["rows outside the --keep-pattern ranges"] += int((fits & ~inside).sum())
+        fits &= inside
+    if not fits.all():
         cols = {k: v[fits] for k, v in cols.items()}
         kept = np.flatnonzero(fits)
         new_index = {int(old): i for i, old in enumerate(kept.tolist())}
@@ -437,27 +480,8 @@ def _collect(
     name_codes = cols["name"]
 
     marks = reader.markers.arrays()
-    step = np.full(n, -1, dtype=np.int64)
-    layer = np.full(n, -1, dtype=np.int64)
-    gpu = cols["gpu"]
-    launch = reader.launch.arrays()
-    for kind, target in ((0, step), (1, layer)):
-        sel = marks["kind"] == kind
-        gpu_m = sel & marks["gpu"]
-        cpu_m = sel & ~marks["gpu"]
-        if gpu_m.any():
-            target[gpu] = assign_innermost(
-                cols["ts"][gpu], marks["ts"][gpu_m], marks["end"][gpu_m], marks["value"][gpu_m]
-            )
-        elif cpu_m.any() and gpu.any():
-            times = launch_times(cols["corr"][gpu], launch["corr"], launch["ts"])
-            target[gpu] = assign_innermost(
-                times, marks["ts"][cpu_m], marks["end"][cpu_m], marks["value"][cpu_m]
-            )
-        if cpu_m.any() and (~gpu).any():
-            target[~gpu] = assign_innermost(
-                cols["ts"][~gpu], marks["ts"][cpu_m], marks["end"][cpu_m], marks["value"][cpu_m]
-            )
+    step = _in_marked(reader, cols, 0)
+    layer = _in_marked(reader, cols, 1)
 
     inferred = None
     if n and not (marks["kind"] == 1).any():
@@ -543,6 +567,14 @@ def import_kineto(
             raise UsageError(f"{p}: no such file; give the Kineto JSON (or .json.gz) written by the profiler")
     step_rx = compile_marker_pattern(options.step_pattern, "--step-pattern")
     layer_rx = compile_marker_pattern(options.layer_pattern, "--layer-pattern")
+    keep_rx = None
+    if options.keep_pattern is not None:
+        try:
+            keep_rx = re.compile(options.keep_pattern)
+        except re.error as exc:
+            raise UsageError(
+                f"--keep-pattern {options.keep_pattern!r} is not a valid regular expression: {exc}"
+            ) from None
     ranks = ranks_for(paths, options.rank_from)
     order = sorted(range(len(paths)), key=lambda i: ranks[i])
     arch = model or unknown_arch()
@@ -553,6 +585,7 @@ def import_kineto(
         "events": options.events,
         "step_pattern": options.step_pattern,
         "layer_pattern": options.layer_pattern,
+        "keep_pattern": options.keep_pattern,
         "model_given": model is not None,
     }
     manifest = Manifest(
@@ -571,7 +604,7 @@ def import_kineto(
     try:
         for i in order:
             path, rank = paths[i], ranks[i]
-            reader = _FileReader(path, rank, options, step_rx, layer_rx)
+            reader = _FileReader(path, rank, options, step_rx, layer_rx, keep_rx)
             state = reader.read()
             if reader.rows.n == 0 and options.events == "gpu" and reader.cpu_ops_seen:
                 raise InputFormatError(

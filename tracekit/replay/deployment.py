@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracekit.cost.measured_source import TIMING_MODES
 from tracekit.errors import UsageError, param
 from tracekit.hardware import COMM_IMPLS, default_impl
 from tracekit.placement import Placement
@@ -154,6 +155,13 @@ class Deployment:
     prefix_hit: float | None = None
     #: Replayed steps per phase (None: as many as the trace's tokens fill).
     steps: int | None = None
+    #: How kernels are priced: ``analytic`` (the preset's curves), ``measured`` (a measured kernel
+    #: table where it covers the shape, the curves elsewhere; a table is required) or ``auto``
+    #: (measured when a table is available for the preset). See tracekit.cost.measured_source.
+    timing: str = "analytic"
+    #: The measured table: a file written by ``tracekit bench``, ``aiconfigurator[:SYSTEM/FRAMEWORK]``,
+    #: or None (the preset's AIConfigurator database).
+    measured: str | None = None
 
     def __post_init__(self) -> None:
         if self.ep is not None and self.ep < 1:
@@ -183,6 +191,13 @@ class Deployment:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UsageError(f"{param(name)} must be >= 1, got {v}")
+        if self.timing not in TIMING_MODES:
+            raise UsageError(f"{param('timing')} {self.timing!r}: valid: {', '.join(TIMING_MODES)}")
+        if self.measured is not None and self.timing == "analytic":
+            raise UsageError(
+                f"{param('measured')} {self.measured} prices kernels only with {param('timing')} measured "
+                "or auto; add one"
+            )
         if self.tbo and self.sbo:
             raise UsageError(
                 f"{param('tbo')} and {param('sbo')} are two ways of overlapping the same communication; "

@@ -132,4 +132,9 @@ def replay_disaggregated(
         summary_table=pl.concat([table, whole_row]),
         summary=summary,
         phases=(ps, ds),
+        tables={
+            name: pl.concat([t for t in (pre.tables.get(name), dec.tables.get(name)) if t is not None])
+            for name in ("replay_sources",)
+            if name in pre.tables or name in dec.tables
+        },
     )

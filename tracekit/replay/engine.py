@@ -51,7 +51,15 @@ from tracekit.replay.summary import (
     run_steps,
     summary_frame,
 )
-from tracekit.replay.tables import Window, layers_frame, peers_frame, ranks_frame, steps_frame
+from tracekit.replay.tables import (
+    Window,
+    layers_frame,
+    peers_frame,
+    ranks_frame,
+    sources_frame,
+    sources_table,
+    steps_frame,
+)
 from tracekit.replay.timing import time_window
 from tracekit.schema import ModelArch
 from tracekit.trace.reader import Trace, open_trace
@@ -118,6 +126,7 @@ class _PhaseOut:
     layers: pl.DataFrame
     ranks: pl.DataFrame | None
     peers: pl.DataFrame
+    sources: pl.DataFrame
 
 
 def replay(
@@ -179,6 +188,7 @@ def replay(
         summary_table=summary_frame(figures),
         summary=make_summary(figures, steps_used),
         phases=tuple(figures),
+        tables={"replay_sources": pl.concat([o.sources for o in outs])},
     )
 
 
@@ -259,7 +269,7 @@ def _replay_phase(ph: _Phase, *, collect_ranks: bool, progress: Progress | None)
     setup, total = ph.setup, ph.schedule.num_steps
     L, R = len(ph.source.layers), setup.num_ranks
     peer_tokens = np.zeros((L, R, R))
-    steps, layers, ranks = [], [], []
+    steps, layers, ranks, sources = [], [], [], []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracekit-window") as ahead:
         counted: Future[ExpertWindow] | None = ahead.submit(_count, ph, 0) if total > 0 else None
         for lo in range(0, total, ph.window_steps):
@@ -293,6 +303,7 @@ def _replay_phase(ph: _Phase, *, collect_ranks: bool, progress: Progress | None)
                 ),
             )
             steps.append(steps_frame(w))
+            sources.append(sources_frame(w))
             layers.append(layers_frame(w))
             if collect_ranks:
                 ranks.append(ranks_frame(w))
@@ -301,4 +312,5 @@ def _replay_phase(ph: _Phase, *, collect_ranks: bool, progress: Progress | None)
         layers=pl.concat(layers),
         ranks=pl.concat(ranks) if ranks else None,
         peers=peers_frame(setup, peer_tokens, ph.pool, ph.name),
+        sources=sources_table(sources, setup),
     )

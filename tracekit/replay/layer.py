@@ -22,6 +22,11 @@ the replay's breakdown (``attention``, ``attn_proj``, ``dense``, ``expert_gemm``
 small memory-bound kernels and the launch gaps), and to a timing family a user's calibration can
 scale (``[scale]`` of a preset).
 
+With a measured source (``--timing measured|auto``, :mod:`tracekit.cost.measured_source`) the
+GEMMs, the routed experts and the attention core are priced from the measured table wherever it
+covers the shape (each :class:`Priced` keeps the measured part in ``measured``), and from the
+curves elsewhere.
+
 Shape legend: ``M`` micro-batches (1, or 2 under two-batch overlap), ``W`` steps, ``L`` trace MoE
 layers, ``R`` ranks, ``S`` slots per rank, ``P`` sequences per (step, rank).
 """
@@ -39,6 +44,7 @@ from tracekit.cost.kernels import (
     gemm_time,
     grouped_gemm_time,
 )
+from tracekit.cost.measured_source import MeasuredTiming
 from tracekit.hardware import HardwareSpec
 from tracekit.models import shared_expert_params
 from tracekit.models.work import (
@@ -55,10 +61,12 @@ LATENCY = 3  # bound code of "latency" (tracekit.cost.BOUNDS order)
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Priced:
-    """Seconds and the bound that set them (int8 codes into tracekit.cost.BOUNDS)."""
+    """Seconds and the bound that set them (int8 codes into tracekit.cost.BOUNDS); ``measured``: the
+    part of ``time`` priced from a measured table (None: none of it)."""
 
     time: np.ndarray
     bound: np.ndarray
+    measured: np.ndarray | None = None
 
     @staticmethod
     def of(cost: object, scale: float = 1.0) -> Priced:
@@ -74,7 +82,26 @@ class Priced:
     def __add__(self, other: Priced) -> Priced:
         a, b = np.broadcast_arrays(self.time, other.time)
         ba, bb = np.broadcast_arrays(self.bound, other.bound)
-        return Priced(time=a + b, bound=np.where(a >= b, ba, bb))
+        measured: np.ndarray | None = None
+        if self.measured is not None or other.measured is not None:
+            total = (0.0 if self.measured is None else self.measured) + (
+                0.0 if other.measured is None else other.measured
+            )
+            measured = np.broadcast_to(np.asarray(total, dtype=np.float64), a.shape)
+        return Priced(time=a + b, bound=np.where(a >= b, ba, bb), measured=measured)
+
+    def measured_where(self, t: np.ndarray) -> Priced:
+        """This price with measured times ``t`` (NaN: not covered) in place of the analytic ones
+        where they are finite and the kernel has work."""
+        a, m = np.broadcast_arrays(np.asarray(self.time, dtype=np.float64), t)
+        use = np.isfinite(m) & (a > 0)
+        if not use.any():
+            return self
+        return Priced(
+            time=np.where(use, m, a),
+            bound=np.broadcast_to(self.bound, a.shape),
+            measured=np.where(use, m, 0.0),
+        )
 
 
 def grouped_rows(expert_tokens: np.ndarray | GroupedRows) -> GroupedRows:
@@ -154,8 +181,11 @@ class LayerPricer:
         experts: str,
         expert_layout: str,
         cuda_graphs: bool,
+        measured: MeasuredTiming | None = None,
     ) -> None:
         self.hw, self.arch = hw, arch
+        #: Measured kernel times asked first (``--timing measured|auto``); None: analytic only.
+        self.measured = measured
         self.attn_prec, self.core_prec, self.kv_prec = attention, attention_core, kv_cache
         self.dense_prec, self.expert_prec = dense, experts
         self.expert_layout = expert_layout
@@ -163,9 +193,12 @@ class LayerPricer:
 
     # -- primitives, each with its family's scale --------------------------------------------------
     def gemm(self, m: np.ndarray, n: float, k: float, precision: str) -> Priced:
-        return Priced.of(
+        cost = Priced.of(
             gemm_time(self.hw, m=m, n=n, k=k, precision=precision), self.hw.time_scale("dense_gemm")
         )
+        if self.measured is None:
+            return cost
+        return cost.measured_where(self.measured.gemm(m, n, k, precision))
 
     def ew(self, hbm_bytes: np.ndarray, active: np.ndarray, kernels: float = 1.0) -> Priced:
         """``kernels`` memory-bound kernels moving ``hbm_bytes`` in all, where ``active``."""
@@ -247,7 +280,20 @@ class LayerPricer:
         cost = attention_time(
             self.hw, family=family, flops=flops, hbm_bytes=kv + acts, sequences=seqs, precision=self.core_prec
         )
-        return Priced.of(cost, self.hw.time_scale("attention"))
+        priced = Priced.of(cost, self.hw.time_scale("attention"))
+        if self.measured is None:
+            return priced
+        t = self.measured.attention(
+            family,
+            arch,
+            new_tokens=q,
+            context_tokens=c,
+            tp=shape.tp,
+            kv_precision=self.kv_prec,
+            core_precision=self.core_prec,
+            window=window,
+        )
+        return priced.measured_where(t)
 
     def router(self, shape: LayerShape, costs: LayerCosts) -> None:
         arch = self.arch
@@ -280,12 +326,17 @@ class LayerPricer:
         scale = self.hw.time_scale("expert_gemm")
         up = grouped_gemm_time(self.hw, tokens_per_expert=g, n=2 * F, k=H, precision=p, layout=layout)
         down = grouped_gemm_time(self.hw, tokens_per_expert=g, n=H, k=F, precision=p, layout=layout)
-        costs.add("experts", "expert_gemm", Priced.of(up, scale) + Priced.of(down, scale), kernels=2.0)
+        gemms = Priced.of(up, scale) + Priced.of(down, scale)
         rows = g.rows
         live = rows > 0
-        costs.add(
-            "experts", "fixed", self.ew(rows * F * (4.0 + bytes_per_param(p)), live)
-        )  # SiLU-and-mul + quant
+        act = self.ew(rows * F * (4.0 + bytes_per_param(p)), live)  # SiLU-and-mul + quant
+        if self.measured is not None:
+            # one measurement holds both GEMMs and the activation between them
+            gemms = gemms.measured_where(self.measured.experts(g, H, F, p))
+            if gemms.measured is not None:
+                act = Priced(time=np.where(gemms.measured > 0, 0.0, act.time), bound=act.bound)
+        costs.add("experts", "expert_gemm", gemms, kernels=2.0)
+        costs.add("experts", "fixed", act)
         if layout == "contiguous":  # rows permuted into expert order and back (normal all-to-all layouts)
             permute = rows * H * (2.0 * bytes_per_param(p) + 4.0)
             costs.add("experts", "fixed", self.ew(permute, live, 2.0), kernels=2.0)

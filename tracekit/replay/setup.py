@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tracekit.cost.measured_source import MeasuredTiming, resolve_timing
 from tracekit.errors import DeploymentError, UsageError, param
 from tracekit.hardware import HardwareSpec, get_hardware
 from tracekit.importers import is_unknown
@@ -50,6 +51,8 @@ class ReplaySetup:
     source_of: np.ndarray
     #: Per target decoder layer: its attention window (None: full attention).
     windows: tuple[int | None, ...]
+    #: Measured kernel times the pricer asks first (``dep.timing`` measured / auto), or None.
+    measured: MeasuredTiming | None = None
 
     @property
     def ep_groups(self) -> int:
@@ -242,6 +245,7 @@ def make_setup(trace: Trace, dep: Deployment) -> ReplaySetup:
         plan=plan,
         source_of=source_of,
         windows=tuple(layer_window(arch, t) for t in range(arch.num_layers)),
+        measured=resolve_timing(dep.timing, dep.measured, gpu=hw.gpu, hw_name=hw.name),
     )
 
 

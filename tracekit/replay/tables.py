@@ -245,3 +245,61 @@ def peers_frame(setup: ReplaySetup, peer_tokens: np.ndarray, pool: str, phase: s
             "link": link.reshape(-1),
         },
     )
+
+
+def sources_frame(w: Window) -> pl.DataFrame:
+    """Per component of one window: seconds summed over its steps (mean rank, all layers) and the
+    part priced from measurements; :func:`sources_table` turns a phase's windows into
+    ``replay_sources``."""
+    R = w.cost.layer_map.R
+    rows: dict[str, list[Any]] = {
+        "pool": [],
+        "phase": [],
+        "component": [],
+        "time_s": [],
+        "measured_s": [],
+        "steps": [],
+    }
+    for c in COMPONENTS:
+        pr = w.cost.components[c]
+        rows["pool"].append(w.pool)
+        rows["phase"].append(w.phase)
+        rows["component"].append(c)
+        rows["time_s"].append(float(np.sum(pr.time)) / R)
+        rows["measured_s"].append(0.0 if pr.measured is None else float(np.sum(pr.measured)) / R)
+        rows["steps"].append(w.W)
+    return pl.DataFrame(rows)
+
+
+def sources_table(windows: list[pl.DataFrame], setup: ReplaySetup) -> pl.DataFrame:
+    """``replay_sources`` from the windows' :func:`sources_frame` rows."""
+    measured = setup.measured
+    if not windows:
+        return frame("replay_sources", {name: [] for name in polars_schema("replay_sources")})
+    agg = (
+        pl.concat(windows)
+        .group_by("pool", "phase", "component", maintain_order=True)
+        .agg(pl.col("time_s").sum(), pl.col("measured_s").sum(), pl.col("steps").sum())
+    )
+    steps = agg["steps"].to_numpy().astype(np.float64)
+    time = agg["time_s"].to_numpy() / np.maximum(steps, 1.0)
+    meas = agg["measured_s"].to_numpy() / np.maximum(steps, 1.0)
+    share = np.divide(meas, time, out=np.zeros_like(time), where=time > 0)
+    source = np.where(share >= 1.0 - 1e-9, "measured", np.where(share > 0.0, "mixed", "analytic"))
+    n = agg.height
+    return frame(
+        "replay_sources",
+        {
+            "pool": agg["pool"],
+            "phase": agg["phase"],
+            "component": agg["component"],
+            "source": source,
+            "measured_share": share,
+            "time_s": time,
+            "measured_s": meas,
+            "timing": [setup.dep.timing] * n,
+            "table": pl.Series(
+                [measured.label if measured and s != "analytic" else None for s in source], dtype=pl.String
+            ),
+        },
+    )

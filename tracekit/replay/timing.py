@@ -226,14 +226,18 @@ def time_counted(
     stages = {s: _assemble(kinds, attn, moe, dense, s, M) for s in STAGES}
     comps = {c: _component(kinds, attn, moe, dense, c, M) for c in COMPONENTS if c not in COMM_COMPONENTS}
     routed_work, d, c = price_routed(setup, phase, routed, M, weight_read, peer_tokens=peer_tokens)
-    tp = _tp_comm(setup, shape)
+    tp, tp_measured = _tp_comm(setup, shape)
     comps["dispatch"] = _comm_component(lm, d, M)
     comps["combine"] = _comm_component(lm, c, M)
     # dense layers all-reduce after attention and after the FFN; MoE layers after the experts too
     # under MoE TP (each GPU holds a slice of every expert's output)
     tp_layers = lm.kinds(tp * (2.0 if dep.moe_tp > 1 else 1.0), 2.0 * tp)
     comps["tp_comm"] = Priced(
-        time=tp_layers.sum(axis=0), bound=np.full(lm.shape, BOUND_NAMES.index("network"), np.int8)
+        time=tp_layers.sum(axis=0),
+        bound=np.full(lm.shape, BOUND_NAMES.index("network"), np.int8),
+        measured=None
+        if tp_measured is None
+        else lm.kinds(tp_measured * (2.0 if dep.moe_tp > 1 else 1.0), 2.0 * tp_measured).sum(axis=0),
     )
     outputs = load.outputs[lo:hi].astype(np.float64) * q
     tok = load.tokens[lo:hi].astype(np.float64) * q
@@ -340,6 +344,7 @@ def _pricer(setup: ReplaySetup, phase: str) -> LayerPricer:
         # low-latency all-to-alls hand the experts a masked [experts, max tokens] layout
         expert_layout="masked" if impl.dedup == "expert" else "contiguous",
         cuda_graphs=dep.cuda_graphs if dep.cuda_graphs is not None else phase == "decode",
+        measured=setup.measured,
     )
 
 
@@ -468,11 +473,15 @@ def _assemble(
     return out
 
 
-def _priced(costs: LayerCosts, comp: str, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _priced(
+    costs: LayerCosts, comp: str, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(time, bound, measured part) of one component of a layer kind, broadcast to ``shape``."""
     pr = costs.components.get(comp)
     if pr is None:
-        return np.zeros(shape), np.full(shape, _LATENCY, np.int8)
-    return _full(pr.time, shape), np.broadcast_to(pr.bound, shape)
+        return np.zeros(shape), np.full(shape, _LATENCY, np.int8), np.zeros(shape)
+    measured = np.zeros(shape) if pr.measured is None else _full(pr.measured, shape)
+    return _full(pr.time, shape), np.broadcast_to(pr.bound, shape), measured
 
 
 def _component(
@@ -483,18 +492,30 @@ def _component(
     shape = (M, lm.W, lm.R)
     parts = [_priced(attn[w], comp, shape) for w in k.order]
     total = Priced(
-        time=k.attention([t for t, _ in parts]), bound=k.attention([b for _, b in parts]).astype(np.int8)
+        time=k.attention([t for t, _, _ in parts]),
+        bound=k.attention([b for _, b, _ in parts]).astype(np.int8),
+        measured=k.attention([m for _, _, m in parts]),
     )
     routed = moe.components.get(f"routed:{comp}")
     if routed is not None:
         total = total + Priced(
             time=lm.layers(np.asarray(routed.time, dtype=np.float64), 0.0),
             bound=lm.layers(routed.bound, _LATENCY).astype(np.int8),
+            measured=None
+            if routed.measured is None
+            else lm.layers(np.asarray(routed.measured, dtype=np.float64), 0.0),
         )
-    (mt, mb), (dt, db) = _priced(moe, comp, shape), _priced(dense, comp, shape)
-    total = total + Priced(time=lm.kinds(mt, dt), bound=lm.kinds(mb, db).astype(np.int8))
+    (mt, mb, mm), (dt, db, dm) = _priced(moe, comp, shape), _priced(dense, comp, shape)
+    total = total + Priced(
+        time=lm.kinds(mt, dt), bound=lm.kinds(mb, db).astype(np.int8), measured=lm.kinds(mm, dm)
+    )
     largest = np.argmax(total.time, axis=0)[None]
-    return Priced(time=total.time.sum(axis=0), bound=np.take_along_axis(total.bound, largest, axis=0)[0])
+    assert total.measured is not None
+    return Priced(
+        time=total.time.sum(axis=0),
+        bound=np.take_along_axis(total.bound, largest, axis=0)[0],
+        measured=total.measured.sum(axis=0),
+    )
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -630,13 +651,21 @@ def _comm_component(lm: LayerMap, c: CommTimes, M: int) -> Priced:
     return Priced(time=t, bound=np.full(t.shape, BOUND_NAMES.index("network"), np.int8))
 
 
-def _tp_comm(setup: ReplaySetup, shape: LayerShape) -> np.ndarray:
-    """[M, W, R] the attention output all-reduce of tensor-parallel attention."""
+def _tp_comm(setup: ReplaySetup, shape: LayerShape) -> tuple[np.ndarray, np.ndarray | None]:
+    """[M, W, R] the attention output all-reduce of tensor-parallel attention, and its part priced
+    from a measured table (None: none)."""
     tp = setup.dep.tp
     if tp == 1:
-        return np.zeros(shape.tokens.shape)
-    cost = allreduce(setup.hw, nbytes=shape.tokens * setup.arch.hidden_size * 2.0, ranks=tp)
-    return np.asarray(cost.time_s) * setup.hw.time_scale("collective")
+        return np.zeros(shape.tokens.shape), None
+    nbytes = shape.tokens * setup.arch.hidden_size * 2.0
+    cost = allreduce(setup.hw, nbytes=nbytes, ranks=tp)
+    t = np.asarray(cost.time_s) * setup.hw.time_scale("collective")
+    if setup.measured is None:
+        return t, None
+    priced = Priced(time=t, bound=np.zeros(t.shape, np.int8)).measured_where(
+        setup.measured.all_reduce(nbytes, tp)
+    )
+    return priced.time, priced.measured
 
 
 def _edges(setup: ReplaySetup, tok: np.ndarray, group_outputs: np.ndarray) -> tuple[Priced, Priced]:

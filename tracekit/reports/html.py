@@ -428,6 +428,32 @@ def _replay_rank_steps(con: duckdb.DuckDBPyConnection, inp: CatalogInput) -> str
     )
 
 
+def _profile_plot(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> str:
+    """Per input and phase, two bars: the profile's measured time per step and rank by component,
+    and the replay's prediction for the same steps and ranks."""
+    res = run_report(con, catalog, "predicted-vs-measured", {"by": "component"})
+    col = {c: i for i, c in enumerate(res.columns)}
+    rows = [r for r in res.rows if r[col["component"]] != "step"]
+    groups: list[tuple[str, str]] = []
+    components: list[str] = []
+    for r in rows:
+        key = (str(r[col["input"]]), str(r[col["phase"]]))
+        if key not in groups:
+            groups.append(key)
+        if r[col["component"]] not in components:
+            components.append(str(r[col["component"]]))
+    values = np.zeros((2 * len(groups), len(components)))
+    for r in rows:
+        g = groups.index((str(r[col["input"]]), str(r[col["phase"]])))
+        c = components.index(str(r[col["component"]]))
+        values[2 * g, c] = float(r[col["measured_s"]] or 0.0) * 1e3
+        values[2 * g + 1, c] = float(r[col["predicted_s"]] or 0.0) * 1e3
+    labels = [f"{i} {ph} {side}" for i, ph in groups for side in ("measured", "predicted")]
+    return plots.stacked_barh(
+        labels, components, values, title="Profile vs replay: time per step and rank by component", unit="ms"
+    )
+
+
 def _pareto_plot(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> str:
     rows = execute(
         con,
@@ -503,6 +529,10 @@ def build_html(
                 f"<h3>{escape(spec.title)}</h3>"
                 + transposed_table(res.columns, res.rows, "tracekit report replay-compare", "input")
             )
+    if catalog.has("replay_profile") and _has_rows(con, "replay_profile"):
+        body.append("<h2>Predicted vs measured</h2>")
+        body.append(_profile_plot(con, catalog))
+        body.append(_report_table(con, catalog, "predicted-vs-measured", {"by": "component"}))
     if catalog.has("sweep_pareto") and _has_rows(con, "sweep_pareto"):
         body.append("<h2>Sweep</h2>")
         body.append(_pareto_plot(con, catalog))
