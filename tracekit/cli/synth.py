@@ -119,7 +119,7 @@ def stats(
         click.echo(f"wrote {out}/stats_*.parquet and stats.json", err=True)
 
 
-def _is_trace(path: Path) -> bool:
+def _is_trace(path: Any) -> bool:
     return (path / "manifest.json").is_file()
 
 
@@ -161,7 +161,9 @@ def _resolve_model(name: str) -> ModelArch:
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed; the same seed gives byte-identical Parquet."
 )
-@click.option("--out", type=click.Path(), required=True, help="Trace directory to write.")
+@click.option(
+    "--out", type=click.Path(), required=True, help="Trace directory (or URI: s3://bucket/trace) to write."
+)
 @click.option(
     "--prompt-len",
     type=int,
@@ -188,6 +190,12 @@ def _resolve_model(name: str) -> ModelArch:
     "decode's published imbalance after EPLB (docs/synth.md).",
 )
 @click.option("--no-gate-weights", is_flag=True, help="Leave routing.gate_weights null (smaller, faster).")
+@click.option(
+    "--rows-per-part",
+    type=click.IntRange(1),
+    default=None,
+    help="Rows per Parquet part file [1,000,000]; each part is one upload on an object store.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing trace at --out.")
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 @format_option()
@@ -204,6 +212,7 @@ def synth(
     target_imbalance: float | None,
     burst: float,
     no_gate_weights: bool,
+    rows_per_part: int | None,
     force: bool,
     as_json: bool,
     fmt: str,
@@ -228,12 +237,12 @@ def synth(
         burst=burst,
     )
     from tracekit.synth.generate import check_size
-    from tracekit.trace.outputs import Output
+    from tracekit.trace.outputs import check_output
 
     config.check()
     check_size(config, out)
     inputs = [model_name, config.spec.source]
-    Output(out, kind="dir", force=force, what="trace", is_ours=_is_trace, inputs=inputs).check()
+    check_output(out, kind="dir", force=force, what="trace", is_ours=_is_trace, inputs=inputs)
     shown = [0]
 
     def progress(done: int, total: int) -> None:
@@ -242,7 +251,7 @@ def synth(
             shown[0] = tenth
             click.echo(f"\rsynthesising: step {done}/{total}", nl=done == total, err=True)
 
-    result = synthesize(config, out, overwrite=force, progress=progress)
+    result = synthesize(config, out, overwrite=force, progress=progress, rows_per_part=rows_per_part)
     rows = result.rows.get("routing", 0)
     summary: dict[str, Any] = {
         "trace": str(result.path),
