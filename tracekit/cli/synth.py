@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from tracekit.cli._backend import backend_options, open_backend
 from tracekit.cli._render import echo_json, format_option, render_fields, render_rows
 from tracekit.errors import UsageError
 from tracekit.schema.manifest import ModelArch
@@ -55,10 +56,13 @@ _SHOWN = [
     show_default=True,
     help="Tokens per layer sampled from routing for co-activation and cross-layer measures.",
 )
-@click.option("--out", type=click.Path(), default=None, help="Directory for stats_*.parquet and stats.json.")
+@click.option(
+    "--out", type=click.Path(), default=None, help="Directory (or URI) for stats_*.parquet and stats.json."
+)
 @click.option("--force", is_flag=True, help="Replace the statistics already in --out.")
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 @format_option()
+@backend_options
 def stats(
     trace: str,
     ep: int | None,
@@ -69,6 +73,9 @@ def stats(
     force: bool,
     as_json: bool,
     fmt: str,
+    backend: str,
+    address: str | None,
+    ray_workers: int | None,
 ) -> None:
     """Routing statistics of TRACE per MoE layer: load skew per expert and per EP rank (max/mean,
     CV, Gini, entropy), co-activation, cross-layer correlation and hot-set drift.
@@ -81,8 +88,12 @@ def stats(
 
     if out is not None:
         from tracekit.trace.outputs import check_not_input
+        from tracekit.trace.store import is_uri
 
-        check_not_input(out, [trace, placement_file])
+        if not is_uri(out):
+            check_not_input(out, [trace, placement_file])
+        elif out.rstrip("/") == trace.rstrip("/"):
+            raise UsageError(f"--out {out}: it is also the input trace; write the statistics somewhere else")
     tr = open_trace(trace)
     slot_experts = None
     if placement_file is not None:
@@ -96,13 +107,15 @@ def stats(
             )
         ep = placement.num_ranks
         slot_experts = {layer: placement.row(layer) for layer in placement.layers}
-    result = compute_stats(
-        tr,
-        ep=ep,
-        slot_experts=slot_experts,
-        window_steps=window_steps,
-        max_routing_tokens=max_routing_tokens,
-    )
+    with open_backend(backend, address, ray_workers) as runner:
+        result = compute_stats(
+            tr,
+            ep=ep,
+            slot_experts=slot_experts,
+            window_steps=window_steps,
+            max_routing_tokens=max_routing_tokens,
+            backend=runner,
+        )
     if out is not None:
         result.write(out, overwrite=force, inputs=(trace,))
     layers = result.layers

@@ -26,8 +26,7 @@ from typing import Any
 import duckdb
 
 from tracekit.errors import UsageError, first_line
-from tracekit.trace import open_trace
-from tracekit.trace import store
+from tracekit.trace import open_trace, store
 from tracekit.trace.duck import parquet_view
 from tracekit.trace.layout import MANIFEST
 from tracekit.trace.store import Location
@@ -268,7 +267,9 @@ class Catalog:
             shared.append(table)
         return shared + own
 
-    def _register_input(self, con: duckdb.DuckDBPyConnection, inp: CatalogInput, persistent: bool) -> list[str]:
+    def _register_input(
+        self, con: duckdb.DuckDBPyConnection, inp: CatalogInput, persistent: bool
+    ) -> list[str]:
         if inp.kind == "trace":
             return open_trace(inp.path).register(con, prefix=f"{inp.name}_", persistent=persistent)
         names = []

@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -471,4 +470,6 @@ def synthesize(
         rows = writer.rows_written
     for table, count in writer.rows_written.items():
         rows[table] = count
-    return SynthResult(path=location(out), rows=rows, seconds=time.perf_counter() - started, detail=source_detail)
+    return SynthResult(
+        path=location(out), rows=rows, seconds=time.perf_counter() - started, detail=source_detail
+    )

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from tracekit.errors import UsageError
 from tracekit.trace.store import RemotePath
 
 #: A local or a remote path: the layout is the same on both.
-P = TypeVar("P", Path, RemotePath)
+P = TypeVar("P", bound=Path | RemotePath)
 
 MANIFEST = "manifest.json"
 SHARDS = "_shards"
@@ -26,15 +26,15 @@ TMP_SUFFIX = ".tmp"
 
 
 def shard_status_path(root: P, rank: int) -> P:
-    return root / SHARDS / f"rank-{rank:05d}.json"
+    return cast(P, root / SHARDS / f"rank-{rank:05d}.json")
 
 
 def part_path(root: P, table: str, rank: int, index: int) -> P:
-    return root / table / f"r{rank:05d}-p{index:06d}.parquet"
+    return cast(P, root / table / f"r{rank:05d}-p{index:06d}.parquet")
 
 
 def tmp_path(final: P) -> P:
-    return final.with_name("." + final.name + TMP_SUFFIX)
+    return cast(P, final.with_name("." + final.name + TMP_SUFFIX))
 
 
 def make_output_dir(path: Path, option: str = "--out") -> None:

@@ -237,7 +237,9 @@ class Trace:
             schema = self.arrow_schema(table)
             t = schema.empty_table()
             return t.select(columns) if columns else t
-        return pa.concat_tables([store.read_table(f, columns=columns) for f in files], promote_options="default")
+        return pa.concat_tables(
+            [store.read_table(f, columns=columns) for f in files], promote_options="default"
+        )
 
     def view_sql(self, table: str) -> str:
         """A SELECT over the table's Parquet files, for a DuckDB view (typed even when empty)."""

@@ -18,12 +18,11 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tracekit.errors import TraceError, first_line
 from tracekit.schema.tables import TABLE_NAMES
-from tracekit.trace.health import Footer, Problem, id_bounds, quick_check
 from tracekit.trace import store
+from tracekit.trace.health import Footer, Problem, id_bounds, quick_check
 from tracekit.trace.reader import Trace
 from tracekit.trace.store import Location, RemotePath
 
