@@ -44,7 +44,12 @@ def test_remote_path_on_an_fsspec_filesystem() -> None:
     f = root / "a" / "x.json"
     f.write_text('{"a": 1}')
     assert f.read_text() == '{"a": 1}' and f.stat().st_size == 8
-    assert (f.name, f.suffix, f.stem, str(f.parent)) == ("x.json", ".json", "x", "memory://tk-store-test/trace/a")
+    assert (f.name, f.suffix, f.stem, str(f.parent)) == (
+        "x.json",
+        ".json",
+        "x",
+        "memory://tk-store-test/trace/a",
+    )
     assert root.is_dir() and (root / "a").is_dir() and f.is_file()
     assert [p.name for p in root.iterdir()] == ["a"]
     assert [str(p) for p in root.rglob() if p.is_file()] == ["memory://tk-store-test/trace/a/x.json"]
@@ -94,7 +99,9 @@ def test_sql_over_a_remote_trace_matches_the_local_copy(tmp_path: Path, s3_serve
         assert {e: n for lay, e, n in got if lay == layer} == {e: int(c) for e, c in enumerate(counts) if c}
 
 
-def test_a_database_file_cannot_keep_arrow_views_of_a_remote_trace(tmp_path: Path, s3_server: S3Server) -> None:
+def test_a_database_file_cannot_keep_arrow_views_of_a_remote_trace(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
     from tracekit.reports import Catalog
 
     uri = f"s3://{s3_server.bucket()}/t"
@@ -111,7 +118,10 @@ def test_validate_names_a_damaged_remote_part(s3_server: S3Server) -> None:
     s3_server.client.put_object(Bucket=bucket, Key=part, Body=b"PAR1 not parquet PAR1")
     result = validate(uri)
     assert not result.ok
-    assert any(p.path == f"s3://{bucket}/{part}" and "not a readable Parquet file" in p.message for p in result.problems)
+    assert any(
+        p.path == f"s3://{bucket}/{part}" and "not a readable Parquet file" in p.message
+        for p in result.problems
+    )
 
 
 def test_remote_output_is_refused_when_taken_and_replaced_with_force(s3_server: S3Server) -> None:
@@ -164,6 +174,18 @@ def test_killed_synth_leaves_a_readable_trace_on_s3(tmp_path: Path, s3_server: S
     assert np.array_equal(np.bincount(routed), np.full(routed.max() + 1, per_step))
     # whole parts only: every object under the trace is a finished file
     assert all(not k.rsplit("/", 1)[-1].startswith(".") for k in s3_server.keys(bucket, "killed/"))
+    # and the commands read it as it is: validate names it incomplete (exit 2, one line per problem,
+    # no damaged part), sql counts the rows of the whole parts
+    from click.testing import CliRunner
+
+    from tracekit.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["validate", uri])
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "incomplete" in res.stderr and "not a readable Parquet file" not in res.stderr
+    res = CliRunner().invoke(cli, ["sql", "SELECT count(*) AS n FROM routing", uri, "--format", "csv"])
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.splitlines() == ["n", str(routed.size)]
 
 
 def test_remote_parquet_write_is_whole_or_absent(s3_server: S3Server) -> None:
