@@ -186,3 +186,22 @@ def test_backend_errors_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'tracekit\[ray\]'"):
         get_backend("ray")
+
+
+def test_cli_stats_and_place_evaluate_on_ray_print_what_local_prints(
+    tmp_path: Path, ray_cluster: str
+) -> None:
+    from click.testing import CliRunner
+
+    from tracekit.cli.main import cli
+
+    uri = _trace(None, steps=4, seed=6, at=str(tmp_path / "ep4"))
+    for args in (
+        ["stats", uri, "--ep", "4", "--format", "json"],
+        ["place", uri, "--ep", "4", "--redundant", "4", "--policy", "greedy", "--evaluate", "--hw", "h200-sxm",
+         "--json"],
+    ):  # fmt: skip
+        here = CliRunner().invoke(cli, args)
+        there = CliRunner().invoke(cli, [*args, "--backend", "ray"])
+        assert here.exit_code == 0 and there.exit_code == 0, here.output + there.output
+        assert json.loads(there.stdout) == json.loads(here.stdout) and here.stdout.strip(), args
