@@ -152,14 +152,8 @@ def placement_whatif(
             continue
         outcomes.append(PolicyOutcome(label=res.policy, plan=_retarget(res, copies, expert_bytes)))
     if hw is not None:
-        assert trace is not None
         dep = Deployment(hw=hw, ep=num_ranks, model=model, precision=prec)
-        address = str(trace) if backend is None or backend.local else absolute(trace)
-        jobs = [(address, o.plan, dep) for o in outcomes]
-        replayed = (
-            backend.map(_replay_job, jobs, label="policies") if backend else [_replay_job(j) for j in jobs]
-        )
-        outcomes = [dataclasses.replace(o, replayed=r) for o, r in zip(outcomes, replayed, strict=True)]
+        outcomes = _replayed(trace, outcomes, dep, backend)
     return PlacementWhatIf(
         loads=loads,
         num_ranks=num_ranks,
@@ -202,6 +196,17 @@ def _retarget(res: PlanResult, copies: np.ndarray | None, expert_bytes: int) -> 
 
 def _replay_job(job: tuple[str, PlanResult, Deployment]) -> ReplayedPlacement:
     return replay_placement(*job)
+
+
+def _replayed(
+    trace: str | Path | None, outcomes: list[PolicyOutcome], dep: Deployment, backend: Backend | None
+) -> list[PolicyOutcome]:
+    """``outcomes`` with each placement replayed under ``dep`` (one task per policy on ``backend``)."""
+    assert trace is not None  # placement_whatif refuses --hw without a trace
+    address = str(trace) if backend is None or backend.local else absolute(trace)
+    jobs = [(address, o.plan, dep) for o in outcomes]
+    replayed = backend.map(_replay_job, jobs, label="policies") if backend else [_replay_job(j) for j in jobs]
+    return [dataclasses.replace(o, replayed=r) for o, r in zip(outcomes, replayed, strict=True)]
 
 
 def replay_placement(trace: str | Path, result: PlanResult, dep: Deployment) -> ReplayedPlacement:
