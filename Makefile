@@ -44,7 +44,8 @@ lint: setup
 	$(VENV)/bin/mypy
 
 unit: setup
-	$(VENV)/bin/pytest -n $(JOBS) -q
+	# loadgroup: the tests that share one local Ray cluster (xdist_group "ray") run on one worker
+	$(VENV)/bin/pytest -n $(JOBS) --dist loadgroup -q
 
 test: lint unit
 

@@ -22,6 +22,8 @@ memory) or a recording failed at run time. The CLI also turns click's usage erro
     ├── ModelError                 a model cannot be loaded, or has no MoE layer (exit 2)
     ├── DeploymentError            a deployment cannot run (does not fit, bad degrees) (exit 2)
     ├── OutputBusyError            another process is writing the same output (exit 2)
+    ├── StorageError               an object store or remote filesystem refused or cannot be reached (exit 2)
+    ├── BackendError               a distributed backend (Ray) cannot run the work (exit 2)
     ├── ResourceError              the machine refused: no space left, no memory (exit 1)
     └── CollectorError             recording failed at run time (exit 1)
 
@@ -109,6 +111,16 @@ class CollectorError(TracekitError):
 
 class OutputBusyError(UsageError):
     """Another process holds the advisory lock of the output (it is writing the same path)."""
+
+
+class StorageError(TracekitError):
+    """An object store or remote filesystem refused a request or cannot be reached (bad bucket,
+    credentials or endpoint)."""
+
+
+class BackendError(TracekitError):
+    """A distributed backend cannot run the work: the cluster cannot be reached, or its workers lack
+    tracekit or cannot read the trace."""
 
 
 class ResourceError(TracekitError):

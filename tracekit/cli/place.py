@@ -9,12 +9,13 @@ from typing import Any
 
 import click
 
+from tracekit.cli._backend import backend_options, open_backend
 from tracekit.cli._render import echo_json, format_option, human_bytes, render_rows
 from tracekit.errors import UsageError
 
 
 @click.command("place")
-@click.argument("trace", required=False, type=click.Path(path_type=Path))
+@click.argument("trace", required=False, type=click.Path())
 @click.option(
     "--loads",
     "loads_file",
@@ -84,8 +85,9 @@ from tracekit.errors import UsageError
     "--json", "as_json", is_flag=True, help="Print the plan (phy2log, logcnt, log2phy, scores) as JSON."
 )
 @format_option()
+@backend_options
 def place(
-    trace: Path | None,
+    trace: str | None,
     loads_file: Path | None,
     num_ranks: int | None,
     redundant: int | None,
@@ -104,6 +106,9 @@ def place(
     model: str | None,
     as_json: bool,
     fmt: str,
+    backend: str,
+    address: str | None,
+    ray_workers: int | None,
 ) -> None:
     """Compute an expert placement (physical slots per rank, per layer) from expert loads.
 
@@ -159,23 +164,27 @@ def place(
         MAX_REDUNDANT_PER_EXPERT * num_experts,
         f"{MAX_REDUNDANT_PER_EXPERT} redundant slots per expert on average ({num_experts} experts)",
     )
-    whatif = placement_whatif(
-        trace,
-        loads_file=loads_file,
-        num_ranks=num_ranks,
-        policies=policies,
-        num_redundant=num_redundant,
-        num_nodes=nodes,
-        num_groups=groups,
-        window=window,
-        recompute_every=recompute_every,
-        placement_file=placement_file,
-        precision=Precision.parse(list(precisions)),
-        model=model,
-        hw=hw,
-        baseline=num_redundant > 0 or not evaluate,
-        keep_going=evaluate and len(policies) > 1,
-    )
+    if backend != "local" and trace is None:
+        raise UsageError("--backend ray counts a trace's loads and replays it; give a TRACE, not --loads")
+    with open_backend(backend, address, ray_workers) as runner:
+        whatif = placement_whatif(
+            trace,
+            loads_file=loads_file,
+            num_ranks=num_ranks,
+            policies=policies,
+            num_redundant=num_redundant,
+            num_nodes=nodes,
+            num_groups=groups,
+            window=window,
+            recompute_every=recompute_every,
+            placement_file=placement_file,
+            precision=Precision.parse(list(precisions)),
+            model=model,
+            hw=hw,
+            baseline=num_redundant > 0 or not evaluate,
+            keep_going=evaluate and len(policies) > 1,
+            backend=runner,
+        )
     # the placement asked for: the last outcome (a baseline row, when there is one, comes first)
     chosen = whatif.outcomes[-1]
     if out is not None:
@@ -216,7 +225,7 @@ def place(
         click.echo(f"wrote {out} ({len(res.epochs)} epoch(s), from_step {[e.from_step for e in res.epochs]})")
 
 
-def _trace_experts(trace: Path | None) -> int:
+def _trace_experts(trace: str | None) -> int:
     from tracekit.trace import open_trace
 
     assert trace is not None

@@ -104,7 +104,7 @@ def _unmatched_lines(unmatched: dict[str, float]) -> list[str]:
 
 
 def attach_profile(
-    result: Any, dep: Any, trace: Path, profile: tuple[Path, ...], match: str, layer_offset: int
+    result: Any, dep: Any, trace: str | Path, profile: tuple[Path, ...], match: str, layer_offset: int
 ) -> Any:
     """``result`` with a ``replay_profile`` table: ``profile`` measured beside the replay (a second
     replay without launch gaps gives the small kernels' own time)."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from tracekit.cli._backend import backend_options, open_backend
 from tracekit.cli._render import echo_json, render_rows
 from tracekit.cli.profile import attach_profile, echo_profile, match_options
 from tracekit.cost.measured_source import TIMING_MODES
@@ -228,7 +229,7 @@ def _ms(v: Any) -> float | None:
 
 
 @click.command()
-@click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("trace", type=click.Path())
 @click.option("--hw", required=True, help="Hardware preset name or preset .toml file (tracekit hw list).")
 @click.option(
     "--ep", type=click.IntRange(1), default=None, help="Expert-parallel degree = GPUs [the trace's]."
@@ -259,9 +260,9 @@ def _ms(v: Any) -> float | None:
 )
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=click.Path(),
     default=None,
-    help="Result directory (Parquet tables + result.json).",
+    help="Result directory (Parquet tables + result.json), or a URI (s3://bucket/results/run).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing result directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -274,21 +275,31 @@ def _ms(v: Any) -> float | None:
     "beside the prediction per step, layer and component (table replay_profile).",
 )
 @match_options
-def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phases: tuple[str, ...], disagg: bool,
-           prefill_hw: str | None, prefill_ep: int | None, prefill_gpus: int | None, out: Path | None, force: bool,
-           as_json: bool, profile: tuple[Path, ...], match: str, layer_offset: int, **opts: Any) -> None:  # fmt: skip
-    """Re-time TRACE on a hardware model under a deployment, step by step, layer by layer, rank by rank."""
+@backend_options
+def replay(trace: str, hw: str, ep: int | None, batch_per_gpu: int | None, phases: tuple[str, ...], disagg: bool,
+           prefill_hw: str | None, prefill_ep: int | None, prefill_gpus: int | None, out: str | None, force: bool,
+           as_json: bool, profile: tuple[Path, ...], match: str, layer_offset: int, backend: str,
+           address: str | None, ray_workers: int | None, **opts: Any) -> None:  # fmt: skip
+    """Re-time TRACE (a directory or a URI such as s3://bucket/trace) on a hardware model under a
+    deployment, step by step, layer by layer, rank by rank."""
     from tracekit.replay import replay as run_replay
     from tracekit.replay import replay_disaggregated, write_result
 
     dep = _base(hw=hw, ep=ep, batch_per_gpu=batch_per_gpu, **opts)
     if disagg:
+        if backend != "local":
+            raise UsageError("--disagg replays here; drop --backend ray (or replay each pool on its own)")
         pre = dep.replace(hw=prefill_hw or hw, ep=prefill_ep or dep.ep)
         res = replay_disaggregated(trace, prefill=pre, decode=dep, prefill_gpus=prefill_gpus)
     else:
         if prefill_hw or prefill_ep or prefill_gpus:
             raise UsageError("--prefill-hw, --prefill-ep and --prefill-gpus need --disagg")
-        res = run_replay(trace, dep, phases=list(phases) or None, progress=_progress())
+        if out is not None:
+            from tracekit.replay.results import check_out_dir
+
+            check_out_dir(out, overwrite=force)
+        with open_backend(backend, address, ray_workers) as runner:
+            res = run_replay(trace, dep, phases=list(phases) or None, progress=_progress(), backend=runner)
     if profile:
         if disagg:
             raise UsageError("--profile compares one pool's replay with its profile: drop --disagg")
@@ -332,7 +343,7 @@ def _source_rows(sources: Any) -> tuple[list[str], list[list[str]]]:
 
 
 @click.command()
-@click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("trace", type=click.Path())
 @click.option(
     "--hw",
     "hws",
@@ -368,12 +379,17 @@ def _source_rows(sources: Any) -> tuple[list[str], list[list[str]]]:
     help="Best tokens/s per GPU of each system at >= this many tokens/s per user (each --precision is a choice).",
 )
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Write result.json and compare.parquet here."
+    "--out",
+    type=click.Path(),
+    default=None,
+    help="Write result.json and compare.parquet here (a directory or URI).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing result directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print per system summaries and the ratio as JSON.")
-def compare(trace: Path, hws: tuple[str, ...], ep: int | None, batch_per_gpu: int | None, deploys: tuple[str, ...],
-            at_interactivity: float | None, out: Path | None, force: bool, as_json: bool, **opts: Any) -> None:  # fmt: skip
+@backend_options
+def compare(trace: str, hws: tuple[str, ...], ep: int | None, batch_per_gpu: int | None, deploys: tuple[str, ...],
+            at_interactivity: float | None, out: str | None, force: bool, as_json: bool, backend: str,
+            address: str | None, ray_workers: int | None, **opts: Any) -> None:  # fmt: skip
     """Replay TRACE on several systems and print them side by side with the throughput ratio."""
     from tracekit.replay import Precision, compare_at_interactivity, write_compare
     from tracekit.replay import compare as run_compare
@@ -388,13 +404,18 @@ def compare(trace: Path, hws: tuple[str, ...], ep: int | None, batch_per_gpu: in
             o["precisions"] = (*precisions, over.pop("precision"))
         b = _base(hw=hw, ep=ep, batch_per_gpu=batch_per_gpu, merge_precisions=at_interactivity is None, **o)
         bases.append(_apply(b, over))
-    if at_interactivity is None:
-        result = run_compare(trace, bases)
-    else:
-        choices = [Precision.parse(p) for p in precisions] or None
-        result = compare_at_interactivity(
-            trace, bases, tokens_per_s_per_user=at_interactivity, precisions=choices
-        )
+    if out is not None:
+        from tracekit.replay.results import check_out_dir
+
+        check_out_dir(out, overwrite=force)
+    with open_backend(backend, address, ray_workers) as runner:
+        if at_interactivity is None:
+            result = run_compare(trace, bases, backend=runner)
+        else:
+            choices = [Precision.parse(p) for p in precisions] or None
+            result = compare_at_interactivity(
+                trace, bases, tokens_per_s_per_user=at_interactivity, precisions=choices, backend=runner
+            )
     if out is not None:
         write_compare(result, out, overwrite=force)
     if as_json:
@@ -498,7 +519,7 @@ def _apply(dep: Any, over: dict[str, str]) -> Any:
 
 
 @click.command()
-@click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("trace", type=click.Path())
 @click.option("--hw", "hws", multiple=True, required=True, help="Systems (repeatable).")
 @click.option("--ep", "eps", multiple=True, help="EP degrees (repeatable or comma-separated).")
 @click.option(
@@ -515,14 +536,16 @@ def _apply(dep: Any, over: dict[str, str]) -> Any:
     help="Sweep these communication implementations.",
 )
 @click.option("--jobs", type=click.IntRange(1), default=None, help="Worker processes [CPU count].")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Sweep directory.")
+@click.option("--out", type=click.Path(), required=True, help="Sweep directory (or URI: s3://...).")
 @click.option("--force", is_flag=True, help="Replace an existing sweep directory.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG/SVG plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print the Pareto frontier as JSON.")
-def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tuple[str, ...], tbo_grid: str | None,
-          impls: tuple[str, ...], jobs: int | None, out: Path, force: bool, no_plot: bool, as_json: bool,
-          **opts: Any) -> None:  # fmt: skip
-    """Replay a grid of deployments (in parallel), write every point and the Pareto frontier, plot it."""
+@backend_options
+def sweep(trace: str, hws: tuple[str, ...], eps: tuple[str, ...], batches: tuple[str, ...], tbo_grid: str | None,
+          impls: tuple[str, ...], jobs: int | None, out: str, force: bool, no_plot: bool, as_json: bool,
+          backend: str, address: str | None, ray_workers: int | None, **opts: Any) -> None:  # fmt: skip
+    """Replay a grid of deployments (in parallel here, or one task per deployment on a Ray cluster),
+    write every point and the Pareto frontier, plot it."""
     from tracekit.replay import Precision, grid, run_sweep, write_sweep
     from tracekit.replay.sweep import pareto
 
@@ -553,11 +576,15 @@ def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tupl
     target_model(opened, base.model)
     for point in points:
         check_deployment_sizes(opened, point)
+    if backend != "local" and jobs is not None:
+        raise UsageError(
+            "--jobs sizes the local process pool; with --backend ray the cluster's CPUs run the points"
+        )
     from tracekit.cli.plan import progress_bar
 
     click.echo(f"sweeping {len(points)} deployments ...", err=True)
-    with progress_bar("replaying") as progress:
-        df = run_sweep(trace, points, jobs=jobs, progress=progress)
+    with open_backend(backend, address, ray_workers) as runner, progress_bar("replaying") as progress:
+        df = run_sweep(trace, points, jobs=jobs, backend=runner, progress=progress)
     write_sweep(out, trace, df, overwrite=force, plot=not no_plot)
     front = pareto(df)
     if as_json:

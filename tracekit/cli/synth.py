@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from tracekit.cli._backend import backend_options, open_backend
 from tracekit.cli._render import echo_json, format_option, render_fields, render_rows
 from tracekit.errors import UsageError
 from tracekit.schema.manifest import ModelArch
@@ -55,10 +56,13 @@ _SHOWN = [
     show_default=True,
     help="Tokens per layer sampled from routing for co-activation and cross-layer measures.",
 )
-@click.option("--out", type=click.Path(), default=None, help="Directory for stats_*.parquet and stats.json.")
+@click.option(
+    "--out", type=click.Path(), default=None, help="Directory (or URI) for stats_*.parquet and stats.json."
+)
 @click.option("--force", is_flag=True, help="Replace the statistics already in --out.")
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 @format_option()
+@backend_options
 def stats(
     trace: str,
     ep: int | None,
@@ -69,6 +73,9 @@ def stats(
     force: bool,
     as_json: bool,
     fmt: str,
+    backend: str,
+    address: str | None,
+    ray_workers: int | None,
 ) -> None:
     """Routing statistics of TRACE per MoE layer: load skew per expert and per EP rank (max/mean,
     CV, Gini, entropy), co-activation, cross-layer correlation and hot-set drift.
@@ -81,8 +88,12 @@ def stats(
 
     if out is not None:
         from tracekit.trace.outputs import check_not_input
+        from tracekit.trace.store import is_uri
 
-        check_not_input(out, [trace, placement_file])
+        if not is_uri(out):
+            check_not_input(out, [trace, placement_file])
+        elif out.rstrip("/") == trace.rstrip("/"):
+            raise UsageError(f"--out {out}: it is also the input trace; write the statistics somewhere else")
     tr = open_trace(trace)
     slot_experts = None
     if placement_file is not None:
@@ -96,13 +107,15 @@ def stats(
             )
         ep = placement.num_ranks
         slot_experts = {layer: placement.row(layer) for layer in placement.layers}
-    result = compute_stats(
-        tr,
-        ep=ep,
-        slot_experts=slot_experts,
-        window_steps=window_steps,
-        max_routing_tokens=max_routing_tokens,
-    )
+    with open_backend(backend, address, ray_workers) as runner:
+        result = compute_stats(
+            tr,
+            ep=ep,
+            slot_experts=slot_experts,
+            window_steps=window_steps,
+            max_routing_tokens=max_routing_tokens,
+            backend=runner,
+        )
     if out is not None:
         result.write(out, overwrite=force, inputs=(trace,))
     layers = result.layers
@@ -119,7 +132,7 @@ def stats(
         click.echo(f"wrote {out}/stats_*.parquet and stats.json", err=True)
 
 
-def _is_trace(path: Path) -> bool:
+def _is_trace(path: Any) -> bool:
     return (path / "manifest.json").is_file()
 
 
@@ -161,7 +174,9 @@ def _resolve_model(name: str) -> ModelArch:
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed; the same seed gives byte-identical Parquet."
 )
-@click.option("--out", type=click.Path(), required=True, help="Trace directory to write.")
+@click.option(
+    "--out", type=click.Path(), required=True, help="Trace directory (or URI: s3://bucket/trace) to write."
+)
 @click.option(
     "--prompt-len",
     type=int,
@@ -188,6 +203,12 @@ def _resolve_model(name: str) -> ModelArch:
     "decode's published imbalance after EPLB (docs/synth.md).",
 )
 @click.option("--no-gate-weights", is_flag=True, help="Leave routing.gate_weights null (smaller, faster).")
+@click.option(
+    "--rows-per-part",
+    type=click.IntRange(1),
+    default=None,
+    help="Rows per Parquet part file [1,000,000]; each part is one upload on an object store.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing trace at --out.")
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 @format_option()
@@ -204,6 +225,7 @@ def synth(
     target_imbalance: float | None,
     burst: float,
     no_gate_weights: bool,
+    rows_per_part: int | None,
     force: bool,
     as_json: bool,
     fmt: str,
@@ -228,12 +250,12 @@ def synth(
         burst=burst,
     )
     from tracekit.synth.generate import check_size
-    from tracekit.trace.outputs import Output
+    from tracekit.trace.outputs import check_output
 
     config.check()
     check_size(config, out)
     inputs = [model_name, config.spec.source]
-    Output(out, kind="dir", force=force, what="trace", is_ours=_is_trace, inputs=inputs).check()
+    check_output(out, kind="dir", force=force, what="trace", is_ours=_is_trace, inputs=inputs)
     shown = [0]
 
     def progress(done: int, total: int) -> None:
@@ -242,7 +264,7 @@ def synth(
             shown[0] = tenth
             click.echo(f"\rsynthesising: step {done}/{total}", nl=done == total, err=True)
 
-    result = synthesize(config, out, overwrite=force, progress=progress)
+    result = synthesize(config, out, overwrite=force, progress=progress, rows_per_part=rows_per_part)
     rows = result.rows.get("routing", 0)
     summary: dict[str, Any] = {
         "trace": str(result.path),

@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tracekit.errors import InputFormatError, TraceError, UsageError
+
+if TYPE_CHECKING:
+    from tracekit.backends import Backend
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -44,29 +48,20 @@ class StepLoads:
         return self.loads.sum(axis=0)
 
 
-def trace_loads(path: str | os.PathLike[str]) -> StepLoads:
-    """Per-step expert loads of a trace directory."""
+def trace_loads(path: str | os.PathLike[str], *, backend: Backend | None = None) -> StepLoads:
+    """Per-step expert loads of a trace (a directory or a URI); ``backend``: where they are counted."""
     from tracekit.trace import open_trace
+    from tracekit.trace.loads import expert_loads, load_table
 
     trace = open_trace(path)
     num_experts = trace.manifest.model.num_experts
-    con = trace.duckdb()
-    try:
-        if trace.has("expert_load"):
-            sql = "SELECT step, layer, expert, sum(num_tokens) AS n FROM expert_load GROUP BY ALL"
-        elif trace.has("routing"):
-            sql = (
-                "SELECT step, layer, expert, count(*) AS n FROM "
-                "(SELECT step, layer, unnest(expert_ids) AS expert FROM routing) GROUP BY ALL"
-            )
-        else:
-            raise TraceError(
-                f"{path}: the trace has neither expert_load nor routing rows; placement needs expert loads "
-                "(record or import a trace with routing, or use --loads FILE)"
-            )
-        step, layer, expert, n = (np.asarray(c) for c in con.execute(sql).fetchnumpy().values())
-    finally:
-        con.close()
+    if load_table(trace) is None:
+        raise TraceError(
+            f"{path}: the trace has neither expert_load nor routing rows; placement needs expert loads "
+            "(record or import a trace with routing, or use --loads FILE)"
+        )
+    got = expert_loads(trace, backend=backend)
+    step, layer, expert, n = (got.column(c).to_numpy() for c in ("step", "layer", "expert", "n"))
     if step.size == 0:
         raise TraceError(
             f"{path}: no expert loads in the trace; placement needs at least one step of routing"

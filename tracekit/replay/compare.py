@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -21,6 +21,13 @@ from tracekit.replay.summary import ReplaySummary
 from tracekit.replay.uncertainty import ratio_band
 from tracekit.schema import ModelArch
 from tracekit.trace.reader import Trace, open_trace
+from tracekit.trace.store import RemotePath, absolute, location
+
+if TYPE_CHECKING:
+    from tracekit.backends import Backend
+
+#: A trace for a task: the opened trace here, its address on a distributed backend's workers.
+_TaskTrace = Trace | str
 
 #: EP degrees the interactivity search tries (those that fit and tile the experts).
 EP_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 72, 128, 256)
@@ -164,24 +171,35 @@ class CompareResult:
         return pl.DataFrame(rows)
 
 
-def write_compare(result: CompareResult, out: str | Path, *, overwrite: bool = False) -> Path:
-    """A result directory: ``compare.parquet`` and ``result.json``."""
+def write_compare(result: CompareResult, out: str | Path, *, overwrite: bool = False) -> Path | RemotePath:
+    """A result directory (or URI): ``compare.parquet`` and ``result.json``."""
     path = prepare_dir(out, overwrite=overwrite)
-    return write_tables(path, {"compare": result.table()}, result.to_dict())
+    write_tables(path, {"compare": result.table()}, result.to_dict())
+    return location(out)
 
 
-def compare(trace: str | Path | Trace, systems: Sequence[Deployment]) -> CompareResult:
-    """Replay ``trace`` on each system (EP chosen by :func:`default_deployment` when unset)."""
+def _for_tasks(tr: Trace, backend: Backend | None) -> _TaskTrace:
+    return tr if backend is None or backend.local else absolute(tr.path)
+
+
+def _system(job: tuple[_TaskTrace, Deployment]) -> SystemResult:
+    trace, dep = job
+    res = replay(trace, dep, collect_ranks=False)
+    return SystemResult(hw=dep.hw, deployment=dep, summary=res.summary)
+
+
+def compare(
+    trace: str | Path | RemotePath | Trace, systems: Sequence[Deployment], *, backend: Backend | None = None
+) -> CompareResult:
+    """Replay ``trace`` on each system (EP chosen by :func:`default_deployment` when unset); on a
+    distributed ``backend`` each system is a task."""
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
-    out = []
-    for base in systems:
-        dep = default_deployment(tr, base)
-        res = replay(tr, dep, collect_ranks=False)
-        out.append(SystemResult(hw=dep.hw, deployment=dep, summary=res.summary))
+    jobs = [(_for_tasks(tr, backend), default_deployment(tr, base)) for base in systems]
+    out = backend.map(_system, jobs, label="systems") if backend is not None else [_system(j) for j in jobs]
     return CompareResult(trace=str(trace), at_interactivity=None, systems=tuple(out))
 
 
-def _decode_point(tr: Trace, dep: Deployment) -> ReplaySummary | None:
+def _decode_point(tr: _TaskTrace, dep: Deployment) -> ReplaySummary | None:
     try:
         res = replay(tr, dep, phases=["decode"], collect_ranks=False)
     except DeploymentError:
@@ -189,17 +207,49 @@ def _decode_point(tr: Trace, dep: Deployment) -> ReplaySummary | None:
     return res.summary
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Chain:
+    """One (precision, EP) of the interactivity search: batches tried in increasing order until one
+    misses the target (larger ones are only slower per user)."""
+
+    trace: _TaskTrace
+    base: Deployment
+    batches: tuple[int, ...]
+    target: float
+
+
+def _search_chain(chain: _Chain) -> tuple[int, tuple[float, Deployment, ReplaySummary] | None]:
+    """(deployments tried, the best of them that reaches the target)."""
+    best: tuple[float, Deployment, ReplaySummary] | None = None
+    tried = 0
+    for batch in chain.batches:
+        dep = chain.base.replace(batch_per_gpu=batch)
+        try:
+            s = _decode_point(chain.trace, dep)
+        except TracekitError:
+            s = None
+        tried += 1
+        if s is None or (s.tokens_per_s_per_user or 0.0) < chain.target:
+            break  # larger batches are only slower per user
+        tps = float(s.tokens_per_s_per_gpu)
+        if best is None or tps > best[0]:
+            best = (tps, dep, s)
+    return tried, best
+
+
 def at_interactivity(
-    trace: str | Path | Trace,
+    trace: str | Path | RemotePath | Trace,
     base: Deployment,
     *,
     tokens_per_s_per_user: float,
     precisions: Sequence[Precision] | None = None,
     eps: Sequence[int] | None = None,
     batches: Sequence[int] | None = None,
+    backend: Backend | None = None,
 ) -> SystemResult:
     """The deployment of ``base.hw`` with the most decode tokens/s per GPU that still gives at least
-    ``tokens_per_s_per_user``: searched over EP degrees, batches per GPU and ``precisions``."""
+    ``tokens_per_s_per_user``: searched over EP degrees, batches per GPU and ``precisions`` (on a
+    distributed ``backend``, each precision and EP degree is a task)."""
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     if tokens_per_s_per_user <= 0:
         raise UsageError(
@@ -217,24 +267,28 @@ def at_interactivity(
     )
     batch_list = sorted(batches) if batches else list(BATCH_CANDIDATES)
     prec_list = list(precisions) if precisions else [base.precision]
+    chains = [
+        _Chain(
+            trace=_for_tasks(tr, backend),
+            base=base.replace(ep=ep, precision=prec),
+            batches=tuple(batch_list),
+            target=tokens_per_s_per_user,
+        )
+        for prec in prec_list
+        for ep in ep_list
+        if not (ep % base.tp or not fits(arch, replace(base, precision=prec), ep))
+    ]
+    found = (
+        backend.map(_search_chain, chains, label="deployments")
+        if backend
+        else [_search_chain(c) for c in chains]
+    )
     best: tuple[float, Deployment, ReplaySummary] | None = None
     tried = 0
-    for prec in prec_list:
-        for ep in ep_list:
-            if ep % base.tp or not fits(arch, replace(base, precision=prec), ep):
-                continue
-            for batch in batch_list:
-                dep = base.replace(ep=ep, batch_per_gpu=batch, precision=prec)
-                try:
-                    s = _decode_point(tr, dep)
-                except TracekitError:
-                    s = None
-                tried += 1
-                if s is None or (s.tokens_per_s_per_user or 0.0) < tokens_per_s_per_user:
-                    break  # larger batches are only slower per user
-                tps = float(s.tokens_per_s_per_gpu)
-                if best is None or tps > best[0]:
-                    best = (tps, dep, s)
+    for n, chain_best in found:  # in search order: the first of equal throughputs wins, as one loop would
+        tried += n
+        if chain_best is not None and (best is None or chain_best[0] > best[0]):
+            best = chain_best
     if best is None:
         return SystemResult(
             hw=hw.name,
@@ -249,16 +303,19 @@ def at_interactivity(
 
 
 def compare_at_interactivity(
-    trace: str | Path | Trace,
+    trace: str | Path | RemotePath | Trace,
     systems: Sequence[Deployment],
     *,
     tokens_per_s_per_user: float,
     precisions: Sequence[Precision] | None = None,
+    backend: Backend | None = None,
 ) -> CompareResult:
     """Each system at its best deployment for ``tokens_per_s_per_user`` (:func:`at_interactivity`)."""
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     found = [
-        at_interactivity(tr, b, tokens_per_s_per_user=tokens_per_s_per_user, precisions=precisions)
+        at_interactivity(
+            tr, b, tokens_per_s_per_user=tokens_per_s_per_user, precisions=precisions, backend=backend
+        )
         for b in systems
     ]
     return CompareResult(trace=str(trace), at_interactivity=tokens_per_s_per_user, systems=tuple(found))

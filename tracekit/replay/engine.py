@@ -10,22 +10,23 @@ The replay runs in stages, each a module of its own (docs/replay.md, "Stages"):
 6. :mod:`~tracekit.replay.tables` and :mod:`~tracekit.replay.summary`: the output tables.
 
 This module only orchestrates them: phase by phase, window by window, with the next window's
-routing counted on a helper thread while the current one is timed.
+routing counted on a helper thread while the current one is timed, or, given a distributed
+``backend``, windows counted as tasks on its workers (:mod:`~tracekit.replay.windows`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from tracekit.errors import UsageError, param
 from tracekit.replay.attribution import attribute, schedule_of
-from tracekit.replay.counts import ExpertWindow, RoutingSource, expert_window, prefetch_window, window_size
+from tracekit.replay.counts import RoutingSource, prefetch_window, window_size
 from tracekit.replay.deployment import Deployment
 from tracekit.replay.mtp import with_draft
 from tracekit.replay.schedule import (
@@ -61,8 +62,13 @@ from tracekit.replay.tables import (
     steps_frame,
 )
 from tracekit.replay.timing import time_window
+from tracekit.replay.windows import WindowJob, count_windows
 from tracekit.schema import ModelArch
 from tracekit.trace.reader import Trace, open_trace
+from tracekit.trace.store import RemotePath
+
+if TYPE_CHECKING:
+    from tracekit.backends import Backend
 
 #: ``progress(phase, steps_done, steps_total)``, called before each window of replayed steps.
 Progress = Callable[[str, int, int], None]
@@ -119,6 +125,19 @@ class _Phase:
     source: RoutingSource
     window_steps: int
 
+    @property
+    def job(self) -> WindowJob:
+        """What counting a window of this phase needs (shipped to a backend's workers)."""
+        return WindowJob(
+            source=self.source,
+            index=self.index,
+            tokens=self.tokens,
+            schedule=self.count_schedule,
+            epochs=tuple(self.setup.epochs),
+            window_steps=self.window_steps,
+            ranks_per_node=self.setup.group_domain,
+        )
+
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class _PhaseOut:
@@ -130,15 +149,17 @@ class _PhaseOut:
 
 
 def replay(
-    trace: str | Path | Trace,
+    trace: str | Path | RemotePath | Trace,
     deployment: Deployment,
     *,
     phases: Iterable[str] | None = None,
     pool: str = "all",
     collect_ranks: bool = True,
     progress: Progress | None = None,
+    backend: Backend | None = None,
 ) -> ReplayResult:
-    """Re-time ``trace`` under ``deployment``; see docs/replay.md for the model and the tables."""
+    """Re-time ``trace`` under ``deployment``; see docs/replay.md for the model and the tables.
+    ``backend``: where windows of steps are counted (default: here; ``tracekit.backends``)."""
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     setup = make_setup(tr, deployment)
     dep = setup.dep
@@ -162,8 +183,8 @@ def replay(
         given = dep.prefill_tokens_per_gpu if name == "prefill" else dep.batch_per_gpu
         per_gpu = given if given is not None or (as_recorded_ok and dep.moe_tp == 1) else default_batch(ptok)
         schedule = make_schedule(ptok, num_ranks=setup.num_ranks, batch_per_gpu=per_gpu, num_steps=dep.steps)
-        phase = _start_phase(setup, name, pool, ptok, index, schedule, source)
-        out = _replay_phase(phase, collect_ranks=collect_ranks, progress=progress)
+        phase = _start_phase(setup, name, pool, ptok, index, schedule, source, backend)
+        out = _replay_phase(phase, collect_ranks=collect_ranks, progress=progress, backend=backend)
         if progress is not None:
             progress(name, schedule.num_steps, schedule.num_steps)
         outs.append(out)
@@ -218,9 +239,10 @@ def _start_phase(
     index: TokenIndex,
     schedule: Schedule,
     source: RoutingSource,
+    backend: Backend | None = None,
 ) -> _Phase:
     """The phase's fixed parts; its first window's routing starts decoding in the background while
-    the attention load is summed."""
+    the attention load is summed (when windows are counted here)."""
     counted = schedule
     if setup.dep.moe_tp > 1 and schedule.batch_per_gpu is not None:
         counted = make_schedule(
@@ -233,7 +255,8 @@ def _start_phase(
     wsize = window_size(
         len(source.layers), setup.ep_groups, setup.placement.num_slots, setup.group_domain, rows_per_step
     )
-    prefetch_window(source, tokens, counted, step_lo=0, step_hi=min(schedule.num_steps, wsize))
+    if backend is None or backend.local:
+        prefetch_window(source, tokens, counted, step_lo=0, step_hi=min(schedule.num_steps, wsize))
     load = attention_load(tokens, schedule, setup.distinct_windows)
     check_kv(setup, name, load.keys[None], load.tokens)
     return _Phase(
@@ -250,63 +273,44 @@ def _start_phase(
     )
 
 
-def _count(ph: _Phase, step_lo: int) -> ExpertWindow:
-    return expert_window(
-        ph.source,
-        ph.index,
-        ph.tokens,
-        ph.count_schedule,
-        ph.setup.epochs,
-        step_lo=step_lo,
-        step_hi=min(ph.schedule.num_steps, step_lo + ph.window_steps),
-        ranks_per_node=ph.setup.group_domain,
-        prefetch_next=True,
-    )
-
-
-def _replay_phase(ph: _Phase, *, collect_ranks: bool, progress: Progress | None) -> _PhaseOut:
-    """Every window of a phase: counted (one ahead, on a helper thread), timed, attributed, tabled."""
+def _replay_phase(
+    ph: _Phase, *, collect_ranks: bool, progress: Progress | None, backend: Backend | None = None
+) -> _PhaseOut:
+    """Every window of a phase: counted (one ahead on a helper thread, or as a backend's tasks),
+    timed, attributed, tabled."""
     setup, total = ph.setup, ph.schedule.num_steps
     L, R = len(ph.source.layers), setup.num_ranks
     peer_tokens = np.zeros((L, R, R))
     steps, layers, ranks, sources = [], [], [], []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracekit-window") as ahead:
-        counted: Future[ExpertWindow] | None = ahead.submit(_count, ph, 0) if total > 0 else None
-        for lo in range(0, total, ph.window_steps):
-            hi = min(total, lo + ph.window_steps)
-            if progress is not None:
-                progress(ph.name, lo, total)
-            if counted is None:  # submitted for every window before the loop reaches it
-                raise RuntimeError("replay: window routing was not counted")
-            counts = counted.result()
-            if hi < total:  # the next window's routing, counted while this one is timed
-                counted = ahead.submit(_count, ph, hi)
-            seqs = window_sequences(ph.tokens, ph.schedule, lo, hi)
-            cost = time_window(setup, phase=ph.name, counts=counts, load=ph.load, seqs=seqs, lo=lo, hi=hi)
-            cost = with_draft(
-                setup, cost, phase=ph.name, counts=counts, load=ph.load, seqs=seqs, lo=lo, hi=hi
-            )
-            if cost.routed.peer_tokens is not None:
-                peer_tokens += cost.routed.peer_tokens.sum(axis=0)
-            w = Window(
-                setup=setup,
-                phase=ph.name,
-                pool=ph.pool,
-                lo=lo,
-                hi=hi,
-                load=ph.load,
-                cost=cost,
-                att=attribute(
-                    cost,
-                    schedule=schedule_of(tbo=setup.dep.tbo, sbo=setup.dep.sbo, phase=ph.name),
-                    derate=setup.hw.comm_params(setup.dep.impl_for(ph.name)).overlap_derate,
-                ),
-            )
-            steps.append(steps_frame(w))
-            sources.append(sources_frame(w))
-            layers.append(layers_frame(w))
-            if collect_ranks:
-                ranks.append(ranks_frame(w))
+    starts = list(range(0, total, ph.window_steps))
+    for lo, counts in zip(starts, count_windows(ph.job, starts, backend), strict=True):
+        hi = min(total, lo + ph.window_steps)
+        if progress is not None:
+            progress(ph.name, lo, total)
+        seqs = window_sequences(ph.tokens, ph.schedule, lo, hi)
+        cost = time_window(setup, phase=ph.name, counts=counts, load=ph.load, seqs=seqs, lo=lo, hi=hi)
+        cost = with_draft(setup, cost, phase=ph.name, counts=counts, load=ph.load, seqs=seqs, lo=lo, hi=hi)
+        if cost.routed.peer_tokens is not None:
+            peer_tokens += cost.routed.peer_tokens.sum(axis=0)
+        w = Window(
+            setup=setup,
+            phase=ph.name,
+            pool=ph.pool,
+            lo=lo,
+            hi=hi,
+            load=ph.load,
+            cost=cost,
+            att=attribute(
+                cost,
+                schedule=schedule_of(tbo=setup.dep.tbo, sbo=setup.dep.sbo, phase=ph.name),
+                derate=setup.hw.comm_params(setup.dep.impl_for(ph.name)).overlap_derate,
+            ),
+        )
+        steps.append(steps_frame(w))
+        sources.append(sources_frame(w))
+        layers.append(layers_frame(w))
+        if collect_ranks:
+            ranks.append(ranks_frame(w))
     return _PhaseOut(
         steps=attach_measured(setup, pl.concat(steps), ph.schedule),
         layers=pl.concat(layers),

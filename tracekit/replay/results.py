@@ -2,6 +2,9 @@
 
 ``result.json`` is written last and marks the result complete: ``tracekit sql`` and ``report`` refuse
 a result folder without it. Writers hold the output's lock (:mod:`tracekit.trace.outputs`).
+
+A result may go to a URI (``s3://bucket/results/run1``): it is written to a local staging folder,
+then each file is uploaded whole, ``result.json`` last, so readers see a complete result or none.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,8 +22,10 @@ from typing import Any
 import polars as pl
 
 from tracekit.errors import UsageError
+from tracekit.trace import store
 from tracekit.trace.layout import make_output_dir
 from tracekit.trace.outputs import OLD_TAG, Output, recover, write_file_atomic
+from tracekit.trace.store import Location, RemotePath
 
 RESULT_JSON = "result.json"
 
@@ -36,7 +43,7 @@ def jsonable(v: Any) -> Any:
     return v
 
 
-def _is_result(path: Path) -> bool:
+def _is_result(path: Location) -> bool:
     return (path / RESULT_JSON).exists()
 
 
@@ -46,10 +53,39 @@ def _output(out: str | Path, overwrite: bool, *, stage_new: bool) -> Output:
     )
 
 
-def check_out_dir(out: str | Path, *, overwrite: bool = False) -> Path:
+def check_out_dir(out: str | Path | RemotePath, *, overwrite: bool = False) -> Location:
     """Refuse ``out`` as :func:`prepare_dir` would, without touching it (call before long work)."""
-    _output(out, overwrite, stage_new=False).check()
-    return Path(out)
+    loc = store.location(out)
+    if isinstance(loc, RemotePath):
+        store.check_remote_output(loc, force=overwrite, what="result directory", is_ours=_is_result)
+        return loc
+    _output(loc, overwrite, stage_new=False).check()
+    return loc
+
+
+#: Local staging folders of results bound for a URI: staging folder -> (destination, replace).
+_REMOTE: dict[Path, tuple[RemotePath, bool]] = {}
+
+
+def _stage_remote(dest: RemotePath, overwrite: bool) -> Path:
+    check_out_dir(dest, overwrite=overwrite)
+    staging = Path(tempfile.mkdtemp(prefix="tracekit-result-"))
+    _REMOTE[staging.resolve()] = (dest, overwrite)
+    return staging
+
+
+def _upload(staging: Path) -> None:
+    """Put every file of a staged result at its URI (``result.json`` last), then drop the staging."""
+    dest, overwrite = _REMOTE.pop(staging.resolve())
+    try:
+        if overwrite:
+            dest.remove_tree()
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.name == RESULT_JSON)
+        for f in files:
+            (dest / f.relative_to(staging).as_posix()).write_bytes(f.read_bytes())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 #: Result directories opened by :func:`prepare_dir` and not yet finished by :func:`write_tables`.
@@ -63,8 +99,12 @@ def prepare_dir(out: str | Path, *, overwrite: bool = False) -> Path:
     without ``result.json``, which they refuse as partial.
 
     New code should prefer :func:`result_dir`, which writes to a staging sibling and renames it into
-    place only when complete.
+    place only when complete. For a URI the directory given is a local staging folder, uploaded by
+    :func:`write_tables`.
     """
+    loc = store.location(out)
+    if isinstance(loc, RemotePath):
+        return _stage_remote(loc, overwrite)
     path = Path(out)
     output = _output(path, overwrite, stage_new=False)
     output.check()
@@ -87,7 +127,20 @@ def prepare_dir(out: str | Path, *, overwrite: bool = False) -> Path:
 def result_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """A locked staging directory for a result; renamed to ``out`` (replacing an old result only
     then) when the block ends without an exception, dropped otherwise. Write ``result.json`` (the
-    commit marker readers look for) with :func:`write_tables` inside the block."""
+    commit marker readers look for) with :func:`write_tables` inside the block. For a URI the
+    staging folder is local and its files are uploaded when the block ends."""
+    loc = store.location(out)
+    if isinstance(loc, RemotePath):
+        staging = _stage_remote(loc, overwrite)
+        try:
+            yield staging
+        except BaseException:
+            _REMOTE.pop(staging.resolve(), None)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if staging.resolve() in _REMOTE:  # not uploaded by write_tables
+            _upload(staging)
+        return
     with _output(out, overwrite, stage_new=True) as output:
         yield output.target
 
@@ -98,6 +151,9 @@ def write_tables(path: Path, tables: Mapping[str, pl.DataFrame], meta: Mapping[s
     for name, df in tables.items():
         df.write_parquet(path / f"{name}.parquet")
     write_file_atomic(path / RESULT_JSON, json.dumps(jsonable(dict(meta)), indent=2) + "\n")
+    if Path(path).resolve() in _REMOTE:
+        _upload(Path(path))
+        return path
     output = _OPEN.pop(Path(path).resolve(), None)
     if output is not None:  # opened by prepare_dir: drop the old result kept aside, unlock
         recover(output.path)
@@ -106,8 +162,8 @@ def write_tables(path: Path, tables: Mapping[str, pl.DataFrame], meta: Mapping[s
 
 
 def read_result(path: str | Path) -> dict[str, Any]:
-    """``result.json`` of a result directory."""
-    p = Path(path) / RESULT_JSON
+    """``result.json`` of a result directory (or URI)."""
+    p = store.location(path) / RESULT_JSON
     if not p.is_file():
         raise UsageError(
             f"{path}: no {RESULT_JSON}; give a directory written by tracekit replay, compare or sweep"
@@ -116,7 +172,7 @@ def read_result(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def write_result(result: Any, out: str | Path, *, overwrite: bool = False) -> Path:
+def write_result(result: Any, out: str | Path, *, overwrite: bool = False) -> Location:
     """Write a :class:`~tracekit.replay.ReplayResult` as a result directory (docs/replay.md); it
     appears at ``out`` only when complete."""
     meta = {
@@ -128,4 +184,4 @@ def write_result(result: Any, out: str | Path, *, overwrite: bool = False) -> Pa
     }
     with result_dir(out, overwrite=overwrite) as path:
         write_tables(path, result.all_tables(), meta)
-    return Path(out)
+    return store.location(out)

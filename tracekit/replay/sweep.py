@@ -9,14 +9,19 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from tracekit.errors import MissingDependencyError, TracekitError
+from tracekit.errors import MissingDependencyError, TracekitError, UsageError
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.engine import replay
 from tracekit.replay.results import prepare_dir, write_tables
+from tracekit.trace import store
+from tracekit.trace.store import Location, RemotePath, absolute
+
+if TYPE_CHECKING:
+    from tracekit.backends import Backend
 
 POINT_COLUMNS = {
     "hw": pl.String,
@@ -85,14 +90,23 @@ def _point(args: tuple[str, Deployment]) -> dict[str, Any]:
 
 
 def run_sweep(
-    trace: str | Path,
+    trace: str | Path | RemotePath,
     points: Sequence[Deployment],
     *,
     jobs: int | None = None,
+    backend: Backend | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> pl.DataFrame:
-    """Replay every point (decode), in parallel over ``jobs`` processes; one row per point.
-    ``progress(what, done, total)`` is called as points finish."""
+    """Replay every point (decode), in parallel over ``jobs`` processes, or one task per point on a
+    distributed ``backend`` (``tracekit.backends``); one row per point, in the order of ``points``.
+    ``progress(what, done, total)`` is called as points finish (here; a backend shows its own)."""
+    if backend is not None and not backend.local:
+        if jobs is not None:
+            raise UsageError(
+                "--jobs sizes the local process pool; with --backend ray the cluster's CPUs run the points"
+            )
+        work = [(absolute(trace), d) for d in points]
+        return pl.DataFrame(backend.map(_point, work, label="deployments"), schema=POINT_COLUMNS)
     jobs = jobs or min(len(points), os.cpu_count() or 1)
     work = [(str(trace), d) for d in points]
     rows: list[dict[str, Any]] = []
@@ -162,7 +176,7 @@ def plot_pareto(points: pl.DataFrame, front: pl.DataFrame, out: Path) -> list[Pa
 
 def write_sweep(
     out: str | Path, trace: str | Path, points: pl.DataFrame, *, overwrite: bool = False, plot: bool = True
-) -> Path:
+) -> Location:
     """``sweep_points.parquet``, ``sweep_pareto.parquet``, ``result.json`` and the plot."""
     path = prepare_dir(out, overwrite=overwrite)
     front = pareto(points)
@@ -175,7 +189,7 @@ def write_sweep(
         "pareto_points": front.height,
         "best": best.to_dicts()[0] if best.height else None,
     }
-    write_tables(path, {"sweep_points": points, "sweep_pareto": front}, meta)
-    if plot:
+    if plot:  # before result.json, which marks the result complete
         plot_pareto(points, front, path)
-    return path
+    write_tables(path, {"sweep_points": points, "sweep_pareto": front}, meta)
+    return store.location(out)

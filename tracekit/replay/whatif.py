@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -28,6 +28,10 @@ from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.engine import replay
 from tracekit.schema import ModelArch
 from tracekit.trace.reader import open_trace
+from tracekit.trace.store import absolute
+
+if TYPE_CHECKING:
+    from tracekit.backends import Backend
 
 #: Policies compared by default (``eplb`` repeats one of the two eplb-*).
 EVALUATE_DEFAULT = ("contiguous", "round-robin", "greedy", "eplb-hierarchical", "eplb-global")
@@ -96,10 +100,12 @@ def placement_whatif(
     hw: str | None = None,
     baseline: bool = True,
     keep_going: bool = False,
+    backend: Backend | None = None,
 ) -> PlacementWhatIf:
     """Compute, score and (with ``hw``) replay the placements of ``policies``; see the module
     docstring. ``baseline`` adds the contiguous layout without redundant slots (when the experts
-    split evenly over the ranks); ``keep_going`` skips a policy that cannot run instead of raising."""
+    split evenly over the ranks); ``keep_going`` skips a policy that cannot run instead of raising.
+    ``backend``: where the loads are counted and the placements replayed (one task per policy)."""
     if (trace is None) == (loads_file is None):
         raise UsageError("give a trace directory or a loads file (one of them)")
     if hw is not None and trace is None:
@@ -118,7 +124,7 @@ def placement_whatif(
         groups, copies, expert_bytes = num_groups or 1, None, 0
     else:
         assert trace is not None
-        loads = trace_loads(trace)
+        loads = trace_loads(trace, backend=backend)
         arch = _target(open_trace(trace).manifest.model, model)
         groups = num_groups or open_trace(trace).manifest.model.num_expert_groups
         # as the replay does: target MoE layer i reuses trace MoE layer i mod (trace MoE layers)
@@ -146,9 +152,8 @@ def placement_whatif(
             continue
         outcomes.append(PolicyOutcome(label=res.policy, plan=_retarget(res, copies, expert_bytes)))
     if hw is not None:
-        assert trace is not None
         dep = Deployment(hw=hw, ep=num_ranks, model=model, precision=prec)
-        outcomes = [dataclasses.replace(o, replayed=replay_placement(trace, o.plan, dep)) for o in outcomes]
+        outcomes = _replayed(trace, outcomes, dep, backend)
     return PlacementWhatIf(
         loads=loads,
         num_ranks=num_ranks,
@@ -187,6 +192,21 @@ def _retarget(res: PlanResult, copies: np.ndarray | None, expert_bytes: int) -> 
         moved_per_layer=moved,
         migration_bytes=int(moved.sum()) * expert_bytes,
     )
+
+
+def _replay_job(job: tuple[str, PlanResult, Deployment]) -> ReplayedPlacement:
+    return replay_placement(*job)
+
+
+def _replayed(
+    trace: str | Path | None, outcomes: list[PolicyOutcome], dep: Deployment, backend: Backend | None
+) -> list[PolicyOutcome]:
+    """``outcomes`` with each placement replayed under ``dep`` (one task per policy on ``backend``)."""
+    assert trace is not None  # placement_whatif refuses --hw without a trace
+    address = str(trace) if backend is None or backend.local else absolute(trace)
+    jobs = [(address, o.plan, dep) for o in outcomes]
+    replayed = backend.map(_replay_job, jobs, label="policies") if backend else [_replay_job(j) for j in jobs]
+    return [dataclasses.replace(o, replayed=r) for o, r in zip(outcomes, replayed, strict=True)]
 
 
 def replay_placement(trace: str | Path, result: PlanResult, dep: Deployment) -> ReplayedPlacement:

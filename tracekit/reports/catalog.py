@@ -26,9 +26,10 @@ from typing import Any
 import duckdb
 
 from tracekit.errors import UsageError, first_line
-from tracekit.trace import open_trace
+from tracekit.trace import open_trace, store
+from tracekit.trace.duck import parquet_view
 from tracekit.trace.layout import MANIFEST
-from tracekit.trace.reader import parquet_list
+from tracekit.trace.store import Location
 
 #: File written by ``tracekit replay/sweep --out`` that marks a result directory.
 RESULT_JSON = "result.json"
@@ -44,8 +45,8 @@ class CatalogInput:
 
     #: Name used as view prefix (``NAME_table``) and as the value of the ``input`` column.
     name: str
-    #: Absolute path of the directory (or Parquet file).
-    path: Path
+    #: Absolute path of the directory (or Parquet file), or its URI (``s3://...``).
+    path: Location
     #: ``trace`` for a trace; else the ``kind`` of result.json (``replay``, ``sweep``, ...), or
     #: ``parquet`` for a folder of Parquet files without result.json.
     kind: str
@@ -70,7 +71,7 @@ class ViewInfo:
     inputs: tuple[str, ...]
 
 
-def _default_name(path: Path) -> str:
+def _default_name(path: Location) -> str:
     stem = path.name[: -len(".parquet")] if path.name.endswith(".parquet") else path.name
     name = re.sub(r"[^A-Za-z0-9_]+", "_", stem).strip("_").lower() or "input"
     return name if _NAME.match(name) else f"t_{name}"
@@ -78,6 +79,8 @@ def _default_name(path: Path) -> str:
 
 def split_input(spec: str) -> tuple[str | None, str]:
     """``NAME=PATH`` -> (NAME, PATH); a plain PATH -> (None, PATH)."""
+    if store.is_uri(spec):
+        return None, spec
     if "=" in spec and not Path(spec).exists():
         name, _, path = spec.partition("=")
         if not _NAME.match(name):
@@ -93,7 +96,7 @@ def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _read_result_json(path: Path) -> dict[str, Any]:
+def _read_result_json(path: Location) -> dict[str, Any]:
     try:
         raw = json.loads((path / RESULT_JSON).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -105,7 +108,7 @@ def _read_result_json(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _describe(spec: str, name: str | None, path: Path) -> CatalogInput:
+def _describe(spec: str, name: str | None, path: Location) -> CatalogInput:
     """Classify ``path`` and list its tables (nothing is registered yet)."""
     if not path.exists():
         raise UsageError(f"{spec}: no such file or directory; give a trace or result directory")
@@ -132,8 +135,8 @@ def _describe(spec: str, name: str | None, path: Path) -> CatalogInput:
     if path.is_file() and path.suffix == ".parquet":
         return CatalogInput(name=name, path=apath, kind="parquet", tables=(_default_name(path),))
     if path.is_dir():
-        parquet = sorted(
-            path / n for n in os.listdir(path) if n.endswith(".parquet") and not n.startswith(".")
+        parquet: list[Location] = sorted(  # type: ignore[type-var]
+            p for p in store.children(path) if p.name.endswith(".parquet") and not p.name.startswith(".")
         )
         parquet = [p for p in parquet if p.is_file()]
         has_result = (path / RESULT_JSON).is_file()
@@ -179,7 +182,7 @@ _MARKED = {
 }
 
 
-def _refuse_partial(spec: str, path: Path, parquet: list[Path], has_result: bool) -> None:
+def _refuse_partial(spec: str, path: Location, parquet: list[Location], has_result: bool) -> None:
     """A folder of a tracekit writer's tables without its marker file is partial (killed mid-write)."""
     for marker, prefixes in _MARKED.items():
         if (path / marker).is_file():
@@ -204,7 +207,7 @@ def describe_inputs(specs: Sequence[str | os.PathLike[str]]) -> list[CatalogInpu
         spec = os.fspath(raw)
         name, path = split_input(spec)
         explicit = name is not None
-        inp = _describe(spec, name, Path(path))
+        inp = _describe(spec, name, store.location(path))
         if inp.name.lower() in used:  # DuckDB names are case-insensitive
             if explicit:
                 raise UsageError(f"input name {inp.name!r} is given twice; give each input its own NAME=PATH")
@@ -251,11 +254,12 @@ class Catalog:
         return [inp for inp in self.inputs if table in inp.tables]
 
     # -- registering ----------------------------------------------------------------------------
-    def register(self, con: duckdb.DuckDBPyConnection) -> list[str]:
-        """Create every view on ``con``; returns their names (shared views first)."""
+    def register(self, con: duckdb.DuckDBPyConnection, *, persistent: bool = False) -> list[str]:
+        """Create every view on ``con``; returns their names (shared views first). ``persistent``:
+        the views are kept in a database file (remote inputs then need DuckDB's own reader)."""
         own: list[str] = []
         for inp in self.inputs:
-            own += self._register_input(con, inp)
+            own += self._register_input(con, inp, persistent)
         shared = [INPUTS_VIEW]
         con.execute(f'CREATE OR REPLACE VIEW "{INPUTS_VIEW}" AS {self._inputs_sql()}')
         for table in self.tables:
@@ -263,15 +267,15 @@ class Catalog:
             shared.append(table)
         return shared + own
 
-    def _register_input(self, con: duckdb.DuckDBPyConnection, inp: CatalogInput) -> list[str]:
+    def _register_input(
+        self, con: duckdb.DuckDBPyConnection, inp: CatalogInput, persistent: bool
+    ) -> list[str]:
         if inp.kind == "trace":
-            return open_trace(inp.path).register(con, prefix=f"{inp.name}_")
+            return open_trace(inp.path).register(con, prefix=f"{inp.name}_", persistent=persistent)
         names = []
         for table in inp.tables:
             file = inp.path if inp.path.is_file() else inp.path / f"{table}.parquet"
-            con.execute(
-                f'CREATE OR REPLACE VIEW "{inp.view(table)}" AS SELECT * FROM read_parquet({parquet_list([file])})'
-            )
+            parquet_view(con, inp.view(table), [file], persistent=persistent)
             names.append(inp.view(table))
         return names
 
@@ -350,7 +354,10 @@ class Catalog:
                 f"cannot open DuckDB database {os.fspath(database)!r}: {first_line(exc)}"
             ) from None
         try:
-            self.register(con)
+            self.register(con, persistent=os.fspath(database) != ":memory:")
+        except UsageError:
+            con.close()
+            raise
         except duckdb.Error as exc:
             con.close()
             raise UsageError(

@@ -14,8 +14,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import duckdb
 import numpy as np
 import numpy.typing as npt
 import polars as pl
@@ -24,6 +25,18 @@ import pyarrow as pa
 from tracekit.errors import NotATraceError, SchemaError, UsageError
 from tracekit.stats import metrics as m
 from tracekit.trace import Trace, open_trace
+from tracekit.trace.loads import expert_loads
+from tracekit.trace.store import (
+    Location,
+    RemotePath,
+    check_remote_output,
+    location,
+    read_table,
+    write_parquet,
+)
+
+if TYPE_CHECKING:
+    from tracekit.backends import Backend
 
 #: File names of the tables ``write`` produces (views named by the file stem).
 TABLE_FILES = {
@@ -72,7 +85,7 @@ class RoutingStats:
 
     def write(
         self, out: str | os.PathLike[str], *, overwrite: bool = False, inputs: tuple[str, ...] = ()
-    ) -> Path:
+    ) -> Location:
         """Write the tables as ``stats_*.parquet`` and the facts as ``stats.json`` into directory ``out``.
 
         The files go to a staging sibling that is renamed into place when complete (``stats.json``
@@ -80,9 +93,18 @@ class RoutingStats:
         """
         from tracekit.trace.outputs import Output
 
-        def is_stats(p: Path) -> bool:
+        def is_stats(p: Any) -> bool:
             return (p / META_FILE).exists()
 
+        dest = location(out)
+        if isinstance(dest, RemotePath):  # each file one upload, stats.json last
+            check_remote_output(dest, force=overwrite, what="statistics folder", is_ours=is_stats)
+            if overwrite:
+                dest.remove_tree()
+            for name, df in self.tables().items():
+                write_parquet(df.to_arrow(), dest / TABLE_FILES[name], compression="zstd")
+            (dest / META_FILE).write_text(json.dumps(dict(self.meta), indent=2, sort_keys=True) + "\n")
+            return dest
         with Output(
             out, kind="dir", force=overwrite, what="statistics folder", is_ours=is_stats, inputs=inputs
         ) as o:
@@ -92,26 +114,32 @@ class RoutingStats:
         return Path(out)
 
 
-def read_stats(path: str | os.PathLike[str]) -> RoutingStats:
-    """Read statistics written by ``RoutingStats.write``."""
-    root = Path(path)
+def read_stats(path: str | os.PathLike[str] | RemotePath) -> RoutingStats:
+    """Read statistics written by ``RoutingStats.write`` (a directory or a URI)."""
+    root = location(path)
     if not (root / META_FILE).is_file():
         raise NotATraceError(
             f"{root}: no {META_FILE}; give a directory written by 'tracekit stats --out' or a trace"
         )
     try:
         meta = json.loads((root / META_FILE).read_text())
-        tables = {name: pl.read_parquet(root / fname, glob=False) for name, fname in TABLE_FILES.items()}
-    except (OSError, json.JSONDecodeError, pl.exceptions.PolarsError) as exc:
+        tables = {name: _read_frame(root / fname) for name, fname in TABLE_FILES.items()}
+    except (OSError, json.JSONDecodeError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
         raise SchemaError(
             f"{root}: statistics are damaged ({exc}); recompute them with tracekit stats"
         ) from None
     return RoutingStats(meta=meta, **tables)
 
 
+def _read_frame(f: Location) -> pl.DataFrame:
+    if isinstance(f, RemotePath):
+        return pl.DataFrame(pl.from_arrow(read_table(f)))
+    return pl.read_parquet(f, glob=False)
+
+
 def load_stats_or_trace(path: str | os.PathLike[str], **kwargs: Any) -> RoutingStats:
-    """Statistics from a stats directory, or computed from a trace directory."""
-    root = Path(path)
+    """Statistics from a stats directory, or computed from a trace directory (or URIs of them)."""
+    root = location(path)
     if (root / META_FILE).is_file():
         return read_stats(root)
     return compute_stats(open_trace(root), **kwargs)
@@ -127,12 +155,14 @@ def compute_stats(
     slot_experts: Mapping[int, npt.ArrayLike] | None = None,
     window_steps: int | None = None,
     max_routing_tokens: int = DEFAULT_MAX_ROUTING_TOKENS,
+    backend: Backend | None = None,
 ) -> RoutingStats:
     """Routing statistics of ``trace``.
 
     ``ep``: ranks for the per-rank measures (default: the trace's recorded EP degree). ``slot_experts``: per layer, the logical expert of each
     physical slot (slots numbered rank by rank); contiguous placement when None. ``window_steps``:
     steps per window for the drift measures (default: the steps split into up to 8 windows).
+    ``backend``: where the loads are counted (``tracekit.backends``; default here).
     """
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     arch = tr.manifest.model
@@ -151,15 +181,11 @@ def compute_stats(
     if not has_load and not has_routing:
         raise UsageError(f"{tr.path}: has neither routing nor expert_load rows; statistics need one of them")
     load_source = "expert_load" if has_load else "routing"
-    con = tr.duckdb()
-    if has_load:
-        load_sql = "SELECT layer, step, expert, sum(num_tokens) AS n FROM expert_load GROUP BY ALL"
-    else:
-        load_sql = (
-            "SELECT layer, step, expert, count(*) AS n FROM "
-            "(SELECT layer, step, unnest(expert_ids) AS expert FROM routing) GROUP BY ALL"
-        )
-    con.execute(f"CREATE TEMP TABLE loads AS {load_sql}")
+    con = duckdb.connect()
+    # per (step, layer, expert): here one query, on a distributed backend partial counts per part file group
+    con.register("loads_arrow", expert_loads(tr, backend=backend))
+    con.execute("CREATE TEMP TABLE loads AS SELECT layer, step, expert, n FROM loads_arrow")
+    con.unregister("loads_arrow")
     steps_all = np.array(
         [r[0] for r in con.execute("SELECT DISTINCT step FROM loads ORDER BY step").fetchall()],
         dtype=np.int64,

@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from tracekit.stats import metrics as m
 from tracekit.synth.fit import fit_model
 from tracekit.synth.routing import Router, RoutingModel, RoutingSampler, balanced_step
 from tracekit.synth.spec import RoutingSpec
+from tracekit.trace.store import Location, location
 
 PHASES = ("prefill", "decode")
 #: Creation time stamped into every synthetic manifest (a real clock would break reproducibility).
@@ -135,14 +135,17 @@ def check_size(config: SynthConfig, out: str | os.PathLike[str] | None = None) -
         f"one step of {layers} MoE layers x top-{k} routing",
         fixed_bytes=5 * _PART_ROWS * (10 + 6 * k),
     )
-    if out is not None:
+    from tracekit.trace.store import is_uri
+
+    if out is not None and not is_uri(out):  # an object store has no free-space figure to check
         rows = config.steps * config.tokens_per_step * layers
         limits.fits_disk("--out", out, rows * 2 * k, f"{rows:,} routing rows (at least {2 * k} bytes each)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SynthResult:
-    path: Path
+    #: The trace written: a local path or a remote one (``s3://...``).
+    path: Location
     rows: dict[str, int]
     seconds: float
     #: The manifest's source_detail: spec, seed, solved skew, fit report, measured imbalance.
@@ -365,8 +368,10 @@ def synthesize(
     *,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    rows_per_part: int | None = None,
 ) -> SynthResult:
-    """Write the synthetic trace of ``config`` to directory ``out``."""
+    """Write the synthetic trace of ``config`` to directory (or URI, ``s3://...``) ``out``;
+    ``rows_per_part``: rows per Parquet part file of each table [the writer's defaults]."""
     from tracekit.trace import TraceWriter
 
     config.check()
@@ -406,7 +411,9 @@ def synthesize(
     load_expert = np.tile(np.arange(e, dtype=np.int16), num_layers)
     offsets = (np.arange(num_layers, dtype=np.int64) * e)[:, None]
     imbalances: list[npt.NDArray[np.float64]] = []
-    with TraceWriter(out, manifest, overwrite=overwrite, background=True) as writer:
+    with TraceWriter(
+        out, manifest, overwrite=overwrite, background=True, rows_per_part=rows_per_part
+    ) as writer:
         for s in range(config.steps):
             if sampler is not None:
                 ids, weights = sampler.next_step(n)
@@ -463,4 +470,6 @@ def synthesize(
         rows = writer.rows_written
     for table, count in writer.rows_written.items():
         rows[table] = count
-    return SynthResult(path=Path(out), rows=rows, seconds=time.perf_counter() - started, detail=source_detail)
+    return SynthResult(
+        path=location(out), rows=rows, seconds=time.perf_counter() - started, detail=source_detail
+    )

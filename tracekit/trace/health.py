@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -31,7 +30,8 @@ from tracekit.schema.tables import (
     table_spec,
     type_name,
 )
-from tracekit.trace import layout
+from tracekit.trace import layout, store
+from tracekit.trace.store import Location
 
 if TYPE_CHECKING:
     from tracekit.trace.reader import Trace
@@ -59,7 +59,7 @@ class Problem:
 class Footer:
     """What one part file's footer says (None fields: the footer could not be read)."""
 
-    path: Path
+    path: Location
     table: str
     #: Writer rank and part index from the file name; None when the name is not a writer's.
     rank: int | None
@@ -143,13 +143,13 @@ def shard_problems(trace: Trace) -> list[Problem]:
     return out
 
 
-def read_footer(trace: Trace, table: str, f: Path) -> tuple[Footer, list[Problem]]:
+def read_footer(trace: Trace, table: str, f: Location) -> tuple[Footer, list[Problem]]:
     """Read one part file's footer and check it against the schema and the manifest."""
     m = PART_NAME.match(f.name)
     rank, index = (int(m.group(1)), int(m.group(2))) if m else (None, None)
     probs: list[Problem] = []
     try:
-        pf = pq.ParquetFile(f)
+        pf = store.parquet_file(f)
         meta = pf.metadata
         actual = pf.schema_arrow
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -260,7 +260,7 @@ def id_bounds(trace: Trace) -> dict[str, tuple[int, int]]:
 
 
 def _range_problems(
-    trace: Trace, f: Path, table: str, ranges: Iterable[tuple[str, int, int]]
+    trace: Trace, f: Location, table: str, ranges: Iterable[tuple[str, int, int]]
 ) -> list[Problem]:
     bounds = id_bounds(trace)
     out = []
@@ -278,7 +278,7 @@ def _range_problems(
     return out
 
 
-def _has_page_checksum(f: Path, meta: pq.FileMetaData) -> bool | None:
+def _has_page_checksum(f: Location, meta: pq.FileMetaData) -> bool | None:
     """Whether the first page of the first column chunk carries a CRC (Thrift PageHeader field 4)."""
     if meta.num_row_groups == 0 or meta.num_columns == 0:
         return None
@@ -444,10 +444,10 @@ def tmp_problems(trace: Trace) -> list[Problem]:
     return out
 
 
-def _listdir(folder: Path) -> list[str]:
-    import os
-
-    return os.listdir(folder) if folder.is_dir() else []
+def _listdir(folder: Location) -> list[str]:
+    if store.is_remote(folder):  # whole objects only: an upload appears when it completes
+        return []
+    return store.listdir(folder) if folder.is_dir() else []
 
 
 def quick_check(trace: Trace) -> tuple[list[Problem], dict[str, list[Footer]]]:

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar, cast
 
 from tracekit.errors import UsageError
+from tracekit.trace.store import RemotePath
+
+#: A local or a remote path: the layout is the same on both.
+P = TypeVar("P", bound=Path | RemotePath)
 
 MANIFEST = "manifest.json"
 SHARDS = "_shards"
@@ -20,16 +25,16 @@ PART_GLOB = "*.parquet"
 TMP_SUFFIX = ".tmp"
 
 
-def shard_status_path(root: Path, rank: int) -> Path:
-    return root / SHARDS / f"rank-{rank:05d}.json"
+def shard_status_path(root: P, rank: int) -> P:
+    return cast(P, root / SHARDS / f"rank-{rank:05d}.json")
 
 
-def part_path(root: Path, table: str, rank: int, index: int) -> Path:
-    return root / table / f"r{rank:05d}-p{index:06d}.parquet"
+def part_path(root: P, table: str, rank: int, index: int) -> P:
+    return cast(P, root / table / f"r{rank:05d}-p{index:06d}.parquet")
 
 
-def tmp_path(final: Path) -> Path:
-    return final.with_name("." + final.name + TMP_SUFFIX)
+def tmp_path(final: P) -> P:
+    return cast(P, final.with_name("." + final.name + TMP_SUFFIX))
 
 
 def make_output_dir(path: Path, option: str = "--out") -> None:

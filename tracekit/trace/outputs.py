@@ -470,3 +470,25 @@ def write_file_atomic(path: Path, data: bytes | str) -> None:
 
 def json_bytes(obj: Any) -> str:
     return json.dumps(obj, indent=2) + "\n"
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    force: bool = False,
+    what: str = "output",
+    is_ours: Callable[[Any], bool] | None = None,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    option: str = "--out",
+) -> None:
+    """Refuse now what writing ``path`` would refuse (a local path or a URI such as ``s3://...``)."""
+    from tracekit.trace import store
+
+    loc = store.location(path)
+    if isinstance(loc, store.RemotePath):
+        if any(str(i) == str(loc) for i in inputs if i is not None):
+            raise UsageError(f"{option} {path}: it is also an input; write the output somewhere else")
+        store.check_remote_output(loc, force=force, what=what, is_ours=is_ours, option=option)
+        return
+    Output(path, kind=kind, force=force, what=what, is_ours=is_ours, inputs=inputs, option=option).check()

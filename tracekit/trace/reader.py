@@ -16,7 +16,8 @@ import pyarrow as pa
 from tracekit.errors import NotATraceError, SchemaError, TraceWarning, UsageError
 from tracekit.schema.manifest import Manifest
 from tracekit.schema.tables import TABLE_NAMES, table_spec
-from tracekit.trace import layout
+from tracekit.trace import layout, store
+from tracekit.trace.store import Location, RemotePath
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +41,7 @@ FULL_CHECK_BYTES = 32 * 1024**2
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
-def read_json(path: Path, what: str) -> Any:
+def read_json(path: Location, what: str) -> Any:
     """A small JSON file; damage (bad JSON, too deep, too big, unreadable) is a one-line SchemaError."""
     try:
         size = path.stat().st_size
@@ -68,7 +69,7 @@ def _counts(raw: Any) -> dict[str, int]:
     return out
 
 
-def parse_status(p: Path, raw: Any) -> ShardStatus:
+def parse_status(p: Location, raw: Any) -> ShardStatus:
     """A shard status from its JSON, with every field's JSON type checked (``"false"`` is not a bool)."""
     if not isinstance(raw, dict):
         raise SchemaError(f"{p}: damaged shard status file (not a JSON object); re-record the trace")
@@ -112,8 +113,9 @@ class Trace:
     invalid becomes one :class:`~tracekit.errors.TraceWarning`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, warn: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str] | RemotePath, *, warn: bool = True) -> None:
+        #: A local path, or a :class:`~tracekit.trace.store.RemotePath` (``s3://...``).
+        self.path: Location = store.location(path)
         mpath = self.path / layout.MANIFEST
         if not self.path.exists():
             raise NotATraceError(f"{self.path}: no such file or directory; give a trace directory")
@@ -125,14 +127,14 @@ class Trace:
         raw = read_json(mpath, "manifest")
         self.manifest = Manifest.from_dict(raw, where=str(mpath))
         self.shards = self._read_shards()
-        self._sound: set[Path] = set()
+        self._sound: set[Location] = set()
         if warn:
             self._warn()
 
     def _read_shards(self) -> dict[int, ShardStatus]:
         shards: dict[int, ShardStatus] = {}
         folder = self.path / layout.SHARDS
-        names = sorted(os.listdir(folder)) if folder.is_dir() else []
+        names = sorted(store.listdir(folder)) if self.remote or folder.is_dir() else []
         for name in names:
             if not (name.startswith("rank-") and name.endswith(".json")):
                 continue
@@ -159,6 +161,11 @@ class Trace:
 
     # -- what is there --------------------------------------------------------------------------
     @property
+    def remote(self) -> bool:
+        """True when the trace lives on a remote filesystem (``s3://...``)."""
+        return isinstance(self.path, RemotePath)
+
+    @property
     def complete(self) -> bool:
         """True when every rank's writer closed its shard (and at least one did)."""
         return bool(self.shards) and all(s.complete for s in self.shards.values())
@@ -167,7 +174,7 @@ class Trace:
     def ranks(self) -> list[int]:
         return sorted(self.shards)
 
-    def files(self, table: str, *, check: bool = True) -> list[Path]:
+    def files(self, table: str, *, check: bool = True) -> list[Location]:
         """Whole part files of ``table`` (temporary files of a killed writer are left out).
 
         With ``check`` (the default) each file's Parquet head and footer magic is checked once, so a
@@ -177,10 +184,12 @@ class Trace:
         table_spec(table)
         folder = self.path / table
         try:
-            names = os.listdir(folder) if folder.is_dir() else []
+            entries = store.children(folder) if self.remote or folder.is_dir() else []
         except OSError as exc:
             raise SchemaError(f"{folder}: cannot be listed ({exc.strerror}); check its permissions") from None
-        found = sorted(folder / n for n in names if n.endswith(".parquet") and not n.startswith("."))
+        found: list[Location] = sorted(  # type: ignore[type-var]
+            e for e in entries if e.name.endswith(".parquet") and not e.name.startswith(".")
+        )
         if check:
             for f in found:
                 if f not in self._sound:
@@ -210,18 +219,27 @@ class Trace:
         files = self.files(table)
         if not files:
             return pl.LazyFrame(pl.from_arrow(self.arrow_schema(table).empty_table()))
+        if self.remote:
+            return pl.scan_pyarrow_dataset(self.dataset(table))
         return pl.scan_parquet([str(f) for f in files], glob=False)
+
+    def dataset(self, table: str) -> Any:
+        """A ``pyarrow.dataset.Dataset`` over the table's part files (local or remote)."""
+        import pyarrow.dataset as ds
+
+        paths, fs = store.dataset_paths(self.files(table))
+        return ds.dataset(paths, filesystem=fs, format="parquet", schema=self.arrow_schema(table))
 
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
         """Read a (small) table whole into Arrow; prefer ``scan`` or ``duckdb`` for large ones."""
-        import pyarrow.parquet as pq
-
         files = self.files(table)
         if not files:
             schema = self.arrow_schema(table)
             t = schema.empty_table()
             return t.select(columns) if columns else t
-        return pa.concat_tables([pq.read_table(f, columns=columns) for f in files], promote_options="default")
+        return pa.concat_tables(
+            [store.read_table(f, columns=columns) for f in files], promote_options="default"
+        )
 
     def view_sql(self, table: str) -> str:
         """A SELECT over the table's Parquet files, for a DuckDB view (typed even when empty)."""
@@ -234,15 +252,34 @@ class Trace:
         return f"SELECT * FROM read_parquet({parquet_list(files)}, union_by_name = true)"
 
     def register(
-        self, con: duckdb.DuckDBPyConnection, prefix: str = "", *, all_tables: bool = True
+        self,
+        con: duckdb.DuckDBPyConnection,
+        prefix: str = "",
+        *,
+        all_tables: bool = True,
+        persistent: bool = False,
     ) -> list[str]:
-        """Create one view per table on ``con`` (``prefix + table``); returns the view names."""
+        """Create one view per table on ``con`` (``prefix + table``); returns the view names.
+
+        A remote trace's views read its files through DuckDB's httpfs extension when it is installed
+        (S3), else through Arrow datasets registered on ``con`` (then the views live only as long as
+        the connection; ``persistent``, views kept in a database file, refuses that)."""
+        from tracekit.trace.duck import needs_httpfs, remote_reader
+
+        arrow = self.remote and not remote_reader(con, self.path)
+        if arrow and persistent:
+            raise needs_httpfs(self.path)
         names = []
         for table in TABLE_NAMES:
             if not all_tables and not self.has(table):
                 continue
             name = f"{prefix}{table}"
-            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {self.view_sql(table)}')
+            if arrow and self.has(table):
+                hidden = f"__tracekit_arrow_{name}"
+                con.register(hidden, self.dataset(table))
+                con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM "{hidden}"')
+            else:
+                con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {self.view_sql(table)}')
             names.append(name)
         return names
 
@@ -265,7 +302,7 @@ class Trace:
 _MAGIC = b"PAR1"
 
 
-def _check_part(part: Path, trace_path: Path) -> None:
+def _check_part(part: Location, trace_path: Location) -> None:
     """Raise SchemaError naming ``part`` unless it starts and ends with the Parquet magic bytes."""
     try:
         size = part.stat().st_size
@@ -284,8 +321,9 @@ def _check_part(part: Path, trace_path: Path) -> None:
         )
 
 
-def open_trace(path: str | os.PathLike[str], *, warn: bool = True) -> Trace:
-    """Open a trace directory lazily (``warn``: a TraceWarning when it is incomplete or invalid)."""
+def open_trace(path: str | os.PathLike[str] | RemotePath, *, warn: bool = True) -> Trace:
+    """Open a trace lazily: a directory, or a URI such as ``s3://bucket/trace`` (``warn``: a
+    TraceWarning when it is incomplete or invalid)."""
     return Trace(path, warn=warn)
 
 
@@ -293,8 +331,10 @@ def open_trace(path: str | os.PathLike[str], *, warn: bool = True) -> Trace:
 _CHECKED: dict[tuple[Any, ...], str] = {}
 
 
-def _signature(path: Path) -> tuple[Any, ...]:
+def _signature(path: Location) -> tuple[Any, ...]:
     """Changes whenever a file of the trace is added, removed, renamed or rewritten in place."""
+    if isinstance(path, RemotePath):  # one listing of every object below the trace
+        return (str(path), *sorted((p.path, p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob()))
     sig: list[Any] = [str(path.resolve())]
     for sub in ("", layout.SHARDS, *TABLE_NAMES):
         p = path / sub
@@ -314,10 +354,10 @@ def _signature(path: Path) -> tuple[Any, ...]:
 _GLOB_CHARS = "*?["
 
 
-def literal_path(path: str | os.PathLike[str]) -> str:
+def literal_path(path: str | os.PathLike[str] | RemotePath) -> str:
     """``path`` as a pattern that DuckDB's Parquet reader matches literally (glob characters in
     brackets), so a folder named ``a[1]`` or ``star*`` never reads its neighbours."""
-    text = os.fspath(Path(path).resolve())
+    text = str(path) if isinstance(path, RemotePath) else os.fspath(Path(path).resolve())
     if "\\" in text and any(c in text for c in _GLOB_CHARS):
         raise UsageError(
             f"{text}: the path holds both a backslash and one of {_GLOB_CHARS}, which DuckDB cannot read "
@@ -326,7 +366,7 @@ def literal_path(path: str | os.PathLike[str]) -> str:
     return "".join(f"[{c}]" if c in _GLOB_CHARS else c for c in text)
 
 
-def parquet_list(files: list[Path]) -> str:
+def parquet_list(files: list[Location]) -> str:
     """A DuckDB list literal of Parquet files, each matched literally."""
     return "[" + ", ".join("'" + literal_path(f).replace("'", "''") + "'" for f in files) + "]"
 

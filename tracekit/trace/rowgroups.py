@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracekit.errors import TraceError, first_line
+from tracekit.trace.store import parquet_file
 
 #: Known (min, max) of integer columns of a row group, by column name (from Parquet statistics).
 Bounds = dict[str, tuple[int, int]]
@@ -55,6 +56,8 @@ class RowGroupReader:
     _pending: dict[RowGroup, Future[list[pa.RecordBatch]]] = field(
         default_factory=dict, init=False, repr=False
     )
+    #: Footers read by :attr:`bounds`, reused when decoding (a remote file's footer is a request).
+    _footers: dict[str, pq.FileMetaData] = field(default_factory=dict, init=False, repr=False)
 
     @cached_property
     def bounds(self) -> dict[RowGroup, Bounds]:
@@ -63,7 +66,8 @@ class RowGroupReader:
         wanted = set(self.stat_columns)
         out: dict[RowGroup, Bounds] = {}
         for f in self.files:
-            md = pq.ParquetFile(f).metadata
+            md = parquet_file(f).metadata
+            self._footers[f] = md
             # leaf columns by top-level name (a list column has one leaf, its element)
             leaves: dict[str, int | None] = {}
             for col in range(md.num_columns):
@@ -93,7 +97,8 @@ class RowGroupReader:
     def _decode(self, item: RowGroup) -> list[pa.RecordBatch]:
         # decoded batch by batch: no whole-row-group columns to concatenate
         try:
-            batches = pq.ParquetFile(item[0], page_checksum_verification=True).iter_batches(
+            pf = parquet_file(item[0], page_checksum_verification=True, metadata=self._footers.get(item[0]))
+            batches = pf.iter_batches(
                 batch_size=self.batch_rows,
                 row_groups=[item[1]],
                 columns=list(self.columns),

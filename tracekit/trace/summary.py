@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
-
 from tracekit.schema.tables import TABLE_NAMES
+from tracekit.trace.store import parquet_file
 
 if TYPE_CHECKING:
     from tracekit.trace.reader import Trace
@@ -14,7 +13,7 @@ if TYPE_CHECKING:
 
 def table_rows(trace: Trace, table: str) -> int:
     """Row count from the Parquet footers alone."""
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in trace.files(table))
+    return sum(parquet_file(f).metadata.num_rows for f in trace.files(table))
 
 
 def summarize(trace: Trace) -> dict[str, Any]:

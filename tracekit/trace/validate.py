@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tracekit.errors import TraceError, first_line
 from tracekit.schema.tables import TABLE_NAMES
+from tracekit.trace import store
 from tracekit.trace.health import Footer, Problem, id_bounds, quick_check
 from tracekit.trace.reader import Trace
+from tracekit.trace.store import Location, RemotePath
 
 __all__ = ["Problem", "ValidationResult", "validate"]
 
@@ -55,9 +55,10 @@ class ValidationResult:
         return any(p.kind == "incomplete" for p in self.problems)
 
 
-def validate(path: str | os.PathLike[str]) -> ValidationResult:
-    """Validate a trace directory. Raises only when ``path`` is not a trace at all."""
-    root = Path(path)
+def validate(path: str | os.PathLike[str] | RemotePath) -> ValidationResult:
+    """Validate a trace (a directory or a URI). Raises only when ``path`` is not a trace at all (or
+    its remote store cannot be reached)."""
+    root = store.location(path)
     try:
         trace = Trace(root, warn=False)
     except TraceError as exc:
@@ -92,7 +93,7 @@ def _decode(trace: Trace, ft: Footer, inv: _Invariants) -> list[Problem]:
     expected = trace.arrow_schema(ft.table)
     out: list[Problem] = []
     try:
-        pf = pq.ParquetFile(ft.path, page_checksum_verification=True)
+        pf = store.parquet_file(ft.path, page_checksum_verification=True)
         names = set(pf.schema_arrow.names)
         required = [f.name for f in expected if not f.nullable and f.name in names]
         nulls = dict.fromkeys(required, 0)
@@ -140,11 +141,11 @@ class _Invariants:
         self.carry: dict[int, _Carry] = {}
         self.unordered: set[int] = set()
 
-    def _fail(self, path: Path, message: str) -> Problem:
+    def _fail(self, path: Location, message: str) -> Problem:
         self.failed = True
         return Problem(path=str(path), message=message)
 
-    def feed(self, batch: pa.RecordBatch, path: Path) -> Problem | None:
+    def feed(self, batch: pa.RecordBatch, path: Location) -> Problem | None:
         t = self.table
         if t in ("routing", "expert_load", "placement"):
             col = "expert_ids" if t == "routing" else "expert"
@@ -176,7 +177,7 @@ class _Invariants:
             return self._keys(batch, path)
         return None
 
-    def _range(self, values: pa.Array, name: str, path: Path) -> Problem | None:
+    def _range(self, values: pa.Array, name: str, path: Location) -> Problem | None:
         if len(values) == 0 or values.null_count == len(values):
             return None
         mm = pc.min_max(values)
@@ -191,7 +192,7 @@ class _Invariants:
             )
         return None
 
-    def _keys(self, batch: pa.RecordBatch, path: Path) -> Problem | None:
+    def _keys(self, batch: pa.RecordBatch, path: Location) -> Problem | None:
         rank = _ints(batch.column("rank"))
         step = _ints(batch.column("step"))
         if step.size and step.min() < 0:
@@ -247,7 +248,7 @@ class _Invariants:
             self.carry[r] = _Carry(step=last, keys=tail)
         return None
 
-    def _dup(self, path: Path, rank: int, step: int) -> Problem:
+    def _dup(self, path: Location, rank: int, step: int) -> Problem:
         cols = ", ".join(_KEYS[self.table])
         return self._fail(
             path,

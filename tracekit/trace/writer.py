@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 from tracekit.errors import CollectorError, OutputBusyError, SchemaError, UsageError
 from tracekit.schema.manifest import Manifest
 from tracekit.schema.tables import TABLE_NAMES, TableSpec, table_spec
-from tracekit.trace import layout, outputs
+from tracekit.trace import layout, outputs, store
 from tracekit.trace.convert import to_arrow
+from tracekit.trace.store import Location, RemotePath
 
 #: Default rows per part file. Routing rows are ~40 bytes at top-8, so 1M rows is ~40 MB buffered.
 DEFAULT_ROWS_PER_PART: Mapping[str, int] = {
@@ -39,9 +40,13 @@ DEFAULT_ROWS_PER_PART: Mapping[str, int] = {
 FALLBACK_ROWS_PER_PART = 100_000
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def _write_json_atomic(path: Location, obj: Any) -> None:
     """Write JSON through a temporary sibling and a rename; the folder ``path`` sits in is created
-    only inside an existing trace root (a writer whose staging copy was dropped writes nothing)."""
+    only inside an existing trace root (a writer whose staging copy was dropped writes nothing).
+    On an object store the file is put in one request, which is atomic there."""
+    if isinstance(path, RemotePath):
+        path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        return
     if not path.parent.is_dir():
         if not path.parent.parent.is_dir():
             return
@@ -54,7 +59,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _is_trace(path: Path) -> bool:
+def _is_trace(path: Location) -> bool:
     return (path / layout.MANIFEST).exists()
 
 
@@ -65,6 +70,10 @@ class TraceWriter:
     (the schema needs its ``top_k``). ``append(table, data)`` takes a dict of columns (numpy arrays,
     lists; 2-D arrays for the fixed-size list columns), an Arrow table or a polars DataFrame; a
     ``rank`` column is filled in when absent.
+
+    ``path`` may be a URI (``s3://bucket/trace``): then every part file and status is put whole in
+    one upload (an object appears only when complete, so a killed writer leaves whole parts only),
+    and there is no lock (object stores have none): ``overwrite`` deletes an existing trace there first.
     """
 
     def __init__(
@@ -78,7 +87,7 @@ class TraceWriter:
         overwrite: bool = False,
         compression: str = "zstd",
     ) -> None:
-        self.path = Path(path)
+        self.path: Location = store.location(path)
         self.manifest = manifest
         self.rank = rank
         self._compression = compression
@@ -94,10 +103,10 @@ class TraceWriter:
         self._schemas: dict[str, tuple[TableSpec, pa.Schema]] = {}
         self._closed = False
         self._error: BaseException | None = None
-        self._queue: queue.Queue[tuple[Path, pa.Table] | None] | None = None
+        self._queue: queue.Queue[tuple[Location, pa.Table] | None] | None = None
         self._thread: threading.Thread | None = None
         #: Where the files go: ``path`` itself, or a staging sibling while an existing trace is replaced.
-        self.root = self.path
+        self.root: Location = self.path
         self._output: outputs.Output | None = None
         self._prepare(overwrite)
         if background:
@@ -107,6 +116,9 @@ class TraceWriter:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare(self, overwrite: bool) -> None:
+        if isinstance(self.path, RemotePath):
+            self._prepare_remote(self.path, overwrite)
+            return
         holder = outputs.current_holder(self.path)
         if holder is not None:
             joins = holder.token == os.environ.get(outputs.TOKEN_ENV) or (
@@ -117,7 +129,8 @@ class TraceWriter:
                     f"--out {self.path}: {holder.describe()} is writing it now; wait for it to finish "
                     "or choose another --out"
                 )
-            self.root = Path(holder.target)  # a rank of the same run: write where its rank 0 writes
+            self.root = Path(holder.target)
+            assert isinstance(self.path, Path)  # a rank of the same run: write where its rank 0 writes
             layout.make_output_dir(self.root)
             if self.rank == 0:
                 _write_json_atomic(self.root / layout.MANIFEST, self.manifest.to_dict())
@@ -141,6 +154,16 @@ class TraceWriter:
             if self.path.exists() and not self.path.is_dir():
                 raise UsageError(f"{self.path}: exists and is not a directory; choose another --out")
             layout.make_output_dir(self.path)
+        self._started_at = time.time()
+        self._write_status(complete=False)
+
+    def _prepare_remote(self, path: RemotePath, overwrite: bool) -> None:
+        """An object-store prefix: rank 0 refuses (or, with ``overwrite``, deletes) what is there."""
+        if self.rank == 0:
+            store.check_remote_output(path, force=overwrite, what="trace", is_ours=_is_trace)
+            if overwrite:
+                path.remove_tree()
+            _write_json_atomic(path / layout.MANIFEST, self.manifest.to_dict())
         self._started_at = time.time()
         self._write_status(complete=False)
 
@@ -199,7 +222,16 @@ class TraceWriter:
             else:
                 self._write_part(final, data)
 
-    def _write_part(self, final: Path, data: pa.Table) -> None:
+    def _write_part(self, final: Location, data: pa.Table) -> None:
+        if isinstance(final, RemotePath):  # encoded in memory, then one upload: whole or absent
+            store.write_parquet(
+                data,
+                final,
+                compression=self._compression,
+                row_group_size=max(1, data.num_rows),
+                write_page_checksum=True,
+            )
+            return
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = layout.tmp_path(final)
         pq.write_table(
