@@ -139,9 +139,7 @@ def parse(page: Path) -> tuple[list[Example], list[Listing]]:
             out_start = k
             while k < end and not lines[k].startswith("$ "):
                 k += 1
-            examples.append(
-                Example(page, first + 1, "\n".join(cmd), lines[out_start:k], out_start, k, skip)
-            )
+            examples.append(Example(page, first + 1, "\n".join(cmd), lines[out_start:k], out_start, k, skip))
         last = examples[-1] if examples else None
         if last is not None and last.out_start == end and last.page == page:
             # a single command with no output in its block, a Markdown table right after the fence:
@@ -297,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"skip {e.where}: {e.skip}")
             for li in listings:
                 if li.skip is None:
-                    print(f"FAIL {_rel(li.page)}:{li.line}: tracekit commands without '$ ' prompts (write them as examples or mark the block skipped)")
+                    print(
+                        f"FAIL {_rel(li.page)}:{li.line}: tracekit commands without '$ ' prompts (write them as examples or mark the block skipped)"
+                    )
                     bad += 1
             outcomes = run_page(page, Path(tmp))
             for o in outcomes:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tracekit.cli._render import echo_json, render_rows
+from tracekit.cli._render import echo_json, format_option, render_rows
 from tracekit.errors import UsageError
 from tracekit.hardware.comm_impls import COMM_IMPLS
 
@@ -253,10 +253,11 @@ def _ms(v: Any) -> float | None:
     help="Result directory (Parquet tables + result.json).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing result directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@format_option()
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phases: tuple[str, ...], disagg: bool,
            prefill_hw: str | None, prefill_ep: int | None, prefill_gpus: int | None, out: Path | None, force: bool,
-           as_json: bool, **opts: Any) -> None:  # fmt: skip
+           fmt: str, as_json: bool, **opts: Any) -> None:  # fmt: skip
     """Re-time TRACE on a hardware model under a deployment, step by step, layer by layer, rank by rank."""
     from tracekit.replay import replay as run_replay
     from tracekit.replay import replay_disaggregated, write_result
@@ -271,8 +272,11 @@ def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phas
         res = run_replay(trace, dep, phases=list(phases) or None, progress=_progress())
     if out is not None:
         write_result(res, out, overwrite=force)
-    if as_json:
+    if as_json or fmt == "json":
         echo_json(res.summary.to_dict())
+        return
+    if fmt != "table":
+        click.echo(render_rows(["quantity", "value"], _summary_rows(res.summary), fmt))
         return
     run = res.run.row(0, named=True)
     title = (
@@ -326,9 +330,10 @@ def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phas
     "--out", type=click.Path(path_type=Path), default=None, help="Write result.json and compare.parquet here."
 )
 @click.option("--force", is_flag=True, help="Replace an existing result directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print per system summaries and the ratio as JSON.")
+@format_option()
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 def compare(trace: Path, hws: tuple[str, ...], ep: int | None, batch_per_gpu: int | None, deploys: tuple[str, ...],
-            at_interactivity: float | None, out: Path | None, force: bool, as_json: bool, **opts: Any) -> None:  # fmt: skip
+            at_interactivity: float | None, out: Path | None, force: bool, fmt: str, as_json: bool, **opts: Any) -> None:  # fmt: skip
     """Replay TRACE on several systems and print them side by side with the throughput ratio."""
     from tracekit.replay import Precision, compare_at_interactivity, write_compare
     from tracekit.replay import compare as run_compare
@@ -352,13 +357,13 @@ def compare(trace: Path, hws: tuple[str, ...], ep: int | None, batch_per_gpu: in
         )
     if out is not None:
         write_compare(result, out, overwrite=force)
-    if as_json:
+    if as_json or fmt == "json":
         echo_json(result.to_dict())
         return
-    _print_compare(result.system_dicts(), at_interactivity)
+    _print_compare(result.system_dicts(), at_interactivity, fmt)
 
 
-def _print_compare(systems: list[dict[str, Any]], at: float | None) -> None:
+def _print_compare(systems: list[dict[str, Any]], at: float | None, fmt: str = "table") -> None:
     cols = ["", *[s["hw"] for s in systems]]
 
     def dep(s: dict[str, Any], key: str) -> str:
@@ -390,6 +395,9 @@ def _print_compare(systems: list[dict[str, Any]], at: float | None) -> None:
         ["  p10-p90", *[_band(s["ratio_p10"], s["ratio_p90"], "x") for s in systems]],
     ]
     title = "compare" if at is None else f"best deployment at >= {at:g} tokens/s per user"
+    if fmt != "table":  # csv, markdown: the table alone
+        click.echo(render_rows(["quantity", *cols[1:]], rows, fmt))
+        return
     click.echo(render_rows(cols, rows, "table", title=title))
     for s in systems:
         if s["note"]:
@@ -473,10 +481,11 @@ def _apply(dep: Any, over: dict[str, str]) -> Any:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Sweep directory.")
 @click.option("--force", is_flag=True, help="Replace an existing sweep directory.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG/SVG plot.")
-@click.option("--json", "as_json", is_flag=True, help="Print the Pareto frontier as JSON.")
+@format_option()
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tuple[str, ...], tbo_grid: str | None,
-          impls: tuple[str, ...], jobs: int | None, out: Path, force: bool, no_plot: bool, as_json: bool,
-          **opts: Any) -> None:  # fmt: skip
+          impls: tuple[str, ...], jobs: int | None, out: Path, force: bool, no_plot: bool, fmt: str,
+          as_json: bool, **opts: Any) -> None:  # fmt: skip
     """Replay a grid of deployments (in parallel), write every point and the Pareto frontier, plot it."""
     from tracekit.replay import Precision, grid, run_sweep, write_sweep
     from tracekit.replay.sweep import pareto
@@ -512,7 +521,7 @@ def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tupl
     df = run_sweep(trace, points, jobs=jobs)
     write_sweep(out, trace, df, overwrite=force, plot=not no_plot)
     front = pareto(df)
-    if as_json:
+    if as_json or fmt == "json":
         echo_json({"kind": "sweep", "points": df.height, "pareto": front.to_dicts()})
         return
     cols = [
@@ -525,6 +534,9 @@ def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tupl
         "tokens_per_s_per_user",
         "bound",
     ]
+    if fmt != "table":  # csv, markdown: the frontier alone
+        click.echo(render_rows(cols, front.select(cols).rows(), fmt))
+        return
     click.echo(
         render_rows(
             cols,
