@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from tracekit.cli._render import echo_json, format_option, render_rows
+from tracekit.cli._spec import spec_option
 from tracekit.errors import UsageError
 from tracekit.hardware.comm_impls import COMM_IMPLS
 
@@ -255,6 +256,7 @@ def _ms(v: Any) -> float | None:
 @click.option("--force", is_flag=True, help="Replace an existing result directory.")
 @format_option()
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
+@spec_option
 def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phases: tuple[str, ...], disagg: bool,
            prefill_hw: str | None, prefill_ep: int | None, prefill_gpus: int | None, out: Path | None, force: bool,
            fmt: str, as_json: bool, **opts: Any) -> None:  # fmt: skip
@@ -332,6 +334,7 @@ def replay(trace: Path, hw: str, ep: int | None, batch_per_gpu: int | None, phas
 @click.option("--force", is_flag=True, help="Replace an existing result directory.")
 @format_option()
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
+@spec_option
 def compare(trace: Path, hws: tuple[str, ...], ep: int | None, batch_per_gpu: int | None, deploys: tuple[str, ...],
             at_interactivity: float | None, out: Path | None, force: bool, fmt: str, as_json: bool, **opts: Any) -> None:  # fmt: skip
     """Replay TRACE on several systems and print them side by side with the throughput ratio."""
@@ -483,6 +486,7 @@ def _apply(dep: Any, over: dict[str, str]) -> Any:
 @click.option("--no-plot", is_flag=True, help="Skip the PNG/SVG plot.")
 @format_option()
 @click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
+@spec_option
 def sweep(trace: Path, hws: tuple[str, ...], eps: tuple[str, ...], batches: tuple[str, ...], tbo_grid: str | None,
           impls: tuple[str, ...], jobs: int | None, out: Path, force: bool, no_plot: bool, fmt: str,
           as_json: bool, **opts: Any) -> None:  # fmt: skip
