@@ -15,7 +15,9 @@ PACKAGE_PRESETS = Path(tracekit.__file__).parent / "data" / "hardware"
 
 
 def _digests() -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(PACKAGE_PRESETS.glob("*.toml"))}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(PACKAGE_PRESETS.glob("*.toml"))
+    }
 
 
 def test_write_goes_to_out_and_loads_as_user_presets(tmp_path: Path) -> None:

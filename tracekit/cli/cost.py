@@ -10,7 +10,7 @@ from typing import Any
 import click
 import numpy as np
 
-from tracekit.cli._render import FORMATS, echo_json, format_option, render_rows
+from tracekit.cli._render import FORMATS, echo_json, format_option, render_fields, render_rows
 from tracekit.errors import UsageError
 from tracekit.hardware import COMM_IMPLS, HardwareSpec, get_hardware, parse_set_options
 from tracekit.precision import DEPLOYMENT_FORMATS, WIRE_FORMATS, compute_class, wire_bytes_per_token
@@ -46,7 +46,7 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
     if as_json or fmt == "json":
         echo_json(result)
         return
-    click.echo(render_rows(["quantity", "value"], [[k, v] for k, v in result.items()], fmt))
+    click.echo(render_fields(list(result.items()), fmt))
 
 
 @click.group()
