@@ -18,8 +18,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tracekit import provenance
 from tracekit.errors import UsageError
+from tracekit.provenance import stamp as provenance_stamp
 from tracekit.schema import result_spec
 from tracekit.trace.layout import make_output_dir
 from tracekit.trace.outputs import OLD_TAG, Output, recover, write_file_atomic
@@ -108,7 +108,7 @@ def result_arrow(name: str, df: pl.DataFrame) -> pa.Table:
         )
     schema = spec.arrow_schema()
     table = df.to_arrow().cast(schema)
-    return table.replace_schema_metadata({**(schema.metadata or {}), **provenance.stamp()})
+    return table.replace_schema_metadata({**(schema.metadata or {}), **provenance_stamp()})
 
 
 def write_tables(path: Path, tables: Mapping[str, pl.DataFrame], meta: Mapping[str, Any]) -> Path:
