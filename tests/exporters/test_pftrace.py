@@ -269,18 +269,11 @@ def _trace_processor() -> str | None:
     return found if found and Path(found).is_file() else None
 
 
-@pytest.mark.skipif(
-    _trace_processor() is None,
-    reason="no trace_processor_shell here: the perfetto package downloads it from the internet at first "
-    "use and no PyPI or Debian package ships it; set TRACE_PROCESSOR_SHELL to a local binary to run this",
-)
-def test_trace_processor_loads_the_exports(tmp_path: Path) -> None:
+def _tp_comm_slices_per_rank(trace: Path) -> list[tuple[str, int]]:
+    """(process, comm slices) by SQL over the slices the trace processor loaded from ``trace``."""
     from perfetto.trace_processor import TraceProcessor, TraceProcessorConfig
 
-    ep = write_ep_trace(tmp_path / "ep4")
-    out = tmp_path / "ep.pftrace"
-    _export(ep.path, out)
-    tp = TraceProcessor(trace=str(out), config=TraceProcessorConfig(bin_path=_trace_processor()))
+    tp = TraceProcessor(trace=str(trace), config=TraceProcessorConfig(bin_path=_trace_processor()))
     try:
         rows = tp.query(
             "SELECT p.name AS process, count(*) AS n FROM slice s JOIN process_track t ON s.track_id = t.id "
@@ -288,7 +281,37 @@ def test_trace_processor_loads_the_exports(tmp_path: Path) -> None:
         ).as_pandas_dataframe()
     finally:
         tp.close()
+    return [(str(p), int(n)) for p, n in zip(rows["process"], rows["n"], strict=True)]
+
+
+@pytest.mark.skipif(
+    _trace_processor() is None,
+    reason="no trace_processor_shell here: the perfetto package downloads it from the internet at first "
+    "use and no PyPI or Debian package ships it; set TRACE_PROCESSOR_SHELL to a local binary to run this",
+)
+def test_trace_processor_loads_the_exports(tmp_path: Path) -> None:
+    # a recorded EP trace: one comm slice per recorded call with a start time
+    ep = write_ep_trace(tmp_path / "ep4")
+    out = tmp_path / "ep.pftrace"
+    _export(ep.path, out)
     comm = pl.read_parquet(ep.path / "comm" / "*.parquet").filter(pl.col("start_ns").is_not_null())
     want = comm.group_by("rank").len().sort("rank")
-    assert rows["process"].tolist() == [f"rank {r}" for r in want["rank"].to_list()]
-    assert rows["n"].tolist() == want["len"].to_list()
+    assert _tp_comm_slices_per_rank(out) == [
+        (f"rank {r}", n) for r, n in zip(want["rank"].to_list(), want["len"].to_list(), strict=True)
+    ]
+    # a TBO replay: dispatch, combine and TP comm slices per rank, as replay_ranks has them
+    from tests.factories import tiny_manifest, write_routing_trace
+    from tracekit.replay import Deployment, replay
+    from tracekit.replay.results import write_result
+
+    ids = np.argsort(np.random.default_rng(5).random((3, 2, 16, 8)), axis=-1)[..., :2]
+    write_routing_trace(tmp_path / "t", ids, manifest=tiny_manifest(), phases=["prefill", "decode", "decode"])
+    write_result(replay(tmp_path / "t", Deployment(hw="h200-sxm", ep=2, tbo=True)), tmp_path / "r")
+    _export(tmp_path / "r", tmp_path / "tbo.pftrace")
+    ranks = pl.read_parquet(tmp_path / "r" / "replay_ranks.parquet")  # noqa: F841 (read by the SQL)
+    want_tbo = duckdb.sql(
+        "SELECT 'rank ' || rank, sum((dispatch_s > 0)::INT + (combine_s > 0)::INT + (tp_comm_s > 0)::INT) "
+        "FROM ranks GROUP BY rank ORDER BY 1"
+    ).fetchall()
+    got = _tp_comm_slices_per_rank(tmp_path / "tbo.pftrace")
+    assert got == [(p, int(n)) for p, n in want_tbo] and all(n > 0 for _, n in got)

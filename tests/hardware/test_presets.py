@@ -120,3 +120,58 @@ def test_cli_hw_list_and_show() -> None:
     assert fields["scaleup_bw"]["shown"] == "450 GB/s"
     out = runner.invoke(cli, ["hw", "show", "nope"])
     assert out.exit_code == 2 and "valid names" in out.output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # a spec field above the [spec] line: at the top level, where nothing reads it
+        (
+            'hbm_bw = { value = 5e12, source = "x" }\n',
+            r"'hbm_bw' at the top level is not read there; it belongs under \[spec\]",
+        ),
+        # a spec field after a [comm.<impl>] header lands in that table
+        (
+            '[comm.deepep-ll]\neff_up = { value = 0.5, source = "x" }\nscaleout_bw = { value = 1e11, source = "x" }\n',
+            r"comm.deepep-ll.scaleout_bw is not read there; it belongs under \[spec\]",
+        ),
+        (
+            "[comm]\neff_up = 0.5\n",
+            r"'comm.eff_up' in \[comm\] is not read there; it belongs under a \[comm.<impl>\]",
+        ),
+        ("[deepep-ll]\neff_up = 0.5\n", r"'deepep-ll' at the top level .* belongs under \[comm.deepep-ll\]"),
+        (
+            "[spec]\neff_up = 0.5\n",
+            r"spec.eff_up is not a \[spec\] field; it belongs under a \[comm.<impl>\]",
+        ),
+        (
+            "[specs]\nhbm_bw = 5e12\n",
+            r"unknown 'specs' at the top level; valid: base, name, description, gpu, spec",
+        ),
+        ("[comm.deepep]\neff_up = 0.5\n", r"unknown 'comm.deepep' in \[comm\]; valid: .*deepep-ll"),
+        (
+            "[kernel.gemm]\ncompute_eff = 0.5\n",
+            r"'kernel.gemm.compute_eff' in \[kernel.gemm\] .* belongs under a \[kernel.<family>.<class>\]",
+        ),
+        (
+            "[scale]\nexpert_gemm = 1.1\n[spec]\nlaunch = 2\n",
+            r"spec.launch is not a \[spec\] field; it belongs under \[scale\]",
+        ),
+        ('spec = "h200"\n', r"'spec' must be a table"),
+    ],
+)
+def test_user_preset_misplaced_fields_refused(tmp_path: Path, text: str, message: str) -> None:
+    """A field where no table reads it is refused in one line naming it and where it belongs; before,
+    a spec field at the top level was silently ignored and the base preset's value used."""
+    path = tmp_path / "mine.toml"
+    path.write_text('base = "h200-sxm"\n' + text)
+    with pytest.raises(UsageError, match=message):
+        get_hardware(str(path))
+    res = CliRunner().invoke(cli, ["hw", "show", str(path)])
+    assert res.exit_code == 2
+    assert res.output.count("\n") == 1 and "Traceback" not in res.output
+
+
+def test_builtin_presets_pass_the_layout_check() -> None:
+    for name in hardware_names():
+        assert get_hardware(name).name == name

@@ -155,7 +155,7 @@ def test_nvl_a2a_replays_inside_one_domain_and_is_refused_across_domains(trace: 
         cli, ["replay", str(trace), "--hw", "gb200-nvl72", "--impl", "nvl-a2a", "--json"]
     )
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["tokens_per_s_per_gpu"] > 0
+    assert json.loads(res.stdout)["tokens_per_s_per_gpu"] > 0
     narrow = Deployment(
         hw="h200-sxm", ep=16, batch_per_gpu=1, impl="nvl-a2a", hw_overrides={"scaleup_size": 1}
     )

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import numpy as np
 
-from tracekit.cli._render import echo_json, format_option, render_rows
+from tracekit.cli._render import FORMATS, echo_json, format_option, render_fields, render_rows
 from tracekit.cli.profile import calibrate_profile_options
 from tracekit.errors import UsageError
 from tracekit.hardware import COMM_IMPLS, HardwareSpec, get_hardware, parse_set_options
@@ -21,7 +21,16 @@ DTYPES = DEPLOYMENT_FORMATS
 
 
 def _hw_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")(fn)
+    fn = click.option(
+        "--format",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
+        expose_value=False,
+        callback=lambda ctx, _param, value: ctx.meta.__setitem__("tracekit.format", value),
+        help="Output format: a table for people (units, see docs/glossary.md), csv, json or markdown.",
+    )(fn)
     fn = click.option(
         "--set", "sets", multiple=True, metavar="FIELD=VALUE", help="Override a hardware field (repeatable)."
     )(fn)
@@ -34,10 +43,11 @@ def _hw(name: str, sets: tuple[str, ...]) -> HardwareSpec:
 
 
 def _emit(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
+    fmt = click.get_current_context().meta.get("tracekit.format", "table")
+    if as_json or fmt == "json":
         echo_json(result)
         return
-    click.echo(render_rows(["quantity", "value"], [[k, v] for k, v in result.items()], "table"))
+    click.echo(render_fields(list(result.items()), fmt))
 
 
 @click.group()

@@ -24,6 +24,7 @@ import click
 
 from tracekit._version import __version__
 from tracekit.errors import TracekitError, TraceWarning, first_line
+from tracekit.provenance import running
 from tracekit.trace.outputs import USER_ERRNOS, os_error
 
 #: Every subcommand: name -> "module:attribute". Entries whose module is absent are not listed.
@@ -89,7 +90,8 @@ class TracekitGroup(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         pending: list[str] = []
-        with warnings.catch_warnings():
+        argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        with warnings.catch_warnings(), running(argv):
             _route_warnings(pending)
             code = _run(
                 lambda: super(TracekitGroup, self).main(args, prog_name, complete_var, False, **extra)

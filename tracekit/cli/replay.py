@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from tracekit.cli._backend import backend_options, open_backend
-from tracekit.cli._render import echo_json, render_rows
+from tracekit.cli._render import echo_json, format_option, render_rows
+from tracekit.cli._spec import spec_option
 from tracekit.cli.profile import attach_profile, echo_profile, match_options
 from tracekit.cost.measured_source import TIMING_MODES
 from tracekit.errors import UsageError
@@ -265,7 +266,8 @@ def _ms(v: Any) -> float | None:
     help="Result directory (Parquet tables + result.json), or a URI (s3://bucket/results/run).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing result directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@format_option()
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 @click.option(
     "--profile",
     "profile",
@@ -276,9 +278,10 @@ def _ms(v: Any) -> float | None:
 )
 @match_options
 @backend_options
+@spec_option
 def replay(trace: str, hw: str, ep: int | None, batch_per_gpu: int | None, phases: tuple[str, ...], disagg: bool,
            prefill_hw: str | None, prefill_ep: int | None, prefill_gpus: int | None, out: str | None, force: bool,
-           as_json: bool, profile: tuple[Path, ...], match: str, layer_offset: int, backend: str,
+           fmt: str, as_json: bool, profile: tuple[Path, ...], match: str, layer_offset: int, backend: str,
            address: str | None, ray_workers: int | None, **opts: Any) -> None:  # fmt: skip
     """Re-time TRACE (a directory or a URI such as s3://bucket/trace) on a hardware model under a
     deployment, step by step, layer by layer, rank by rank."""
@@ -308,8 +311,11 @@ def replay(trace: str, hw: str, ep: int | None, batch_per_gpu: int | None, phase
         raise UsageError("--match and --layer-offset map a profile onto the replay: add --profile")
     if out is not None:
         write_result(res, out, overwrite=force)
-    if as_json:
+    if as_json or fmt == "json":
         echo_json(res.summary.to_dict())
+        return
+    if fmt != "table":
+        click.echo(render_rows(["quantity", "value"], _summary_rows(res.summary), fmt))
         return
     run = res.run.row(0, named=True)
     title = (
@@ -385,10 +391,12 @@ def _source_rows(sources: Any) -> tuple[list[str], list[list[str]]]:
     help="Write result.json and compare.parquet here (a directory or URI).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing result directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print per system summaries and the ratio as JSON.")
+@format_option()
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 @backend_options
+@spec_option
 def compare(trace: str, hws: tuple[str, ...], ep: int | None, batch_per_gpu: int | None, deploys: tuple[str, ...],
-            at_interactivity: float | None, out: str | None, force: bool, as_json: bool, backend: str,
+            at_interactivity: float | None, out: str | None, force: bool, fmt: str, as_json: bool, backend: str,
             address: str | None, ray_workers: int | None, **opts: Any) -> None:  # fmt: skip
     """Replay TRACE on several systems and print them side by side with the throughput ratio."""
     from tracekit.replay import Precision, compare_at_interactivity, write_compare
@@ -418,13 +426,13 @@ def compare(trace: str, hws: tuple[str, ...], ep: int | None, batch_per_gpu: int
             )
     if out is not None:
         write_compare(result, out, overwrite=force)
-    if as_json:
+    if as_json or fmt == "json":
         echo_json(result.to_dict())
         return
-    _print_compare(result.system_dicts(), at_interactivity)
+    _print_compare(result.system_dicts(), at_interactivity, fmt)
 
 
-def _print_compare(systems: list[dict[str, Any]], at: float | None) -> None:
+def _print_compare(systems: list[dict[str, Any]], at: float | None, fmt: str = "table") -> None:
     cols = ["", *[s["hw"] for s in systems]]
 
     def dep(s: dict[str, Any], key: str) -> str:
@@ -456,6 +464,9 @@ def _print_compare(systems: list[dict[str, Any]], at: float | None) -> None:
         ["  p10-p90", *[_band(s["ratio_p10"], s["ratio_p90"], "x") for s in systems]],
     ]
     title = "compare" if at is None else f"best deployment at >= {at:g} tokens/s per user"
+    if fmt != "table":  # csv, markdown: the table alone
+        click.echo(render_rows(["quantity", *cols[1:]], rows, fmt))
+        return
     click.echo(render_rows(cols, rows, "table", title=title))
     for s in systems:
         if s["note"]:
@@ -539,11 +550,13 @@ def _apply(dep: Any, over: dict[str, str]) -> Any:
 @click.option("--out", type=click.Path(), required=True, help="Sweep directory (or URI: s3://...).")
 @click.option("--force", is_flag=True, help="Replace an existing sweep directory.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG/SVG plot.")
-@click.option("--json", "as_json", is_flag=True, help="Print the Pareto frontier as JSON.")
+@format_option()
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --format json.")
 @backend_options
+@spec_option
 def sweep(trace: str, hws: tuple[str, ...], eps: tuple[str, ...], batches: tuple[str, ...], tbo_grid: str | None,
-          impls: tuple[str, ...], jobs: int | None, out: str, force: bool, no_plot: bool, as_json: bool,
-          backend: str, address: str | None, ray_workers: int | None, **opts: Any) -> None:  # fmt: skip
+          impls: tuple[str, ...], jobs: int | None, out: str, force: bool, no_plot: bool, fmt: str,
+          as_json: bool, backend: str, address: str | None, ray_workers: int | None, **opts: Any) -> None:  # fmt: skip
     """Replay a grid of deployments (in parallel here, or one task per deployment on a Ray cluster),
     write every point and the Pareto frontier, plot it."""
     from tracekit.replay import Precision, grid, run_sweep, write_sweep
@@ -587,7 +600,7 @@ def sweep(trace: str, hws: tuple[str, ...], eps: tuple[str, ...], batches: tuple
         df = run_sweep(trace, points, jobs=jobs, backend=runner, progress=progress)
     write_sweep(out, trace, df, overwrite=force, plot=not no_plot)
     front = pareto(df)
-    if as_json:
+    if as_json or fmt == "json":
         echo_json({"kind": "sweep", "points": df.height, "pareto": front.to_dicts()})
         return
     cols = [
@@ -600,6 +613,9 @@ def sweep(trace: str, hws: tuple[str, ...], eps: tuple[str, ...], batches: tuple
         "tokens_per_s_per_user",
         "bound",
     ]
+    if fmt != "table":  # csv, markdown: the frontier alone
+        click.echo(render_rows(cols, front.select(cols).rows(), fmt))
+        return
     click.echo(
         render_rows(
             cols,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +260,8 @@ def synth(
     shown = [0]
 
     def progress(done: int, total: int) -> None:
+        if not sys.stderr.isatty():  # a progress line only on a terminal, never in a log or a pipe
+            return
         tenth = done * 10 // total
         if tenth > shown[0] or done == total:
             shown[0] = tenth

@@ -242,8 +242,89 @@ def _value(entry: Any, where: str) -> tuple[Any, str]:
     return entry, ""
 
 
+#: Keys a preset file may hold at its top level, and the TOML kind each must be.
+_TOP_KEYS: dict[str, type] = {
+    "base": str,
+    "name": str,
+    "description": str,
+    "gpu": str,
+    "spec": dict,
+    "comm": dict,
+    "kernel": dict,
+    "scale": dict,
+    "calibration": dict,
+}
+
+
+def _home(key: str) -> str | None:
+    """The table a preset field named ``key`` belongs in (None for a name no table knows)."""
+    if key in SCALAR_FIELDS and key not in ("name", "description", "gpu"):
+        return "[spec]"
+    if key in COMM_IMPLS:
+        return f"[comm.{key}]"
+    if key in COMM_FIELDS:
+        return f"a [comm.<impl>] table (impl one of {', '.join(COMM_IMPLS)})"
+    if key in FAMILIES:
+        return f"[kernel.{key}.<class>] tables (class bf16, fp8, fp4 or any)"
+    if key in CURVE_FIELDS:
+        return "a [kernel.<family>.<class>] table"
+    if key in SCALE_FAMILIES:
+        return "[scale]"
+    return None
+
+
+def _misplaced(path: Path, key: str, here: str, valid: str) -> UsageError:
+    """The error for a preset entry ``key`` found ``here``, where tracekit would not read it."""
+    home = _home(key.rsplit(".", 1)[-1])
+    if home is not None:
+        return UsageError(
+            f"hardware preset {path}: {key!r} {here} is not read there; it belongs under {home}"
+        )
+    return UsageError(f"hardware preset {path}: unknown {key!r} {here}; valid: {valid}")
+
+
+def _check_layout(raw: Mapping[str, Any], path: Path) -> None:
+    """Refuse entries a preset file holds where tracekit would never read them: spec fields at the
+    top level, unknown or misspelt tables, flat ``[comm]`` or ``[kernel.<family>]`` entries."""
+    for key, value in raw.items():
+        kind = _TOP_KEYS.get(key)
+        if kind is None:
+            raise _misplaced(
+                path,
+                key,
+                "at the top level",
+                f"{', '.join(_TOP_KEYS)} (fields go in the tables: see tracekit hw show)",
+            )
+        if not isinstance(value, kind):
+            want = "a table" if kind is dict else "a string"
+            raise UsageError(f"hardware preset {path}: {key!r} must be {want}, got {value!r}")
+    for impl, entries in raw.get("comm", {}).items():
+        if impl not in COMM_IMPLS:
+            raise _misplaced(
+                path, f"comm.{impl}", "in [comm]", f"[comm.<impl>] with impl one of {', '.join(COMM_IMPLS)}"
+            )
+        if not isinstance(entries, Mapping):
+            raise UsageError(f"hardware preset {path}: comm.{impl} must be a table of fields")
+    for fam, by in raw.get("kernel", {}).items():
+        if fam not in FAMILIES:
+            raise _misplaced(
+                path,
+                f"kernel.{fam}",
+                "in [kernel]",
+                f"[kernel.<family>.<class>] with family one of {', '.join(FAMILIES)}",
+            )
+        if not isinstance(by, Mapping):
+            raise UsageError(f"hardware preset {path}: kernel.{fam} must hold [kernel.{fam}.<class>] tables")
+        for dt, entries in by.items():
+            if not isinstance(entries, Mapping) or "value" in entries:  # a field, not a [class] table
+                raise _misplaced(
+                    path, f"kernel.{fam}.{dt}", f"in [kernel.{fam}]", f"[kernel.{fam}.<class>] tables"
+                )
+
+
 def _merge_raw(path: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     raw = _read_toml(path)
+    _check_layout(raw, path)
     base = raw.get("base")
     if base is None:
         return raw
@@ -281,6 +362,9 @@ def _build(raw: dict[str, Any], where: str) -> HardwareSpec:
     spec = raw.get("spec", {})
     numeric = [f for f in SCALAR_FIELDS if f not in ("name", "description", "gpu")]
     unknown = sorted(set(spec) - set(numeric))
+    for name in unknown:
+        if _home(name) is not None:
+            raise UsageError(f"{where}: spec.{name} is not a [spec] field; it belongs under {_home(name)}")
     if unknown:
         raise UsageError(f"{where}: unknown [spec] fields {unknown}; valid: {', '.join(numeric)}")
     for name in numeric:
@@ -300,8 +384,12 @@ def _build(raw: dict[str, Any], where: str) -> HardwareSpec:
         params: dict[str, Any] = {}
         for name, entry in entries.items():
             if name not in COMM_FIELDS:
+                home = _home(name)
                 raise UsageError(
-                    f"{where}: unknown field comm.{impl}.{name}; valid: {', '.join(COMM_FIELDS)}"
+                    f"{where}: comm.{impl}.{name} is not read there; it belongs under {home} (TOML puts "
+                    "every line after a [table] header into it)"
+                    if home is not None
+                    else f"{where}: unknown field comm.{impl}.{name}; valid: {', '.join(COMM_FIELDS)}"
                 )
             value, src = _value(entry, f"{where}: comm.{impl}.{name}")
             params[name] = _number(value, f"{where}: comm.{impl}.{name}")

@@ -113,6 +113,8 @@ def replay_disaggregated(
         "phase": "disaggregated",
         "num_gpus": total_gpus,
         "tokens_per_s_per_gpu": summary.tokens_per_s_per_gpu,
+        "tokens_per_s_per_gpu_p10": summary.tokens_per_s_per_gpu_band[0],
+        "tokens_per_s_per_gpu_p90": summary.tokens_per_s_per_gpu_band[1],
         "tokens_per_s_per_user": summary.tokens_per_s_per_user,
         "tpot_s": summary.tpot_s,
         "ttft_s": summary.ttft_s,

@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tracekit.errors import UsageError
+from tracekit.provenance import stamp as provenance_stamp
+from tracekit.schema import result_spec
 from tracekit.trace import store
 from tracekit.trace.layout import make_output_dir
 from tracekit.trace.outputs import OLD_TAG, Output, recover, write_file_atomic
@@ -145,11 +149,27 @@ def result_dir(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
         yield output.target
 
 
+def result_arrow(name: str, df: pl.DataFrame) -> pa.Table:
+    """Result table ``name`` as Arrow, each column cast to the type ``schemas/v1/results/<name>.json``
+    declares, with tracekit's key-value metadata: the schema version and table name, the tracekit
+    version and the command that wrote it (:mod:`tracekit.provenance`)."""
+    spec = result_spec(name)
+    if df.columns != spec.column_names:
+        raise ValueError(
+            f"result table {name}: built with columns {df.columns}, declared {spec.column_names} "
+            "(schemas/v1/results)"
+        )
+    schema = spec.arrow_schema()
+    table = df.to_arrow().cast(schema)
+    return table.replace_schema_metadata({**(schema.metadata or {}), **provenance_stamp()})
+
+
 def write_tables(path: Path, tables: Mapping[str, pl.DataFrame], meta: Mapping[str, Any]) -> Path:
-    """Write each table as ``<name>.parquet``, then ``meta`` as ``result.json`` (through a temporary
-    file and a rename, last: the marker that the result is complete)."""
+    """Write each table as ``<name>.parquet`` (:func:`result_arrow`: declared types and tracekit's
+    metadata), then ``meta`` as ``result.json`` (through a temporary file and a rename, last: the
+    marker that the result is complete)."""
     for name, df in tables.items():
-        df.write_parquet(path / f"{name}.parquet")
+        pq.write_table(result_arrow(name, df), path / f"{name}.parquet", compression="zstd")
     write_file_atomic(path / RESULT_JSON, json.dumps(jsonable(dict(meta)), indent=2) + "\n")
     if Path(path).resolve() in _REMOTE:
         _upload(Path(path))

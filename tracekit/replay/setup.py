@@ -9,15 +9,16 @@ MoE layer whose routing it replays. :func:`check_kv` refuses a batch whose KV ca
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from tracekit.cost.measured_source import MeasuredTiming, resolve_timing
-from tracekit.errors import DeploymentError, UsageError, param
+from tracekit.errors import DeploymentError, TraceWarning, UsageError, param
 from tracekit.hardware import HardwareSpec, get_hardware
 from tracekit.importers import is_unknown
-from tracekit.models import get_model, layer_window
+from tracekit.models import get_model, layer_window, model_names
 from tracekit.placement import Placement, read_placements
 from tracekit.replay.deployment import Deployment
 from tracekit.replay.memory import MemoryPlan, check_weights_fit, memory_plan
@@ -97,6 +98,8 @@ def target_model(trace: Trace, name: str | None) -> ModelArch:
             )
         return arch
     if name is None:
+        if note := stand_in_note(trace):
+            warnings.warn(TraceWarning(note), stacklevel=2)
         return own
     arch = get_model(name)
     if (arch.num_experts, arch.top_k) != (own.num_experts, own.top_k):
@@ -106,6 +109,33 @@ def target_model(trace: Trace, name: str | None) -> ModelArch:
             f"count and top-k, or leave {param('model')} out"
         )
     return arch
+
+
+#: Hidden size below which a model is a toy: the smallest production MoE models have 2048.
+TOY_HIDDEN_SIZE = 1024
+
+
+def stand_in_note(trace: Trace) -> str | None:
+    """Why replaying ``trace`` as its own model gives toy figures, and the ``--model`` that fixes
+    it; None for a trace of a full-size model. A tiny preset's manifest names the catalog model
+    whose routing shape it keeps (``source_detail.full_model``)."""
+    own = trace.manifest.model
+    full = str(trace.manifest.source_detail.get("full_model") or "")
+    if not full and own.hidden_size >= TOY_HIDDEN_SIZE:
+        return None
+    shape = f"{own.num_experts} experts top-{own.top_k}"
+    if full in model_names():
+        fix = f"pass --model {full} (or another catalog model with {shape})"
+    else:
+        fix = (
+            f"pass --model with a catalog model of {shape} (tracekit models list) or the "
+            f"config.json of {full or 'the model it stands for'}"
+        )
+    what = f"a tiny stand-in for {full}" if full else "a toy model"
+    return (
+        f"{trace.path}: its model {own.name} is {what} (hidden size {own.hidden_size}); replayed as "
+        f"itself, tokens/s, batch and memory figures describe that toy, not a deployment: {fix}"
+    )
 
 
 def placement_epochs(

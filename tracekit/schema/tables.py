@@ -188,9 +188,20 @@ def table_spec(name: str) -> TableSpec:
 
 @cache
 def result_specs() -> dict[str, TableSpec]:
-    """Every table a replay writes into a result directory (``schemas/v1/results/``), keyed by name."""
+    """Every table a replay, compare or sweep writes into a result directory (``schemas/v1/results/``),
+    keyed by name."""
     specs = _load_specs(schema_root() / f"v{SCHEMA_MAJOR}" / "results")
-    order = ["replay_run", "replay_steps", "replay_layers", "replay_ranks", "replay_peers", "replay_summary"]
+    order = [
+        "replay_run",
+        "replay_steps",
+        "replay_layers",
+        "replay_ranks",
+        "replay_peers",
+        "replay_summary",
+        "compare",
+        "sweep_points",
+        "sweep_pareto",
+    ]
     return {n: specs[n] for n in sorted(specs, key=lambda n: (order.index(n) if n in order else 99, n))}
 
 
