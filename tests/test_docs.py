@@ -17,7 +17,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Pages other branches are writing; their listings are reported, not failed, until they land.
-PAGES_IN_PROGRESS = frozenset({"calibration.md", "scale.md"})
 
 
 def _load() -> ModuleType:
@@ -82,8 +81,6 @@ def test_listed_commands_are_examples_or_marked(page: Path) -> None:
     written as examples or carry the skip comment with its reason."""
     _, listings = docs.parse(page)
     loose = [f"{_id(page)}:{li.line}" for li in listings if li.skip is None]
-    if loose and page.name in PAGES_IN_PROGRESS:
-        pytest.xfail(f"{page.name} is being written on another branch; unchecked listings: {loose}")
     assert not loose, f"tracekit commands without '$ ' prompts and no docs-test skip comment: {loose}"
 
 

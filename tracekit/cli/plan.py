@@ -278,7 +278,11 @@ def _fmt(v: Any, digits: int = 1) -> str:
 
 
 def _print(result: Any) -> None:
+    """The best deployments as a table; a column that would say the same on every row (one system,
+    one GPU budget, the ratio of a single system) moves into the title, so the table fits a terminal."""
     best = result.best
+    systems = list(dict.fromkeys(best["hw"].to_list()))
+    budgets = list(dict.fromkeys(best["total_gpus"].to_list()))
     cols = [
         "system",
         "mode",
@@ -291,6 +295,7 @@ def _print(result: Any) -> None:
         "TTFT s",
         "ratio",
     ]
+    keep = [len(systems) > 1, True, len(budgets) > 1, True, True, True, True, True, True, len(systems) > 1]
     rows = []
     for r in best.iter_rows(named=True):
         parts = f"EP{r['ep']} DP{r['dp']}xTP{r['tp']}" + (f" MoE-TP{r['moe_tp']}" if r["moe_tp"] > 1 else "")
@@ -299,22 +304,22 @@ def _print(result: Any) -> None:
             + (" TBO" if r["tbo"] else "")
             + (f" +{r['redundant']}" if r["redundant"] else "")
         )
-        decode = f"{r['decode_gpus']} GPUs {parts}"
-        prefill = (
-            f"{r['prefill_gpus']} GPUs EP{r['prefill_ep']}" if r["mode"] == "disaggregated" else "in decode"
-        )
-        rows.append([
+        decode = f"{r['decode_gpus']}: {parts}"
+        prefill = f"{r['prefill_gpus']}: EP{r['prefill_ep']}" if r["mode"] == "disaggregated" else "in decode"
+        row = [
             r["hw"], {"aggregated": "agg", "disaggregated": "disagg"}[r["mode"]], str(r["total_gpus"]), decode, prefill, str(r["batch_per_gpu"]),
             _fmt(r["tokens_per_s_per_gpu"]), _fmt(r["tokens_per_s_per_user"]), _fmt(r["ttft_s"], 2),
             _fmt(r["ratio"], 2),
-        ])  # fmt: skip
+        ]  # fmt: skip
+        rows.append([v for v, k in zip(row, keep, strict=True) if k])
     sla = result.inputs.sla
     target = [f"ISL {sla.isl}, OSL {sla.osl}"]
     if sla.ttft_s is not None:
         target.append(f"TTFT <= {sla.ttft_s:g} s")
     if sla.tpot_s is not None:
-        target.append(f"TPOT <= {sla.tpot_s * 1e3:g} ms ({1 / sla.tpot_s:g} tokens/s per user)")
-    title = f"Best deployments of {result.points.height} points: {', '.join(target)}"
-    click.echo(render_rows(cols, rows, "table", title=title))
+        target.append(f"TPOT <= {sla.tpot_s * 1e3:g} ms")
+    where = [*(systems if len(systems) == 1 else []), *([f"{budgets[0]} GPUs"] if len(budgets) == 1 else [])]
+    title = f"Best of {result.points.height} points{' on ' + ', '.join(where) if where else ''}: {', '.join(target)}"
+    click.echo(render_rows([c for c, k in zip(cols, keep, strict=True) if k], rows, "table", title=title))
     for note in result.notes:
         click.echo(f"note: {note}")
