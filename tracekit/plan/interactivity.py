@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import polars as pl
 
@@ -18,7 +17,7 @@ from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.fast import FastReplay
 from tracekit.replay.setup import target_model
 from tracekit.replay.summary import PhaseSummary
-from tracekit.replay.sweep import POINT_COLUMNS
+from tracekit.replay.sweep import POINT_COLUMNS, point_row
 
 
 def at_interactivity_fast(
@@ -84,34 +83,7 @@ def sweep_fast(
     """:func:`tracekit.replay.sweep.run_sweep` on the fast path (one process): one row per point."""
     rows = []
     for i, dep in enumerate(points):
-        row: dict[str, Any] = {
-            "hw": dep.hw,
-            "ep": dep.ep,
-            "tp": dep.tp,
-            "batch_per_gpu": dep.batch_per_gpu,
-            "precision_experts": dep.precision.experts,
-            "precision": dep.precision.label(),
-            "impl": dep.impl or "auto",
-            "tbo": dep.tbo,
-        }
-        try:
-            s = fast.phase(dep)
-        except TracekitError as exc:
-            rows.append({**row, "fits": False, "error": " ".join(str(exc).split())})
-        else:
-            rows.append(
-                {
-                    **row,
-                    "num_gpus": s.num_gpus,
-                    "tokens_per_s_per_gpu": s.tokens_per_s_per_gpu,
-                    "tokens_per_s_per_user": s.tokens_per_s_per_user,
-                    "step_time_s": s.step_time_s,
-                    "max_batch_per_gpu": s.max_batch_per_gpu,
-                    "bound": s.bound,
-                    "fits": True,
-                    "error": None,
-                }
-            )
+        rows.append(point_row(dep, fast.phase))
         if progress is not None:
             progress("sweep", i + 1, len(points))
     return pl.DataFrame(rows, schema=POINT_COLUMNS)

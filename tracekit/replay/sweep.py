@@ -17,6 +17,7 @@ from tracekit.errors import MissingDependencyError, TracekitError, UsageError
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.engine import replay
 from tracekit.replay.results import prepare_dir, write_tables
+from tracekit.replay.summary import PhaseSummary, ReplaySummary
 from tracekit.trace import store
 from tracekit.trace.store import Location, RemotePath, absolute
 
@@ -60,8 +61,9 @@ def grid(
     ]
 
 
-def _point(args: tuple[str, Deployment]) -> dict[str, Any]:
-    trace, dep = args
+def point_row(dep: Deployment, price: Callable[[Deployment], PhaseSummary | ReplaySummary]) -> dict[str, Any]:
+    """One row of ``sweep_points``: ``dep``'s grid keys and ``price(dep)``'s decode figures (the
+    full replay's or the planner's fast path), or why it was not replayed."""
     row: dict[str, Any] = {
         "hw": dep.hw,
         "ep": dep.ep,
@@ -73,7 +75,7 @@ def _point(args: tuple[str, Deployment]) -> dict[str, Any]:
         "tbo": dep.tbo,
     }
     try:
-        s = replay(trace, dep, phases=["decode"], collect_ranks=False).summary
+        s = price(dep)
     except TracekitError as exc:
         return {**row, "fits": False, "error": " ".join(str(exc).split())}
     return {
@@ -87,6 +89,11 @@ def _point(args: tuple[str, Deployment]) -> dict[str, Any]:
         "fits": True,
         "error": None,
     }
+
+
+def _point(args: tuple[str, Deployment]) -> dict[str, Any]:
+    trace, dep = args
+    return point_row(dep, lambda d: replay(trace, d, phases=["decode"], collect_ranks=False).summary)
 
 
 def run_sweep(
