@@ -5,17 +5,14 @@ on the fast path: the same deployments tried in the same order, each re-timed by
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import polars as pl
 
-from tracekit.errors import TracekitError, UsageError, param
-from tracekit.hardware import get_hardware
+from tracekit.errors import TracekitError
 from tracekit.plan.search import Progress
-from tracekit.replay.compare import BATCH_CANDIDATES, EP_CANDIDATES, SystemResult, fits
+from tracekit.replay.compare import SystemResult, interactivity_space
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.fast import FastReplay
-from tracekit.replay.setup import target_model
 from tracekit.replay.summary import PhaseSummary
 from tracekit.replay.sweep import POINT_COLUMNS, point_row
 
@@ -33,48 +30,34 @@ def at_interactivity_fast(
     """:func:`tracekit.replay.compare.at_interactivity` on the fast path: the deployment of
     ``base.hw`` with the most decode tokens/s per GPU at ``tokens_per_s_per_user`` or more, and its
     decode figures (the search's ``summary`` is left None: the fast path gives phase figures)."""
-    if tokens_per_s_per_user <= 0:
-        raise UsageError(
-            f"{param('tokens_per_s_per_user', '--at-interactivity')} must be > 0 tokens/s per user, got "
-            f"{tokens_per_s_per_user}"
-        )
-    arch = target_model(fast.trace, base.model)
-    hw = get_hardware(base.hw, base.hw_overrides or None)
-    ep_list = (
-        list(eps)
-        if eps
-        else [base.ep]
-        if base.ep
-        else [e for e in EP_CANDIDATES if e <= max(hw.scaleup_size, 64)]
+    space = interactivity_space(
+        fast.trace,
+        base,
+        tokens_per_s_per_user=tokens_per_s_per_user,
+        precisions=precisions,
+        eps=eps,
+        batches=batches,
     )
-    batch_list = sorted(batches) if batches else list(BATCH_CANDIDATES)
-    prec_list = list(precisions) if precisions else [base.precision]
     best: tuple[float, Deployment, PhaseSummary] | None = None
     tried = 0
-    for prec in prec_list:
-        for ep in ep_list:
-            if ep % base.tp or not fits(arch, replace(base, precision=prec), ep):
-                continue
-            for batch in batch_list:
-                dep = base.replace(ep=ep, batch_per_gpu=batch, precision=prec)
-                try:
-                    s: PhaseSummary | None = fast.phase(dep)
-                except TracekitError:
-                    s = None
-                tried += 1
-                if progress is not None:
-                    progress(hw.name, tried, tried)
-                if s is None or (s.tokens_per_s_per_user or 0.0) < tokens_per_s_per_user:
-                    break  # larger batches are only slower per user
-                if best is None or s.tokens_per_s_per_gpu > best[0]:
-                    best = (s.tokens_per_s_per_gpu, dep, s)
+    for prec, ep in space.chains:
+        for batch in space.batches:
+            dep = base.replace(ep=ep, batch_per_gpu=batch, precision=prec)
+            try:
+                s: PhaseSummary | None = fast.phase(dep)
+            except TracekitError:
+                s = None
+            tried += 1
+            if progress is not None:
+                progress(space.hw, tried, tried)
+            if s is None or (s.tokens_per_s_per_user or 0.0) < tokens_per_s_per_user:
+                break  # larger batches are only slower per user
+            if best is None or s.tokens_per_s_per_gpu > best[0]:
+                best = (s.tokens_per_s_per_gpu, dep, s)
     if best is None:
-        note = (
-            f"{hw.name} cannot reach {tokens_per_s_per_user:g} tokens/s per user with any of the {tried} "
-            f"deployments tried (EP {ep_list}, batch {batch_list[0]}..{batch_list[-1]})"
-        )
-        return SystemResult(hw=hw.name, deployment=None, summary=None, note=note), None
-    return SystemResult(hw=hw.name, deployment=best[1], summary=None), best[2]
+        note = space.none_reached(tokens_per_s_per_user, tried)
+        return SystemResult(hw=space.hw, deployment=None, summary=None, note=note), None
+    return SystemResult(hw=space.hw, deployment=best[1], summary=None), best[2]
 
 
 def sweep_fast(

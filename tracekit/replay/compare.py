@@ -237,6 +237,62 @@ def _search_chain(chain: _Chain) -> tuple[int, tuple[float, Deployment, ReplaySu
     return tried, best
 
 
+@dataclass(frozen=True, kw_only=True)
+class InteractivitySpace:
+    """What an equal-interactivity search of one system tries, in search order: each (precision, EP)
+    that fits, with its batches ascending (the full replay's and the planner's fast path's search)."""
+
+    hw: str
+    eps: tuple[int, ...]
+    batches: tuple[int, ...]
+    chains: tuple[tuple[Precision, int], ...]
+
+    def none_reached(self, tokens_per_s_per_user: float, tried: int) -> str:
+        return (
+            f"{self.hw} cannot reach {tokens_per_s_per_user:g} tokens/s per user with any of the {tried} "
+            f"deployments tried (EP {list(self.eps)}, batch {self.batches[0]}..{self.batches[-1]})"
+        )
+
+
+def interactivity_space(
+    trace: Trace,
+    base: Deployment,
+    *,
+    tokens_per_s_per_user: float,
+    precisions: Sequence[Precision] | None = None,
+    eps: Sequence[int] | None = None,
+    batches: Sequence[int] | None = None,
+) -> InteractivitySpace:
+    """The candidates of :func:`at_interactivity` (EP degrees up to the scale-up domain or 64, the
+    batch ladder, the given precisions), after checking the target."""
+    if tokens_per_s_per_user <= 0:
+        raise UsageError(
+            f"{param('tokens_per_s_per_user', '--at-interactivity')} must be > 0 tokens/s per user, got "
+            f"{tokens_per_s_per_user}"
+        )
+    arch = target_model(trace, base.model)
+    hw = get_hardware(base.hw, base.hw_overrides or None)
+    ep_list = (
+        list(eps)
+        if eps
+        else [base.ep]
+        if base.ep
+        else [e for e in EP_CANDIDATES if e <= max(hw.scaleup_size, 64)]
+    )
+    prec_list = list(precisions) if precisions else [base.precision]
+    return InteractivitySpace(
+        hw=hw.name,
+        eps=tuple(ep_list),
+        batches=tuple(sorted(batches) if batches else BATCH_CANDIDATES),
+        chains=tuple(
+            (prec, ep)
+            for prec in prec_list
+            for ep in ep_list
+            if not (ep % base.tp or not fits(arch, replace(base, precision=prec), ep))
+        ),
+    )
+
+
 def at_interactivity(
     trace: str | Path | RemotePath | Trace,
     base: Deployment,
@@ -251,32 +307,17 @@ def at_interactivity(
     ``tokens_per_s_per_user``: searched over EP degrees, batches per GPU and ``precisions`` (on a
     distributed ``backend``, each precision and EP degree is a task)."""
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
-    if tokens_per_s_per_user <= 0:
-        raise UsageError(
-            f"{param('tokens_per_s_per_user', '--at-interactivity')} must be > 0 tokens/s per user, got "
-            f"{tokens_per_s_per_user}"
-        )
-    arch = target_model(tr, base.model)
-    hw = get_hardware(base.hw, base.hw_overrides or None)
-    ep_list = (
-        list(eps)
-        if eps
-        else [base.ep]
-        if base.ep
-        else [e for e in EP_CANDIDATES if e <= max(hw.scaleup_size, 64)]
+    space = interactivity_space(
+        tr, base, tokens_per_s_per_user=tokens_per_s_per_user, precisions=precisions, eps=eps, batches=batches
     )
-    batch_list = sorted(batches) if batches else list(BATCH_CANDIDATES)
-    prec_list = list(precisions) if precisions else [base.precision]
     chains = [
         _Chain(
             trace=_for_tasks(tr, backend),
             base=base.replace(ep=ep, precision=prec),
-            batches=tuple(batch_list),
+            batches=space.batches,
             target=tokens_per_s_per_user,
         )
-        for prec in prec_list
-        for ep in ep_list
-        if not (ep % base.tp or not fits(arch, replace(base, precision=prec), ep))
+        for prec, ep in space.chains
     ]
     found = (
         backend.map(_search_chain, chains, label="deployments")
@@ -291,15 +332,9 @@ def at_interactivity(
             best = chain_best
     if best is None:
         return SystemResult(
-            hw=hw.name,
-            deployment=None,
-            summary=None,
-            note=(
-                f"{hw.name} cannot reach {tokens_per_s_per_user:g} tokens/s per user with any of the "
-                f"{tried} deployments tried (EP {ep_list}, batch {batch_list[0]}..{batch_list[-1]})"
-            ),
+            hw=space.hw, deployment=None, summary=None, note=space.none_reached(tokens_per_s_per_user, tried)
         )
-    return SystemResult(hw=hw.name, deployment=best[1], summary=best[2])
+    return SystemResult(hw=space.hw, deployment=best[1], summary=best[2])
 
 
 def compare_at_interactivity(
