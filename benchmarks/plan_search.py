@@ -5,12 +5,12 @@
 
 1. The equal-interactivity search of ``tracekit compare --at-interactivity 50`` for DeepSeek-R1 on
    h200-sxm and gb200-nvl72 (FP8, KV length 2048; EP and batch candidates of
-   tracekit.replay.compare), through :func:`tracekit.plan.interactivity.at_interactivity_fast` and
+   tracekit.replay.compare), through :func:`tracekit.replay.compare.at_interactivity_fast` and
    through :func:`tracekit.replay.compare.at_interactivity` (the previous implementation); both must
    choose the same deployments with the same figures. Target: <= 10 s.
 2. A 1,000-point sweep (2 systems x 5 EP x 10 batches x 2 precisions x 5 variants: plain, TBO,
    DeepEP normal, 32 redundant experts, attention TP 8) through
-   :func:`tracekit.plan.interactivity.sweep_fast`. Target: <= 60 s. The previous implementation
+   :func:`tracekit.replay.sweep.sweep_fast` (over ``--jobs`` processes). Target: <= 60 s. The previous implementation
    (``tracekit.replay.sweep._point``, one full replay per point) is timed on ``--old-sample`` points
    drawn evenly from the grid and extrapolated to 1,000 (printed as such); the sampled points' figures
    are compared with the fast path's.
@@ -34,27 +34,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tracekit.models import get_model
-from tracekit.plan.interactivity import at_interactivity_fast, sweep_fast
-from tracekit.replay.compare import at_interactivity
+from tracekit.replay.compare import at_interactivity, at_interactivity_fast
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.fast import FastReplay
-from tracekit.replay.sweep import _point
+from tracekit.replay.sweep import _point, sweep_fast
 from tracekit.synth import SynthConfig, parse_spec, synthesize
 from tracekit.trace import open_trace
 
 TOKENS_PER_STEP, STEPS = 8192, 4
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its finished worker processes."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 class Timer:
-    """Wall and CPU seconds of this process (CPU: what the work costs on a shared, loaded machine)."""
+    """Wall and CPU seconds (CPU: this process and its workers; what the work costs on a shared,
+    loaded machine)."""
 
     def __enter__(self) -> Timer:
-        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.wall0, self.cpu0 = time.perf_counter(), _cpu_s()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self.wall0
-        self.cpu = time.process_time() - self.cpu0
+        self.cpu = _cpu_s() - self.cpu0
 
     def __str__(self) -> str:
         return f"{self.wall:.1f} s wall, {self.cpu:.1f} s CPU"
@@ -110,6 +116,9 @@ def main() -> None:
         "--old-sample", type=int, default=40, help="sweep points timed on the previous implementation"
     )
     ap.add_argument("--skip-old-search", action="store_true", help="do not run the previous search")
+    ap.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="processes of the fast sweep [CPU count]"
+    )
     args = ap.parse_args()
     steps = args.steps or None
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="plan-bench-"))
@@ -173,8 +182,10 @@ def main() -> None:
     # 2. 1,000-point sweep
     points = sweep_points(steps)
     with Timer() as fast_sweep:
-        df = sweep_fast(FastReplay(tr), points)
-    print(f"\n2. sweep of {len(points):,} points ({int(df['fits'].sum())} fit)")
+        df = sweep_fast(trace, points, jobs=args.jobs)
+    print(
+        f"\n2. sweep of {len(points):,} points ({int(df['fits'].sum())} fit), fast path over {args.jobs} processes"
+    )
     sample = points[:: max(1, len(points) // max(1, args.old_sample))][: args.old_sample]
     with Timer() as old_sample:
         old_rows = [_point((str(trace), d)) for d in sample]

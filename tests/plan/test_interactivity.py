@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from tracekit.models import get_model
-from tracekit.plan.interactivity import at_interactivity_fast, sweep_fast
-from tracekit.replay.compare import at_interactivity
+from tracekit.replay.compare import at_interactivity, at_interactivity_fast
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.fast import FastReplay
-from tracekit.replay.sweep import grid, run_sweep
+from tracekit.replay.sweep import grid, run_sweep, sweep_fast
 from tracekit.synth import SynthConfig, parse_spec, synthesize
 
 
@@ -53,13 +52,15 @@ def test_sweep_rows_equal_the_previous_sweep(r1: Path) -> None:
         precisions=[Precision.parse("fp8")],
         tbos=[False, True],
     )
-    old = run_sweep(r1, points, jobs=1)
-    new = sweep_fast(FastReplay(r1), points)
-    assert old.select("hw", "ep", "batch_per_gpu", "tbo", "fits").equals(
-        new.select("hw", "ep", "batch_per_gpu", "tbo", "fits")
-    )
-    ok = old["fits"].to_numpy()
-    assert ok.sum() == 8
-    assert new["tokens_per_s_per_gpu"].to_numpy()[ok] == pytest.approx(
-        old["tokens_per_s_per_gpu"].to_numpy()[ok], rel=1e-9
-    )
+    old = run_sweep(r1, points, jobs=1, fast=False)
+    # one process, and two processes given whole groups of points (rows back in the grid's order)
+    for new in (sweep_fast(r1, points, jobs=1), run_sweep(r1, points, jobs=2)):
+        assert old.select("hw", "ep", "batch_per_gpu", "tbo", "fits").equals(
+            new.select("hw", "ep", "batch_per_gpu", "tbo", "fits")
+        )
+        ok = old["fits"].to_numpy()
+        assert ok.sum() == 8
+        assert new["tokens_per_s_per_gpu"].to_numpy()[ok] == pytest.approx(
+            old["tokens_per_s_per_gpu"].to_numpy()[ok], rel=1e-9
+        )
+        assert new["error"].to_list() == old["error"].to_list()

@@ -62,6 +62,16 @@ DEPLOYMENTS = [
         Deployment(hw="h200-sxm", ep=24, batch_per_gpu=4, kv_len=2048, steps=5, impl="deepep-normal"),
         id="h200-prefix-normal-3nodes",
     ),
+    # more steps than the stream fills: the schedule wraps and repeats every P steps (counted once)
+    pytest.param(Deployment(hw="h200-sxm", ep=16, batch_per_gpu=64, kv_len=2048, steps=6), id="h200-wrap-p2"),
+    pytest.param(
+        Deployment(hw="h200-sxm", ep=24, batch_per_gpu=64, kv_len=2048, steps=7, impl="deepep-normal"),
+        id="h200-wrap-p4-normal-3nodes",
+    ),
+    pytest.param(
+        Deployment(hw="gb200-nvl72", ep=32, batch_per_gpu=16, kv_len=2048, steps=5, redundant=32, tbo=True),
+        id="gb200-wrap-p4-redundant32",
+    ),
 ]
 
 
@@ -91,3 +101,18 @@ def test_counts_are_shared_across_hardware_and_precision(r1_trace: Path) -> None
     assert len(work._windows) == 1  # one counted window served both deployments
     fr.phase(a.replace(hw="gb200-nvl72"))  # 72 GPUs per domain: another split of the traffic
     assert len(work._windows) == 2
+
+
+def test_wrapping_schedule_counts_one_period(r1_trace: Path) -> None:
+    """A schedule of 1,024 tokens per step over the 2,048-token stream repeats every 2 steps: the
+    counts of 6 steps are those of 2 steps three times over, and equal counting all 6 directly."""
+    fr = FastReplay(r1_trace)
+    dep = Deployment(hw="h200-sxm", ep=16, batch_per_gpu=64, kv_len=2048, steps=6)
+    fr.phase(dep)
+    (work,) = fr._workloads.values()
+    assert work.period(16 * 64) == 2 and work.period(24 * 64) == 4 and work.period(3) == 2048
+    six = next(w for w in work._windows.values() if w.num_steps == 6)
+    direct = work._count(six.layout, 64, 6)  # every replayed position counted, no period used
+    for name in ("recv", "sent_pairs", "sent_tokens", "own_pairs", "own_tokens", "recv_tokens"):
+        assert (getattr(six, name) == getattr(direct, name)).all(), name
+        assert (getattr(six, name)[:2] == getattr(six, name)[2:4]).all(), name

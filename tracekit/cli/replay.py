@@ -416,14 +416,22 @@ def compare(trace: str, hws: tuple[str, ...], ep: int | None, batch_per_gpu: int
         from tracekit.replay.results import check_out_dir
 
         check_out_dir(out, overwrite=force)
+    from tracekit.cli.plan import progress_bar
+
     with open_backend(backend, address, ray_workers) as runner:
         if at_interactivity is None:
             result = run_compare(trace, bases, backend=runner)
         else:
             choices = [Precision.parse(p) for p in precisions] or None
-            result = compare_at_interactivity(
-                trace, bases, tokens_per_s_per_user=at_interactivity, precisions=choices, backend=runner
-            )
+            with progress_bar("searching") as progress:
+                result = compare_at_interactivity(
+                    trace,
+                    bases,
+                    tokens_per_s_per_user=at_interactivity,
+                    precisions=choices,
+                    backend=runner,
+                    progress=progress,
+                )
     if out is not None:
         write_compare(result, out, overwrite=force)
     if as_json or fmt == "json":

@@ -3,7 +3,7 @@ deployment for a given interactivity (tokens/s per user), the way vendors state 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,10 +14,11 @@ from tracekit.errors import DeploymentError, TracekitError, UsageError, param
 from tracekit.hardware import get_hardware
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.engine import replay
+from tracekit.replay.fast import FastReplay
 from tracekit.replay.memory import memory_plan
 from tracekit.replay.results import prepare_dir, write_tables
 from tracekit.replay.setup import target_model
-from tracekit.replay.summary import ReplaySummary
+from tracekit.replay.summary import PhaseSummary, ReplaySummary
 from tracekit.replay.uncertainty import ratio_band
 from tracekit.schema import ModelArch
 from tracekit.trace.reader import Trace, open_trace
@@ -337,6 +338,49 @@ def at_interactivity(
     return SystemResult(hw=space.hw, deployment=best[1], summary=best[2])
 
 
+def at_interactivity_fast(
+    fast: FastReplay,
+    base: Deployment,
+    *,
+    tokens_per_s_per_user: float,
+    precisions: Sequence[Precision] | None = None,
+    eps: Sequence[int] | None = None,
+    batches: Sequence[int] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[SystemResult, PhaseSummary | None]:
+    """:func:`at_interactivity` on the fast path: the same deployments tried in the same order, each
+    re-timed by ``fast`` from counts shared between them (and between systems); the best deployment
+    and its decode figures (the result's ``summary`` is left None: the fast path gives phase figures)."""
+    space = interactivity_space(
+        fast.trace,
+        base,
+        tokens_per_s_per_user=tokens_per_s_per_user,
+        precisions=precisions,
+        eps=eps,
+        batches=batches,
+    )
+    best: tuple[float, Deployment, PhaseSummary] | None = None
+    tried = 0
+    for prec, ep in space.chains:
+        for batch in space.batches:
+            dep = base.replace(ep=ep, batch_per_gpu=batch, precision=prec)
+            try:
+                s: PhaseSummary | None = fast.phase(dep)
+            except TracekitError:
+                s = None
+            tried += 1
+            if progress is not None:
+                progress(space.hw, tried, tried)
+            if s is None or (s.tokens_per_s_per_user or 0.0) < tokens_per_s_per_user:
+                break  # larger batches are only slower per user
+            if best is None or s.tokens_per_s_per_gpu > best[0]:
+                best = (s.tokens_per_s_per_gpu, dep, s)
+    if best is None:
+        note = space.none_reached(tokens_per_s_per_user, tried)
+        return SystemResult(hw=space.hw, deployment=None, summary=None, note=note), None
+    return SystemResult(hw=space.hw, deployment=best[1], summary=None), best[2]
+
+
 def compare_at_interactivity(
     trace: str | Path | RemotePath | Trace,
     systems: Sequence[Deployment],
@@ -344,13 +388,26 @@ def compare_at_interactivity(
     tokens_per_s_per_user: float,
     precisions: Sequence[Precision] | None = None,
     backend: Backend | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> CompareResult:
-    """Each system at its best deployment for ``tokens_per_s_per_user`` (:func:`at_interactivity`)."""
+    """Each system at its best deployment for ``tokens_per_s_per_user`` (:func:`at_interactivity`).
+    Here (no distributed ``backend``) the search runs on the fast path, one
+    :class:`~tracekit.replay.fast.FastReplay` shared by every system, and each system's chosen
+    deployment is then replayed in full for its summary (the figures are the same)."""
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
-    found = [
-        at_interactivity(
-            tr, b, tokens_per_s_per_user=tokens_per_s_per_user, precisions=precisions, backend=backend
-        )
-        for b in systems
-    ]
+    fast = FastReplay(tr) if backend is None or backend.local else None
+    found = []
+    for b in systems:
+        if fast is not None and fast.holds():
+            res, _ = at_interactivity_fast(
+                fast, b, tokens_per_s_per_user=tokens_per_s_per_user, precisions=precisions, progress=progress
+            )
+            if res.deployment is not None:
+                full = replay(tr, res.deployment, phases=["decode"], collect_ranks=False)
+                res = replace(res, summary=full.summary)
+        else:
+            res = at_interactivity(
+                tr, b, tokens_per_s_per_user=tokens_per_s_per_user, precisions=precisions, backend=backend
+            )
+        found.append(res)
     return CompareResult(trace=str(trace), at_interactivity=tokens_per_s_per_user, systems=tuple(found))

@@ -46,7 +46,7 @@ from tracekit.replay.setup import ReplaySetup, check_kv, make_setup
 from tracekit.replay.summary import PhaseSummary, phase_summary
 from tracekit.replay.tables import Window, steps_frame
 from tracekit.replay.timing import layer_shape, time_counted
-from tracekit.replay.workload import Layout, RoutingStream, Workloads, load_stream
+from tracekit.replay.workload import MAX_STREAM_BYTES, Layout, RoutingStream, Workloads, load_stream
 from tracekit.trace.reader import Trace, open_trace
 
 
@@ -174,6 +174,13 @@ class FastReplay:
             with self._lock:
                 self._scheduled[key] = got
         return got
+
+    def holds(self, phase: str = "decode") -> bool:
+        """Whether ``phase``'s routing fits in the memory the fast path keeps (``MAX_STREAM_BYTES``)."""
+        stream = self._phase_tokens(None, None).index.stream_flat.get(phase)
+        model = self.trace.manifest.model
+        n = 0 if stream is None else int(stream.size)
+        return n * len(model.moe_layers) * model.top_k * 2 <= MAX_STREAM_BYTES
 
     def has_phase(self, phase: str) -> bool:
         """Whether the trace holds tokens of ``phase``."""

@@ -7,7 +7,7 @@ import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ import polars as pl
 from tracekit.errors import MissingDependencyError, TracekitError, UsageError
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.engine import replay
+from tracekit.replay.fast import FastReplay
 from tracekit.replay.results import prepare_dir, write_tables
 from tracekit.replay.summary import PhaseSummary, ReplaySummary
 from tracekit.trace import store
@@ -96,6 +97,66 @@ def _point(args: tuple[str, Deployment]) -> dict[str, Any]:
     return point_row(dep, lambda d: replay(trace, d, phases=["decode"], collect_ranks=False).summary)
 
 
+#: A worker process's fast paths, one per trace (kept between the tasks of one sweep's pool).
+_FAST: dict[str, FastReplay] = {}
+
+
+def _fast_points(args: tuple[str, Sequence[Deployment]]) -> list[dict[str, Any]]:
+    """The rows of a group of points on the fast path of this worker (counts shared with the
+    worker's earlier groups)."""
+    trace, deps = args
+    fast = _FAST.get(trace)
+    if fast is None:
+        fast = _FAST[trace] = FastReplay(trace)
+    return [point_row(d, fast.phase) for d in deps]
+
+
+def _groups(points: Sequence[Deployment]) -> list[list[int]]:
+    """Indices of ``points`` grouped by what their counts share (system, EP degree, redundant
+    experts and placement), each group in the order given."""
+    out: dict[tuple[object, ...], list[int]] = {}
+    for i, d in enumerate(points):
+        out.setdefault((d.hw, d.ep, d.redundant, str(d.placement)), []).append(i)
+    return list(out.values())
+
+
+def sweep_fast(
+    trace: str | Path,
+    points: Sequence[Deployment],
+    *,
+    jobs: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> pl.DataFrame:
+    """Every point re-timed on the fast path (:class:`~tracekit.replay.fast.FastReplay`: the trace's
+    routing read and counted once per expert layout and batch, shared by the points): the rows of
+    the full replay's sweep. Over ``jobs`` processes, each given whole groups of points that share
+    counts (:func:`_groups`); one row per point in the order of ``points``."""
+    groups = _groups(points)
+    jobs = min(jobs or os.cpu_count() or 1, len(groups))
+    rows: list[dict[str, Any] | None] = [None] * len(points)
+    done = 0
+    if jobs <= 1:
+        fast = FastReplay(trace)
+        for i, dep in enumerate(points):
+            rows[i] = point_row(dep, fast.phase)
+            if progress is not None:
+                progress("sweep", i + 1, len(points))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {
+                pool.submit(_fast_points, (str(trace), [points[i] for i in idx])): idx for idx in groups
+            }
+            for fut in as_completed(futures):
+                idx = futures[fut]
+                for i, row in zip(idx, fut.result(), strict=True):
+                    rows[i] = row
+                done += len(idx)
+                if progress is not None:
+                    progress("sweep", done, len(points))
+    return pl.DataFrame(rows, schema=POINT_COLUMNS)
+
+
 def run_sweep(
     trace: str | Path | RemotePath,
     points: Sequence[Deployment],
@@ -103,10 +164,13 @@ def run_sweep(
     jobs: int | None = None,
     backend: Backend | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    fast: bool = True,
 ) -> pl.DataFrame:
     """Replay every point (decode), in parallel over ``jobs`` processes, or one task per point on a
     distributed ``backend`` (``tracekit.backends``); one row per point, in the order of ``points``.
-    ``progress(what, done, total)`` is called as points finish (here; a backend shows its own)."""
+    Here, points go through the fast path (:func:`sweep_fast`, the same figures) unless ``fast`` is
+    False or the trace's routing is too large to hold in memory; ``progress(what, done, total)`` is
+    called as points finish (here; a backend shows its own)."""
     if backend is not None and not backend.local:
         if jobs is not None:
             raise UsageError(
@@ -114,6 +178,8 @@ def run_sweep(
             )
         work = [(absolute(trace), d) for d in points]
         return pl.DataFrame(backend.map(_point, work, label="deployments"), schema=POINT_COLUMNS)
+    if fast and not isinstance(trace, RemotePath) and FastReplay(trace).holds():
+        return sweep_fast(trace, points, jobs=jobs, progress=progress)
     jobs = jobs or min(len(points), os.cpu_count() or 1)
     work = [(str(trace), d) for d in points]
     rows: list[dict[str, Any]] = []

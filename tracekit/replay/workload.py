@@ -29,6 +29,7 @@ expert groups, ``B`` tokens per group per step, ``S`` physical slots, ``D`` grou
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -285,6 +286,32 @@ class CountedWindow:
         return out
 
 
+def _tiled(win: CountedWindow, W: int) -> CountedWindow:
+    """``win``'s counts repeated along the step axis to ``W`` steps (step ``w`` is step ``w mod P``)."""
+    idx = np.arange(W) % win.num_steps
+
+    def rep(x: np.ndarray | None) -> np.ndarray | None:
+        return None if x is None else x[idx]
+
+    return CountedWindow(
+        layout=win.layout,
+        batch=win.batch,
+        num_steps=W,
+        top_k=win.top_k,
+        recv=win.recv[idx],
+        sent_pairs=win.sent_pairs[idx],
+        sent_tokens=win.sent_tokens[idx],
+        own_pairs=win.own_pairs[idx],
+        own_tokens=win.own_tokens[idx],
+        recv_tokens=win.recv_tokens[idx],
+        local_sent_pairs=rep(win.local_sent_pairs),
+        local_sent_tokens=rep(win.local_sent_tokens),
+        local_recv_pairs=rep(win.local_recv_pairs),
+        local_recv_tokens=rep(win.local_recv_tokens),
+        domain_loads=None if win.domain_loads is None else {k: v[idx] for k, v in win.domain_loads.items()},
+    )
+
+
 def _rows_of(t: np.ndarray) -> GroupedRows:
     """GroupedRows of integer slot counts ``t[..., S]`` (exactly what ``GroupedRows.of`` gives)."""
     return GroupedRows(
@@ -319,6 +346,16 @@ class _Destinations:
     #: [n, L] valid choices, and distinct destination groups.
     num_valid: np.ndarray
     num_groups: np.ndarray
+
+    def head(self, n: int) -> _Destinations:
+        """The destinations of the first ``n`` tokens (views)."""
+        return _Destinations(
+            groups=self.groups[:n],
+            first=self.first[:n],
+            first_domain=None if self.first_domain is None else self.first_domain[:n],
+            num_valid=self.num_valid[:n],
+            num_groups=self.num_groups[:n],
+        )
 
     def at(self, pos: np.ndarray | None) -> _Destinations:
         """The destinations of replayed positions (stream token ``pos``; None: the identity)."""
@@ -377,6 +414,13 @@ class _Chain:
     per_token: int
     #: Block size -> counts of the blocks computed so far (from position 0).
     sizes: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @cached_property
+    def keyed(self) -> np.ndarray:
+        """[n, L * K] int32 counter of each choice within a block: ``layer * (V + 1) + value``."""
+        n, L, K = self.values.shape
+        lay = (np.arange(L, dtype=np.int32) * (self.V + 1))[None, :, None]
+        return (self.values.astype(np.int32) + lay).reshape(n, L * K)
 
 
 def _count_dtype(bound: int) -> type[np.unsignedinteger] | type[np.signedinteger]:
@@ -441,15 +485,12 @@ class Workloads:
         self._slots[key] = out
         return out
 
-    def _stream_destinations(self, layout: Layout, used: int, *, keep: bool = True) -> _Destinations:
-        """Destinations of the first ``used`` stream tokens (a short schedule sorts only what it
-        replays); ``keep``: cache them."""
-        key = (*layout.key, layout.groups, layout.domain, used)
+    def _stream_destinations(self, layout: Layout) -> _Destinations:
+        """Destinations of every stream token under ``layout`` (cached)."""
+        key = (*layout.key, layout.groups, layout.domain)
         got = self._dest.get(key)
         if got is None:
-            got = _destinations(self.slots(layout)[:used], layout)
-            if keep:
-                self._dest[key] = got
+            got = self._dest[key] = _destinations(self.slots(layout), layout)
         return got
 
     def _chain(
@@ -469,8 +510,14 @@ class Workloads:
         if have is not None and have.shape[0] >= blocks:
             return have[:blocks]
         start = 0 if have is None else have.shape[0]
-        below = [x for x in chain.sizes if x < c and c % x == 0 and (c // x) & (c // x - 1) == 0]
-        if below:  # sums of pairs of the next smaller size (itself from the smallest counted)
+        # sums of pairs of the next smaller size (itself from the smallest counted), where that is
+        # cheaper than counting: blocks of x positions hold L * V counters for x * L * K choices
+        below = [
+            x
+            for x in chain.sizes
+            if x < c and c % x == 0 and (c // x) & (c // x - 1) == 0 and x * self.top_k >= chain.V
+        ]
+        if below:
             half = self._blocks(chain, c // 2, 2 * blocks)[2 * start :]
             dtype = _count_dtype(c * chain.per_token)
             new = half[0::2].astype(dtype) + half[1::2].astype(dtype)
@@ -486,14 +533,16 @@ class Workloads:
         L, V = self.L, chain.V
         dtype = _count_dtype(c * chain.per_token)
         out = np.zeros((last - first, L, V), dtype=dtype)
-        step = max(1, MAX_BINS // (L * (V + 1)))
-        lay = np.arange(L, dtype=np.int64)[None, :, None]
+        cells = L * (V + 1)
+        step = max(1, MAX_BINS // cells)
+        keyed = chain.keyed  # [n, L * K] layer * (V + 1) + value
+        n = keyed.shape[0]
         for j0 in range(first, last, step):
             j1 = min(last, j0 + step)
-            pos = np.arange(j0 * c, j1 * c, dtype=np.int64) % chain.values.shape[0]
-            blk = (np.arange(j1 * c - j0 * c, dtype=np.int64) // c)[:, None, None]
-            keys = (blk * L + lay) * (V + 1) + chain.values[pos]
-            counts = np.bincount(keys.reshape(-1), minlength=(j1 - j0) * L * (V + 1))
+            a, b = j0 * c, j1 * c
+            part = keyed[a:b] if b <= n else keyed[np.arange(a, b, dtype=np.int64) % n]
+            keys = part.reshape(j1 - j0, -1) + (np.arange(j1 - j0, dtype=np.int32) * cells)[:, None]
+            counts = np.bincount(keys.reshape(-1), minlength=(j1 - j0) * cells)
             out[j0 - first : j1 - first] = counts.reshape(j1 - j0, L, V + 1)[..., :V]
         return out
 
@@ -506,14 +555,30 @@ class Workloads:
         per-domain loads of DeepEP's normal kernels across domains."""
         G = layout.groups
         W = num_steps if num_steps is not None else max(1, -(-self.N // (batch * G)))
+        P = self.period(batch * G)
         key = (*layout.key, G, layout.domain, batch, W)
         with self._lock:
             win = self._windows.get(key)
             if win is None:
-                win = self._windows[key] = self._count(layout, batch, W)
+                if W > P:  # the steps repeat every P: count one period and tile it
+                    one = self.window(layout, batch=batch, num_steps=P, deepep_normal=deepep_normal)
+                    win = _tiled(one, W)
+                else:
+                    win = self._count(layout, batch, W)
+                self._windows[key] = win
             if deepep_normal and win.domain_loads is None and layout.domain < G:
-                win.domain_loads = self._domain_loads(layout, batch, W)
+                if W > P:
+                    one = self.window(layout, batch=batch, num_steps=P, deepep_normal=True)
+                    win.domain_loads = _tiled(one, W).domain_loads
+                else:
+                    win.domain_loads = self._domain_loads(layout, batch, W)
         return win
+
+    def period(self, per_step: int) -> int:
+        """Steps after which a schedule of ``per_step`` tokens per step repeats itself: step ``w + P``
+        replays the stream tokens of step ``w`` from the same groups in the same order (``P * per_step``
+        is the least multiple of the stream's length), so its counts are step ``w``'s."""
+        return self.N // math.gcd(per_step, self.N) if self.N else 1
 
     def _positions(self, total: int) -> np.ndarray | None:
         """Stream token of each replayed position ``0 .. total - 1`` (None: the identity)."""
@@ -557,24 +622,17 @@ class Workloads:
             slot_chain = self._chain(("slots", *ckey), lambda: (slots, S, 1), keep=False)
             base = dest
         else:
-            # a schedule replaying fewer tokens than the stream holds counts only its prefix (positions
-            # 0 .. n - 1, no wrap); one that wraps counts the whole stream, shared by every batch
-            # (a prefix is not kept: a sweep over many batches would hold one per batch)
-            used = min(self.N, n)
-            keep = used == self.N
-            ckey = (*layout.key, G, D, used)
-            slot_chain = self._chain(
-                ("slots", *self._slot_key(layout), used), lambda: (self.slots(layout)[:used], S, 1), keep=keep
-            )
-            base = self._stream_destinations(layout, used, keep=keep)
-            dest = base if n == used else base.at(pos)
+            # the whole stream's destinations and chains, shared by every batch: a schedule replaying
+            # fewer tokens than the stream holds counts the blocks of its prefix only
+            ckey = (*layout.key, G, D)
+            slot_chain = self._chain(("slots", *self._slot_key(layout)), lambda: (self.slots(layout), S, 1))
+            base = self._stream_destinations(layout)
+            dest = base.head(n) if n <= self.N else base.at(pos)
 
         def marked(mask: np.ndarray, V: int) -> np.ndarray:
             return np.where(mask, base.groups, np.asarray(V, dtype=base.groups.dtype))
 
-        keep_chain = (
-            not layout.replicated and n >= self.N
-        )  # a replicated layout counts per schedule: its window is the cache
+        keep_chain = not layout.replicated  # a replicated layout counts per schedule: its window is the cache
         first_chain = self._chain(("first", *ckey), lambda: (marked(base.first, G), G, 1), keep=keep_chain)
         recv = self._blocks(slot_chain, per_step, W)
         recv_tokens = self._blocks(first_chain, per_step, W)
@@ -652,7 +710,8 @@ class Workloads:
         if layout.replicated:
             dest = _destinations(self._replica_slots(layout, batch, W), layout)
         else:
-            dest = self._stream_destinations(layout, min(self.N, n)).at(self._positions(n))
+            whole = self._stream_destinations(layout)
+            dest = whole.head(n) if n <= self.N else whole.at(self._positions(n))
         first_dom = dest.first_domain
         if first_dom is None:
             raise RuntimeError("workload: no domain marks in one domain")
