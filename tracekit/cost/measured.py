@@ -16,11 +16,12 @@ keys linearly in log(time) against log(size), the innermost (size) key as the fa
 ``size_axis`` says: ``affine`` families (a latency plus a cost per unit of size: GEMMs along m,
 decode attention along kv_len, collectives along message bytes) linearly in time against size,
 exact for ``t = a + b * size``; ``power`` families (prefill attention, quadratic in seq_len) with a
-monotone cubic in log(time) against log(size), exact for power laws. A shape outside the measured range of any key, or whose bracketing
-neighbours are not all measured, gets NaN: the caller prices it with the analytic model instead.
-Several libraries measured for one family and dtype: unless ``library=`` picks one, a shape gets
-the fastest library that covers it (what an engine's autotuner does). Duplicate measurements of one
-shape are reduced to their median. No torch here: numpy and polars only.
+monotone cubic in log(time) against log(size), exact for power laws. A shape outside the
+measured range of any key, or whose bracketing neighbours are not all measured, gets NaN: the
+caller prices it with the analytic model instead. Several libraries measured for one family and
+dtype: unless ``library=`` picks one, a shape gets the fastest library that covers it (what an
+engine's autotuner does). Duplicate measurements of one shape are reduced to their median. No
+torch here: numpy and polars only.
 """
 
 from __future__ import annotations
