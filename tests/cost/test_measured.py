@@ -165,6 +165,16 @@ def test_between_two_measured_sizes_the_time_stays_between_their_times(
     assert lo * (1 - 1e-12) <= got <= hi * (1 + 1e-12)
 
 
+def test_a_size_within_rounding_of_a_measured_one_is_covered() -> None:
+    """Sizes one ulp inside the measured range (at either end, in the first and a later slice) get
+    the model's time, not NaN."""
+    table = MeasuredTable(model_gemm([1, 4, 16], [1024, 4096]))
+    m = np.array([np.nextafter(1.0, 2.0), np.nextafter(16.0, 0.0)])
+    for n in (1024, 4096):
+        got = table.time_s("gemm", dtype="bf16", m=m, n=n, k=1024)
+        np.testing.assert_allclose(got, gemm_model(m, n), rtol=1e-12)
+
+
 def test_coverage_and_families() -> None:
     table = MeasuredTable(model_gemm([1, 4, 16], [1024, 4096]))
     assert table.families() == ["gemm"]

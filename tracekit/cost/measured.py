@@ -145,6 +145,12 @@ class _Grid:
             u = np.clip(0.25 + 0.5 * (lq - level.lo) / level.span, 0.01, 0.99)
             pos = np.searchsorted(level.search_key, node + u, side="left")
             c = level.parent.size
+            # node + u keeps ~16 digits in all: a query within rounding of a measured value may
+            # land on the wrong side of it; one step in log space puts it back
+            at = np.minimum(pos, c - 1)
+            pos = pos + ((pos < c) & (level.parent[at] == node) & (level.logv[at] < lq))
+            at = np.maximum(pos - 1, 0)
+            pos = pos - ((pos > 0) & (level.parent[at] == node) & (level.logv[at] > lq))
             hi = np.minimum(pos, c - 1)
             lo = np.maximum(pos - 1, 0)
             hi_ok = (pos < c) & (level.parent[hi] == node)
