@@ -26,10 +26,16 @@ def rows(family: str, dtype: str, library: str, shapes: list[dict], times: list[
     ]
 
 
-def power_law_gemm(m_values: list[int], n_values: list[int], k: int = 1024) -> pl.DataFrame:
-    """t = 1e-9 * m^0.5 * n^0.8: a power law, which log-space interpolation must reproduce exactly."""
+def gemm_model(m: np.ndarray | float, n: np.ndarray | float) -> np.ndarray | float:
+    """A latency plus a cost per row along m (affine: what linear interpolation along a GEMM's size
+    key reproduces exactly), times a power law in n (what log-space interpolation reproduces)."""
+    return (2e-6 + 3e-9 * np.asarray(m)) * (np.asarray(n) / 1024) ** 0.8
+
+
+def model_gemm(m_values: list[int], n_values: list[int], k: int = 1024) -> pl.DataFrame:
+    """Rows of :func:`gemm_model` (affine in m, a power law in n) at every (m, n)."""
     shapes = [{"m": m, "n": n, "k": k} for n in n_values for m in m_values]
-    times = [1e-9 * s["m"] ** 0.5 * s["n"] ** 0.8 for s in shapes]
+    times = [float(gemm_model(s["m"], s["n"])) for s in shapes]
     return pl.DataFrame(rows("gemm", "bf16", "torch", shapes, times))
 
 
@@ -41,18 +47,43 @@ def test_every_family_key_is_a_column_and_every_family_has_a_work_formula() -> N
     assert set(shape_columns()) == {k for f in family_specs().values() for k in f.shape_keys}
 
 
-def test_grid_points_are_returned_exactly_and_power_laws_are_interpolated_exactly() -> None:
-    table = MeasuredTable(power_law_gemm([1, 4, 16, 64, 256], [1024, 4096]))
+def test_grid_points_are_returned_exactly_and_the_model_is_interpolated_exactly() -> None:
+    table = MeasuredTable(model_gemm([1, 4, 16, 64, 256], [1024, 4096]))
     m = np.array([1, 16, 256, 2, 10, 100, 200])
     got = table.time_s("gemm", dtype="bf16", m=m, n=1024, k=1024)
-    np.testing.assert_allclose(got, 1e-9 * m**0.5 * 1024**0.8, rtol=1e-12)
+    np.testing.assert_allclose(got, gemm_model(m, 1024), rtol=1e-12)
     # between the n values too (outer key, linear in log-log)
     got_n = table.time_s("gemm", dtype="bfloat16", m=[8, 8], n=[2048, 3000], k=1024)
-    np.testing.assert_allclose(got_n, 1e-9 * 8**0.5 * np.array([2048, 3000]) ** 0.8, rtol=1e-12)
+    np.testing.assert_allclose(got_n, gemm_model(8, np.array([2048, 3000])), rtol=1e-12)
+
+
+def test_affine_families_interpolate_time_linearly_and_power_families_in_log_log() -> None:
+    """Decode attention (size_axis affine) along kv_len: a latency plus a cost per KV token, exact
+    by hand (not by a log-log line); prefill attention (power) along seq_len: a quadratic power law
+    exact, where a straight line in time vs size would not be."""
+    assert family_spec("gqa_decode").size_axis == "affine"
+    assert family_spec("gqa_prefill").size_axis == "power"
+    heads = {"head_dim": 128, "num_kv_heads": 8, "num_heads": 64, "batch_size": 8}
+    kv = [1024, 4096, 16384]
+    dec = rows(
+        "gqa_decode", "bf16", "fa", [{**heads, "kv_len": v} for v in kv], [10e-6 + v * 1e-9 for v in kv]
+    )
+    seq = [256, 1024, 4096, 16384]
+    pre = rows(
+        "gqa_prefill", "bf16", "fa", [{**heads, "seq_len": v} for v in seq], [v * v * 1e-12 for v in seq]
+    )
+    table = MeasuredTable(pl.DataFrame(dec + pre))
+    # kv 2048 lies a third of the way from 1024 to 4096: 10 us + 2.048 us, exactly
+    assert table.time_s("gqa_decode", dtype="bf16", kv_len=2048, **heads) == pytest.approx(
+        12.048e-6, rel=1e-12
+    )
+    q = np.array([512.0, 2000.0, 10000.0])
+    got = table.time_s("gqa_prefill", dtype="bf16", seq_len=q, **heads)
+    np.testing.assert_allclose(got, q * q * 1e-12, rtol=1e-12)
 
 
 def test_no_extrapolation_and_exact_keys_must_match() -> None:
-    table = MeasuredTable(power_law_gemm([4, 16, 64], [1024, 4096]))
+    table = MeasuredTable(model_gemm([4, 16, 64], [1024, 4096]))
     got = table.time_s("gemm", dtype="bf16", m=[2, 100, 16, 16], n=[1024, 1024, 8192, 512], k=1024)
     assert np.isnan(got).all()
     assert np.isnan(table.time_s("gemm", dtype="bf16", m=16, n=1024, k=2048))  # k never measured
@@ -62,14 +93,12 @@ def test_no_extrapolation_and_exact_keys_must_match() -> None:
 
 def test_ragged_grid_needs_every_bracketing_slice() -> None:
     # n=1024 measured at m 1..64, n=4096 only at m 1..8: m=32 between the n values is not covered
-    df = pl.concat([power_law_gemm([1, 8, 64], [1024]), power_law_gemm([1, 8], [4096])])
+    df = pl.concat([model_gemm([1, 8, 64], [1024]), model_gemm([1, 8], [4096])])
     table = MeasuredTable(df)
     inside = table.time_s("gemm", dtype="bf16", m=4, n=2048, k=1024)
-    assert inside == pytest.approx(1e-9 * 4**0.5 * 2048**0.8, rel=1e-12)
+    assert inside == pytest.approx(gemm_model(4, 2048), rel=1e-12)
     assert np.isnan(table.time_s("gemm", dtype="bf16", m=32, n=2048, k=1024))
-    assert table.time_s("gemm", dtype="bf16", m=32, n=1024, k=1024) == pytest.approx(
-        1e-9 * 32**0.5 * 1024**0.8
-    )
+    assert table.time_s("gemm", dtype="bf16", m=32, n=1024, k=1024) == pytest.approx(gemm_model(32, 1024))
 
 
 def test_exact_keys_select_the_slice() -> None:
@@ -104,10 +133,10 @@ def test_fastest_library_unless_one_is_named_and_duplicates_take_the_median() ->
 
 
 def test_shapes_broadcast_and_bad_arguments_are_named() -> None:
-    table = MeasuredTable(power_law_gemm([1, 4, 16, 64], [1024, 4096]))
+    table = MeasuredTable(model_gemm([1, 4, 16, 64], [1024, 4096]))
     got = table.time_s("gemm", dtype="bf16", m=np.array([[2, 3], [5, 6]]), n=np.array([1024, 4096]), k=1024)
     assert got.shape == (2, 2)
-    np.testing.assert_allclose(got[1, 1], 1e-9 * 6**0.5 * 4096**0.8)
+    np.testing.assert_allclose(got[1, 1], gemm_model(6, 4096))
     with pytest.raises(UsageError, match="missing: k"):
         table.time_s("gemm", dtype="bf16", m=1, n=1024)
     with pytest.raises(UsageError, match="unknown: tokens"):
@@ -125,7 +154,7 @@ def test_shapes_broadcast_and_bad_arguments_are_named() -> None:
 def test_between_two_measured_sizes_the_time_stays_between_their_times(
     times: list[float], frac: float
 ) -> None:
-    """Monotone data stays monotone and bounded (the cubic along the size key never overshoots)."""
+    """Monotone data stays monotone and bounded (no overshoot along the size key)."""
     m_values = [2**i for i in range(len(times))]
     shapes = [{"m": m, "n": 64, "k": 64} for m in m_values]
     table = MeasuredTable(pl.DataFrame(rows("gemm", "bf16", "torch", shapes, times)))
@@ -136,8 +165,18 @@ def test_between_two_measured_sizes_the_time_stays_between_their_times(
     assert lo * (1 - 1e-12) <= got <= hi * (1 + 1e-12)
 
 
+def test_a_size_within_rounding_of_a_measured_one_is_covered() -> None:
+    """Sizes one ulp inside the measured range (at either end, in the first and a later slice) get
+    the model's time, not NaN."""
+    table = MeasuredTable(model_gemm([1, 4, 16], [1024, 4096]))
+    m = np.array([np.nextafter(1.0, 2.0), np.nextafter(16.0, 0.0)])
+    for n in (1024, 4096):
+        got = table.time_s("gemm", dtype="bf16", m=m, n=n, k=1024)
+        np.testing.assert_allclose(got, gemm_model(m, n), rtol=1e-12)
+
+
 def test_coverage_and_families() -> None:
-    table = MeasuredTable(power_law_gemm([1, 4, 16], [1024, 4096]))
+    table = MeasuredTable(model_gemm([1, 4, 16], [1024, 4096]))
     assert table.families() == ["gemm"]
     cov = table.coverage("gemm")
     assert cov.row(0, named=True)["m_min"] == 1 and cov.row(0, named=True)["m_max"] == 16
@@ -145,8 +184,8 @@ def test_coverage_and_families() -> None:
     assert table.coverage("mla_decode").is_empty()
 
 
-def test_holdout_of_a_power_law_is_exact() -> None:
-    table = MeasuredTable(power_law_gemm([1, 2, 4, 8, 16, 32], [1024, 2048, 4096]))
+def test_holdout_of_the_model_is_exact() -> None:
+    table = MeasuredTable(model_gemm([1, 2, 4, 8, 16, 32], [1024, 2048, 4096]))
     err = holdout_errors(table, "gemm")
     assert err.height == 3 * 4  # interior m values of each n slice
     assert err["error"].abs().max() < 1e-9
@@ -155,13 +194,13 @@ def test_holdout_of_a_power_law_is_exact() -> None:
 
 
 def test_parquet_round_trip_with_schema_version(tmp_path: Path) -> None:
-    df = power_law_gemm([1, 4], [1024])
+    df = model_gemm([1, 4], [1024])
     path = write_measured(df, tmp_path / "m.parquet")
     meta = pq.ParquetFile(path).schema_arrow.metadata
     assert meta[b"tracekit.schema_version"] == b"1.0" and meta[b"tracekit.table"] == b"measured"
     back = MeasuredTable.load(path)
     assert back.frame.height == 2
-    assert back.time_s("gemm", dtype="bf16", m=4, n=1024, k=1024) == pytest.approx(1e-9 * 2 * 1024**0.8)
+    assert back.time_s("gemm", dtype="bf16", m=4, n=1024, k=1024) == pytest.approx(gemm_model(4, 1024))
     # flops/bytes are the writer's business; a newer major version is refused
     table = pq.read_table(path)
     newer = table.replace_schema_metadata(

@@ -155,8 +155,9 @@ def test_cli_import_show_and_lookup(data_dir: Path, tmp_path: Path) -> None:
     got = CliRunner().invoke(
         cli, ["bench", "lookup", str(out), "gemm", "--dtype", "bf16", "m=2", "n=64", "k=32"]
     )
-    # between m=1 (10 us) and m=4 (20 us): log-log gives 10 * 2^(log 2 / log 4) = 14.142 us
-    assert got.exit_code == 0 and "14.142 us" in got.output
+    # between m=1 (10 us) and m=4 (20 us), linear in time vs m (GEMMs are affine along m):
+    # 10 + 10 * (2 - 1) / (4 - 1) = 13.333 us
+    assert got.exit_code == 0 and "13.333 us" in got.output
     miss = CliRunner().invoke(
         cli, ["bench", "lookup", str(out), "gemm", "--dtype", "bf16", "m=8", "n=64", "k=32"]
     )
@@ -169,11 +170,16 @@ def test_cli_import_show_and_lookup(data_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def h200() -> MeasuredTable:
-    return MeasuredTable.from_aiconfigurator(system="h200_sxm", framework="trtllm")
+def databases() -> dict[tuple[str, str], MeasuredTable]:
+    return {
+        (fw, system): MeasuredTable.from_aiconfigurator(system=system, framework=fw)
+        for fw in ("trtllm", "sglang")
+        for system in ("h200_sxm", "gb200")
+    }
 
 
-def test_installed_database_rows_are_reproduced(h200: MeasuredTable) -> None:
+def test_installed_database_rows_are_reproduced(databases: dict[tuple[str, str], MeasuredTable]) -> None:
+    h200 = databases[("trtllm", "h200_sxm")]
     raw_path = aic.aiconfigurator_data_dir() / "h200_sxm/gemm/trtllm/1.3.0rc20/gemm_perf.parquet"
     raw = pl.from_arrow(pq.read_table(raw_path))
     assert isinstance(raw, pl.DataFrame)
@@ -192,46 +198,60 @@ def test_installed_database_rows_are_reproduced(h200: MeasuredTable) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("family", "limit"),
-    [
-        ("gemm", 0.03),
-        ("grouped_gemm", 0.03),
-        ("mla_decode", 0.03),
-        ("mla_prefill", 0.03),
-        ("gqa_decode", 0.03),
-        ("gqa_prefill", 0.03),
-        ("ep_dispatch", 0.03),
-        ("ep_combine", 0.03),
-        ("all_reduce", 0.03),
-        # NCCL's small-message plateau scatters by several percent from size to size on this
-        # system (docs/calibration.md lists the figures); the median is held to 5% there
-        ("all_gather", 0.05),
-        ("reduce_scatter", 0.05),
-        ("all_to_all", 0.03),
-    ],
-)
-def test_held_out_grid_points_are_predicted(h200: MeasuredTable, family: str, limit: float) -> None:
-    err = holdout_errors(h200, family)
-    covered = err["error"].drop_nans()
-    assert covered.len() >= 0.95 * err.height
-    assert covered.abs().median() <= limit
+#: Families whose median held-out error is not within 3% on a database, with the limit the test
+#: holds them to and why (docs/calibration.md gives the figures). Every other family of the four
+#: databases below is held to 3%.
+OVER_3_PERCENT = {
+    # NCCL's small-message plateau alternates by 10-20% from size to size on this system (one
+    # NCCL table, shared by both frameworks): 3.01%
+    ("trtllm", "h200_sxm", "all_gather"): 0.035,
+    ("sglang", "h200_sxm", "all_gather"): 0.035,
+    # gb200 MLA prefill: the bend from the latency floor to the quadratic falls between the grid's
+    # doubling seq_len steps (4.5-5.6% at 128-512 tokens): 3.52%; h200 GQA prefill in SGLang's
+    # database: unbiased errors spread evenly over every length, the rows' own scatter: 4.32%
+    ("trtllm", "gb200", "mla_prefill"): 0.04,
+    ("sglang", "h200_sxm", "gqa_prefill"): 0.05,
+    # SGLang's GEMM rows scatter by several percent between shapes one row apart (m and m + 1),
+    # more than any interpolation of neighbours can follow: 7.7% / 3.8%
+    ("sglang", "h200_sxm", "gemm"): 0.085,
+    ("sglang", "gb200", "gemm"): 0.04,
+}
 
 
-@pytest.fixture(scope="module")
-def sglang() -> dict[str, MeasuredTable]:
-    return {s: MeasuredTable.from_aiconfigurator(system=s, framework="sglang") for s in ("h200_sxm", "gb200")}
+@pytest.mark.parametrize("framework", ["trtllm", "sglang"])
+@pytest.mark.parametrize("system", ["h200_sxm", "gb200"])
+def test_held_out_grid_points_are_predicted(
+    databases: dict[tuple[str, str], MeasuredTable], framework: str, system: str
+) -> None:
+    """Every family of the database: each interior grid point along the size axis held out and
+    predicted from the rest (holdout_errors); the median within 3% (OVER_3_PERCENT names the
+    exceptions and their limits)."""
+    table = databases[(framework, system)]
+    families = table.families()
+    assert {"gemm", "grouped_gemm", "mla_decode", "gqa_prefill", "all_reduce", "all_gather"} <= set(families)
+    medians = {}
+    for family in families:
+        err = holdout_errors(table, family)
+        covered = err["error"].drop_nans()
+        assert covered.len() >= 0.95 * err.height, family
+        medians[family] = float(covered.abs().median())
+    over = {f: m for f, m in medians.items() if m > OVER_3_PERCENT.get((framework, system, f), 0.03)}
+    assert not over, over
+    # the exceptions are still over 3% (else their entry should go)
+    for (fw, sy, family), _ in OVER_3_PERCENT.items():
+        if (fw, sy) == (framework, system):
+            assert medians[family] > 0.03, (family, medians[family])
 
 
 @pytest.mark.parametrize("system", ["h200_sxm", "gb200"])
 def test_held_out_points_of_the_deepseek_slices_of_the_sglang_databases(
-    sglang: dict[str, MeasuredTable], system: str
+    databases: dict[tuple[str, str], MeasuredTable], system: str
 ) -> None:
     """The databases the replay prices DeepSeek-R1 decode from by default (SGLang's, see
     docs/calibration.md): the routed-expert slice (hidden 7168, expert FFN 2048) and MLA decode at
     128 heads: every interior grid point held out (holdout_errors), median within 3%; and, by a
     second route, single rows dropped one at a time and looked up in the rest, median within 3%."""
-    table = sglang[system]
+    table = databases[("sglang", system)]
     for family, sel in (
         ("grouped_gemm", (pl.col("hidden_size") == 7168) & (pl.col("ffn_size") == 2048)),
         ("mla_decode", pl.col("num_heads") == 128),

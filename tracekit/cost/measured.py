@@ -10,13 +10,18 @@ arrays of shapes at once::
                      num_experts=active_E, tokens_per_expert=tokens / active_E)  # ndarray, NaN: not covered
 
 Lookup: the family's exact keys (families.json) must equal a measured row's; its interpolated keys
-are interpolated one after another, outermost first, linearly in log(time) against log(size)
-between the two nearest measured values present for the outer keys' bracketing values (so ragged,
-non-rectangular grids work). A shape outside the measured range of any key, or whose bracketing
-neighbours are not all measured, gets NaN: the caller prices it with the analytic model instead.
-Several libraries measured for one family and dtype: unless ``library=`` picks one, a shape gets
-the fastest library that covers it (what an engine's autotuner does). Duplicate measurements of one
-shape are reduced to their median. No torch here: numpy and polars only.
+are interpolated one after another, outermost first, between the two nearest measured values
+present for the outer keys' bracketing values (so ragged, non-rectangular grids work): the outer
+keys linearly in log(time) against log(size), the innermost (size) key as the family's
+``size_axis`` says: ``affine`` families (a latency plus a cost per unit of size: GEMMs along m,
+decode attention along kv_len, collectives along message bytes) linearly in time against size,
+exact for ``t = a + b * size``; ``power`` families (prefill attention, quadratic in seq_len) with a
+monotone cubic in log(time) against log(size), exact for power laws. A shape outside the
+measured range of any key, or whose bracketing neighbours are not all measured, gets NaN: the
+caller prices it with the analytic model instead. Several libraries measured for one family and
+dtype: unless ``library=`` picks one, a shape gets the fastest library that covers it (what an
+engine's autotuner does). Duplicate measurements of one shape are reduced to their median. No
+torch here: numpy and polars only.
 """
 
 from __future__ import annotations
@@ -60,7 +65,9 @@ class _Grid:
     """Lookup structure of one (family, dtype, library): a trie over exact keys, then one level per
     interpolated key; leaves hold log(median time)."""
 
-    def __init__(self, rows: pl.DataFrame, exact: tuple[str, ...], interp: tuple[str, ...]) -> None:
+    def __init__(
+        self, rows: pl.DataFrame, exact: tuple[str, ...], interp: tuple[str, ...], size_axis: str
+    ) -> None:
         keys = [*exact, *interp]
         agg = rows.group_by(keys).agg(pl.col("time_s").median()).sort(keys)
         self.exact = exact
@@ -102,7 +109,12 @@ class _Grid:
             self.levels.append(_Level(parent=parent, logv=lv, search_key=key, lo=lo, span=span))
             node = np.cumsum(change) - 1
         self.log_time = np.log(agg["time_s"].to_numpy())  # one leaf per row of agg
-        self.slope = _pchip_slopes(self.levels[-1], self.log_time)
+        self.affine = size_axis == "affine"
+        if self.affine:
+            self.time = np.exp(self.log_time)
+            self.size = np.exp(self.levels[-1].logv)
+        else:
+            self.slope = _pchip_slopes(self.levels[-1], self.log_time)
 
     def lookup(self, exact_q: list[np.ndarray], interp_q: list[np.ndarray]) -> _F64:
         nq = interp_q[0].size if interp_q else (exact_q[0].size if exact_q else 0)
@@ -133,6 +145,12 @@ class _Grid:
             u = np.clip(0.25 + 0.5 * (lq - level.lo) / level.span, 0.01, 0.99)
             pos = np.searchsorted(level.search_key, node + u, side="left")
             c = level.parent.size
+            # node + u keeps ~16 digits in all: a query within rounding of a measured value may
+            # land on the wrong side of it; one step in log space puts it back
+            at = np.minimum(pos, c - 1)
+            pos = pos + ((pos < c) & (level.parent[at] == node) & (level.logv[at] < lq))
+            at = np.maximum(pos - 1, 0)
+            pos = pos - ((pos > 0) & (level.parent[at] == node) & (level.logv[at] > lq))
             hi = np.minimum(pos, c - 1)
             lo = np.maximum(pos - 1, 0)
             hi_ok = (pos < c) & (level.parent[hi] == node)
@@ -146,10 +164,13 @@ class _Grid:
             np.divide(lq - level.logv[lo], gap, out=t, where=between & (gap > 0))
             t = np.clip(t, 0.0, 1.0)
             if depth == last:
-                # innermost key: monotone cubic Hermite in (log size, log time) between lo and hi
-                y = np.where(
-                    exact_hit, self.log_time[hi], _hermite(t, gap, self.log_time, self.slope, lo, hi)
-                )
+                if self.affine:
+                    # innermost key, affine family: linear in (size, time) between lo and hi
+                    y = np.log(_affine(np.exp(lq), self.size, self.time, lo, hi, between))
+                else:
+                    # innermost key, power family: monotone cubic Hermite in (log size, log time)
+                    y = _hermite(t, gap, self.log_time, self.slope, lo, hi)
+                y = np.where(exact_hit, self.log_time[hi], y)
                 keep = exact_hit | between
                 total = np.bincount(qi[keep], weights=w[keep] * y[keep], minlength=nq)
                 break
@@ -194,6 +215,18 @@ def _pchip_slopes(level: _Level, y: np.ndarray) -> np.ndarray:
     return np.where(same_sign, harm, np.where(inner, 0.0, d))
 
 
+def _affine(
+    q: np.ndarray, x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray, between: np.ndarray
+) -> np.ndarray:
+    """Time at size ``q`` on the straight line through (x[lo], y[lo]) and (x[hi], y[hi]); y[hi]
+    where the query is not between two measured sizes (its value is then not used)."""
+    gap = x[hi] - x[lo]
+    s = np.ones(q.size)
+    np.divide(q - x[lo], gap, out=s, where=between & (gap > 0))
+    s = np.clip(s, 0.0, 1.0)
+    return (1.0 - s) * y[lo] + s * y[hi]
+
+
 def _hermite(
     t: np.ndarray, h: np.ndarray, y: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray
 ) -> np.ndarray:
@@ -208,7 +241,8 @@ def _hermite(
 
 
 class MeasuredTable:
-    """Measured kernel times, priced by shape with log-space interpolation (see the module doc)."""
+    """Measured kernel times, priced by shape with interpolation between measured shapes (see the
+    module doc)."""
 
     def __init__(self, frame: pl.DataFrame, *, where: str = "measured table") -> None:
         self._frame = conform(frame, where=where)
@@ -317,7 +351,7 @@ class MeasuredTable:
         if grid is None:
             spec = family_spec(family)
             rows = part.filter(pl.col("library") == library)
-            grid = self._grids[key] = _Grid(rows, spec.exact_keys, spec.interpolated_keys)
+            grid = self._grids[key] = _Grid(rows, spec.exact_keys, spec.interpolated_keys, spec.size_axis)
         return grid
 
 

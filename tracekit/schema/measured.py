@@ -92,8 +92,13 @@ class FamilySpec:
     dtype_of: str
     #: Keys that must match a measured row exactly (head dimensions, group sizes).
     exact_keys: tuple[str, ...]
-    #: Keys interpolated linearly in log time vs log size, outermost first; never extrapolated.
+    #: Keys interpolated, outermost first, never extrapolated: the outer ones linearly in log time
+    #: vs log size, the innermost (size) key as ``size_axis`` says.
     interpolated_keys: tuple[str, ...]
+    #: How time follows the innermost key: ``"affine"`` (a latency plus a cost per unit of size:
+    #: interpolated linearly in time vs size) or ``"power"`` (a floor bending to a power of the
+    #: size: a monotone cubic in log time vs log size).
+    size_axis: str
     #: What ``flops`` and ``bytes`` of a row mean for this family (text from families.json).
     flops_doc: str
     bytes_doc: str
@@ -135,10 +140,20 @@ def family_specs() -> dict[str, FamilySpec]:
             dtype_of=f["dtype"],
             exact_keys=tuple(f["exact_keys"]),
             interpolated_keys=tuple(f["interpolated_keys"]),
+            size_axis=_size_axis(path, name, f.get("size_axis")),
             flops_doc=f["flops"],
             bytes_doc=f["bytes"],
         )
     return out
+
+
+SIZE_AXES = ("affine", "power")
+
+
+def _size_axis(path: Path, family: str, value: object) -> str:
+    if value not in SIZE_AXES:
+        raise SchemaError(f"{path}: family {family} has size_axis {value!r}; valid: {', '.join(SIZE_AXES)}")
+    return str(value)
 
 
 def family_spec(name: str) -> FamilySpec:
