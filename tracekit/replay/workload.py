@@ -20,8 +20,10 @@ stream, so that a search over deployments pays for the routing once:
 Replayed token ``g`` of the cyclically repeated stream is stream token ``g mod N`` on step
 ``g // (B G)`` and group ``(g // B) mod G``, as :func:`tracekit.replay.schedule.make_schedule` places
 it; a destination of a token is its slot's group (``slot // slots per group``). Every count is a
-``bincount`` or a reshaped sum over ``[W, G, B, L, K]``: no Python loop runs per token, and no
-``[W, L, G, G]`` matrix is built.
+``bincount`` of blocks of consecutive positions (a step's ``G B`` tokens, a source group's ``B``, a
+domain's ``B D``) or a sum of such counts: the source side comes from each source group's block
+counted by destination (``[W, G, L, G]``), and no Python loop runs per token. A schedule longer than
+the stream repeats itself every ``P`` steps (:meth:`Workloads.period`): one period is counted.
 
 Shape legend: ``N`` stream tokens, ``L`` trace MoE layers, ``K`` top-k, ``W`` replayed steps, ``G``
 expert groups, ``B`` tokens per group per step, ``S`` physical slots, ``D`` groups per domain.
@@ -343,31 +345,6 @@ class _Destinations:
     first: np.ndarray
     #: [n, L, K] the choice is the token's first to its domain (and valid); None in one domain.
     first_domain: np.ndarray | None
-    #: [n, L] valid choices, and distinct destination groups.
-    num_valid: np.ndarray
-    num_groups: np.ndarray
-
-    def head(self, n: int) -> _Destinations:
-        """The destinations of the first ``n`` tokens (views)."""
-        return _Destinations(
-            groups=self.groups[:n],
-            first=self.first[:n],
-            first_domain=None if self.first_domain is None else self.first_domain[:n],
-            num_valid=self.num_valid[:n],
-            num_groups=self.num_groups[:n],
-        )
-
-    def at(self, pos: np.ndarray | None) -> _Destinations:
-        """The destinations of replayed positions (stream token ``pos``; None: the identity)."""
-        if pos is None:
-            return self
-        return _Destinations(
-            groups=self.groups[pos],
-            first=self.first[pos],
-            first_domain=None if self.first_domain is None else self.first_domain[pos],
-            num_valid=self.num_valid[pos],
-            num_groups=self.num_groups[pos],
-        )
 
 
 def _destinations(slots: np.ndarray, layout: Layout) -> _Destinations:
@@ -392,8 +369,6 @@ def _destinations(slots: np.ndarray, layout: Layout) -> _Destinations:
         groups=groups,
         first=first,
         first_domain=first_domain,
-        num_valid=valid.sum(axis=-1, dtype=np.uint8),
-        num_groups=first.sum(axis=-1, dtype=np.uint8),
     )
 
 
@@ -580,10 +555,6 @@ class Workloads:
         is the least multiple of the stream's length), so its counts are step ``w``'s."""
         return self.N // math.gcd(per_step, self.N) if self.N else 1
 
-    def _positions(self, total: int) -> np.ndarray | None:
-        """Stream token of each replayed position ``0 .. total - 1`` (None: the identity)."""
-        return None if total == self.N else np.arange(total, dtype=np.int64) % self.N
-
     def _replica_slots(self, layout: Layout, batch: int, W: int) -> np.ndarray:
         """[n, L, K] slots of a replicated layout at every replayed position: ``route_to_slots``
         over every (step, epoch) dispatch of a layer at once, each dispatch's tokens in (source group,
@@ -609,83 +580,103 @@ class Workloads:
                     )
         return out
 
-    def _count(self, layout: Layout, batch: int, W: int) -> CountedWindow:
-        G, D, K, L = layout.groups, layout.domain, self.top_k, self.L
-        S, B = layout.num_slots, batch
-        n = W * G * B
-        pos = self._positions(n)
-        per_step = G * B
-        if layout.replicated:  # the slot depends on the token's source: counted per schedule
+    def _window_chains(self, layout: Layout, B: int, W: int) -> dict[str, _Chain]:
+        """The chains a window of ``layout`` counts from: ``slots`` (V = slots), ``first`` (each
+        token's first choice to a group, V = G), ``pairs`` (every valid choice, V = G) and, across
+        domains, ``domain`` (each token's first choice to a domain, V = domains). A replicated layout's
+        are counted per schedule (the slot depends on the token's source); the others' are the whole
+        stream's, shared by every batch (a schedule shorter than the stream counts its prefix's blocks)."""
+        G, D, K, S = layout.groups, layout.domain, self.top_k, layout.num_slots
+        if layout.replicated:
             slots = self._replica_slots(layout, B, W)
-            dest = _destinations(slots, layout)
+            base = _destinations(slots, layout)
             ckey: tuple[object, ...] = (*layout.key, G, D, B, W)
             slot_chain = self._chain(("slots", *ckey), lambda: (slots, S, 1), keep=False)
-            base = dest
         else:
-            # the whole stream's destinations and chains, shared by every batch: a schedule replaying
-            # fewer tokens than the stream holds counts the blocks of its prefix only
             ckey = (*layout.key, G, D)
             slot_chain = self._chain(("slots", *self._slot_key(layout)), lambda: (self.slots(layout), S, 1))
             base = self._stream_destinations(layout)
-            dest = base.head(n) if n <= self.N else base.at(pos)
+        keep = not layout.replicated  # a replicated layout counts per schedule: its window is the cache
 
-        def marked(mask: np.ndarray, V: int) -> np.ndarray:
-            return np.where(mask, base.groups, np.asarray(V, dtype=base.groups.dtype))
+        def marked(mask: np.ndarray, values: np.ndarray, V: int) -> np.ndarray:
+            return np.where(mask, values, np.asarray(V, dtype=values.dtype))
 
-        keep_chain = not layout.replicated  # a replicated layout counts per schedule: its window is the cache
-        first_chain = self._chain(("first", *ckey), lambda: (marked(base.first, G), G, 1), keep=keep_chain)
-        recv = self._blocks(slot_chain, per_step, W)
-        recv_tokens = self._blocks(first_chain, per_step, W)
-        # source side: each group's B tokens of a step
-        shape4 = (W, G, B, L)
+        out = {
+            "slots": slot_chain,
+            "first": self._chain(
+                ("first", *ckey), lambda: (marked(base.first, base.groups, G), G, 1), keep=keep
+            ),
+            "pairs": self._chain(
+                ("pairs", *ckey), lambda: (marked(base.groups < G, base.groups, G), G, K), keep=keep
+            ),
+        }
+        first_domain = base.first_domain
+        if first_domain is not None:
+            Q = -(-G // D)
+            out["domain"] = self._chain(
+                ("domain", *ckey), lambda: (marked(first_domain, base.groups // D, Q), Q, 1), keep=keep
+            )
+        return out
 
-        def src_sum(x: np.ndarray) -> np.ndarray:  # [n, L] -> [W, L, G]
-            return np.moveaxis(x.reshape(shape4).sum(axis=2, dtype=np.int64), 1, 2)
+    def _by_source(self, chain: _Chain, B: int, W: int, G: int) -> np.ndarray:
+        """[W, G, L, V] counts of ``chain`` per source group's ``B`` tokens of each step."""
+        return self._blocks(chain, B, W * G).reshape(W, G, self.L, chain.V)
 
-        src = np.arange(G, dtype=dest.groups.dtype)[None, :, None, None, None]
-        own = dest.groups.reshape(W, G, B, L, K) == src
+    def _count(self, layout: Layout, batch: int, W: int, *, deepep_normal: bool = False) -> CountedWindow:
+        G, D, K = layout.groups, layout.domain, self.top_k
+        B = batch
+        chains = self._window_chains(layout, B, W)
+        recv = self._blocks(chains["slots"], G * B, W)
+        recv_tokens = self._blocks(chains["first"], G * B, W)
+        # source side, from each source group's B tokens of a step ([W, G src, L, G dst]): tokens with a
+        # choice to each group, and valid choices to it
+        tok = self._by_source(chains["first"], B, W, G)
+        pairs = self._by_source(chains["pairs"], B, W, G)
+        g = np.arange(G)
+
+        def per_src(x: np.ndarray) -> np.ndarray:  # [W, G src, L] -> [W, L, G]
+            return np.moveaxis(x, 1, 2).astype(np.int64)
+
+        def own(x: np.ndarray) -> np.ndarray:  # [W, G, L, G] -> [W, L, G] where source = destination
+            return x[:, g, :, g].transpose(1, 2, 0).astype(np.int64)
+
         win = CountedWindow(
             layout=layout,
             batch=B,
             num_steps=W,
             top_k=K,
             recv=recv,
-            sent_pairs=src_sum(dest.num_valid),
-            sent_tokens=src_sum(dest.num_groups),
-            own_pairs=src_sum(own.sum(axis=-1, dtype=np.uint8).reshape(n, L)),
-            own_tokens=src_sum(own.any(axis=-1).reshape(n, L)),
+            sent_pairs=per_src(pairs.sum(axis=-1, dtype=np.int64)),
+            sent_tokens=per_src(tok.sum(axis=-1, dtype=np.int64)),
+            own_pairs=own(pairs),
+            own_tokens=own(tok),
             recv_tokens=recv_tokens.astype(np.int64),
         )
         if G > D:  # what stays in the source's domain; a domain's tokens are B * D consecutive positions
             Q = -(-G // D)
-            same = (dest.groups // D).reshape(W, G, B, L, K) == (src // D)
-            same &= (dest.groups < G).reshape(same.shape)
-            win.local_sent_pairs = src_sum(same.sum(axis=-1, dtype=np.uint8).reshape(n, L))
-            same &= dest.first.reshape(same.shape)
-            win.local_sent_tokens = src_sum(same.sum(axis=-1, dtype=np.uint8).reshape(n, L))
-            pair_chain = self._chain(
-                ("pairs", *ckey), lambda: (marked(base.groups < G, G), G, K), keep=keep_chain
-            )
+            same = (g[:, None] // D == g[None, :] // D)[None, :, None, :]  # [1, G src, 1, G dst]
+            win.local_sent_pairs = per_src(np.where(same, pairs, 0).sum(axis=-1, dtype=np.int64))
+            win.local_sent_tokens = per_src(np.where(same, tok, 0).sum(axis=-1, dtype=np.int64))
             dom_of = np.arange(G) // D
             if G % D == 0:
                 blocks = W * Q
 
                 def local(chain: _Chain) -> np.ndarray:
-                    x = self._blocks(chain, B * D, blocks).reshape(W, Q, L, G)
+                    x = self._blocks(chain, B * D, blocks).reshape(W, Q, self.L, G)
                     return np.take_along_axis(x, dom_of[None, None, None, :].repeat(W, 0), axis=1)[:, 0]
 
             else:  # the last domain is partial: count per step with the source's domain in the key
 
                 def local(chain: _Chain) -> np.ndarray:
-                    return self._local_partial(chain, dest, B, W, G, D)
+                    return self._local_partial(chain, B, W, G, D)
 
-            win.local_recv_pairs = local(pair_chain).astype(np.int64)
-            win.local_recv_tokens = local(first_chain).astype(np.int64)
+            win.local_recv_pairs = local(chains["pairs"]).astype(np.int64)
+            win.local_recv_tokens = local(chains["first"]).astype(np.int64)
+            if deepep_normal:
+                win.domain_loads = self._domain_loads(layout, B, W, chains, tok)
         return win
 
-    def _local_partial(
-        self, chain: _Chain, dest: _Destinations, B: int, W: int, G: int, D: int
-    ) -> np.ndarray:
+    def _local_partial(self, chain: _Chain, B: int, W: int, G: int, D: int) -> np.ndarray:
         """[W, L, G] of ``chain``'s counts from sources in the destination's own domain, when the groups
         do not fill whole domains (a bincount over the replayed positions)."""
         L, n = self.L, W * G * B
@@ -697,48 +688,51 @@ class Workloads:
         keys = ((step * L + np.arange(L)[None, :, None]) * G + vals)[keep]
         return np.bincount(keys, minlength=W * L * G).reshape(W, L, G)
 
-    def _domain_loads(self, layout: Layout, batch: int, W: int) -> dict[str, np.ndarray]:
+    def _domain_loads(
+        self,
+        layout: Layout,
+        B: int,
+        W: int,
+        chains: dict[str, _Chain] | None = None,
+        tok: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
         """DeepEP normal across domains (as ``tracekit.cost.comm`` prices it from the matrices): NVLink
         carries every (token, group) pair whose local indices differ, forwarded inside the destination
-        domain; the NIC one copy per (token, remote destination domain)."""
+        domain by the rank of the source's local index; the NIC one copy per (token, remote destination
+        domain), received by that rank. From each source group's tokens with a choice to each group
+        (``tok``) and to each domain, per step."""
         G, D, L = layout.groups, layout.domain, self.L
         if G % D:
             raise DeploymentError(
                 f"deepep-normal across domains needs whole domains: {G} ranks is not a multiple of {D} per domain"
             )
-        n = W * G * batch
-        if layout.replicated:
-            dest = _destinations(self._replica_slots(layout, batch, W), layout)
-        else:
-            whole = self._stream_destinations(layout)
-            dest = whole.head(n) if n <= self.N else whole.at(self._positions(n))
-        first_dom = dest.first_domain
-        if first_dom is None:
-            raise RuntimeError("workload: no domain marks in one domain")
-        step = np.repeat(np.arange(W, dtype=np.int64), G * batch)
-        src = (np.arange(n, dtype=np.int64) // batch) % G
-        src_local, src_dom = (src % D)[:, None, None], (src // D)[:, None, None]
-        groups = np.minimum(dest.groups, G - 1).astype(np.int64)
-        dst_local, dst_dom = groups % D, groups // D
-        base = step[:, None, None] * L + np.arange(L, dtype=np.int64)[None, :, None]
+        if chains is None:
+            chains = self._window_chains(layout, B, W)
+        if tok is None:
+            tok = self._by_source(chains["first"], B, W, G)
+        Q = G // D
+        f = np.float64
+        # sources (a, i) and destinations (q, k): domain and local index
+        t6 = tok.reshape(W, Q, D, L, Q, D).astype(f)  # [w, a, i, l, q, k]
+        h5 = self._by_source(chains["domain"], B, W, G).reshape(W, Q, D, L, Q).astype(f)  # [w, a, i, l, q]
+        d = np.arange(D)
+        q = np.arange(Q)
+        to_k = t6.sum(axis=(1, 2))  # [w, l, q, k] from every source
+        same_k = t6[:, :, d, :, :, d].sum(axis=2)  # [k, w, l, q]: sources of local index k
+        nvl_recv = to_k - same_k.transpose(1, 2, 3, 0)
+        by_i = t6.sum(axis=1)  # [w, i, l, q, k]
+        nvl_sent = by_i.sum(axis=-1) - by_i[:, d, :, :, d].transpose(1, 0, 2, 3)  # [w, i, l, q]
+        to_q = h5.sum(axis=1)  # [w, i, l, q]
+        own_dom = h5[:, q, :, :, q]  # [q, w, i, l]: sources in the destination domain
+        net_recv = to_q - own_dom.transpose(1, 2, 3, 0)  # [w, i, l, q]
+        net_sent = h5.sum(axis=-1) - h5[:, q, :, :, q].transpose(1, 0, 2, 3)  # [w, a, i, l]
 
-        def count(keys: np.ndarray, mask: np.ndarray) -> np.ndarray:  # -> [W, L, G]
-            return np.bincount(keys[mask], minlength=W * L * G).reshape(W, L, G).astype(np.float64)
+        def ranks(x: np.ndarray) -> np.ndarray:  # [w, l, q, i] -> [W, L, G]
+            return x.reshape(W, L, G)
 
-        crossed = dest.first & (dst_local != src_local)
-        # NVLink sent by rank (b, i): tokens of local index i's ranks to domain b's ranks j != i;
-        # received by rank (b, j): tokens to it from ranks of local index i != j
-        nvl_sent = count(base * G + dst_dom * D + src_local, crossed)
-        nvl_recv = count(base * G + groups, crossed)
-        # NIC received by rank (b, i): one copy per token from local index i's ranks of other domains
-        remote = first_dom & (dst_dom != src_dom)
-        net_recv = count(base * G + dst_dom * D + src_local, remote)
-        net_sent = np.moveaxis(
-            remote.reshape(W, G, batch, L, -1).sum(axis=(2, 4), dtype=np.int64), 1, 2
-        ).astype(np.float64)
         return {
-            "nvlink_sent": nvl_sent,
-            "nvlink_recv": nvl_recv,
-            "network_sent": net_sent,
-            "network_recv": net_recv,
+            "nvlink_sent": ranks(nvl_sent.transpose(0, 2, 3, 1)),
+            "nvlink_recv": ranks(nvl_recv),
+            "network_sent": np.moveaxis(net_sent.reshape(W, G, L), 1, 2),
+            "network_recv": ranks(net_recv.transpose(0, 2, 3, 1)),
         }
