@@ -4,6 +4,7 @@ lengths scaled to a mean, prefix-cache hits, aggregated serving."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -14,10 +15,17 @@ from tests.replay._traces import random_ids, write_ranked_trace
 from tracekit.cost.kernels import elementwise_time, grouped_gemm_time
 from tracekit.errors import UsageError
 from tracekit.precision import bytes_per_param, wire_bytes_per_token
-from tracekit.replay import Deployment, replay
+from tracekit.replay import Deployment, engine, replay
 from tracekit.replay.layer import LayerShape
 from tracekit.replay.setup import make_setup
-from tracekit.replay.timing import RoutedCounts, _chunk_comm_s, _chunk_experts_s, _pricer
+from tracekit.replay.timing import (
+    RoutedCounts,
+    WindowCost,
+    _chunk_comm_s,
+    _chunk_experts_s,
+    _prefill_layer,
+    _pricer,
+)
 from tracekit.trace import TraceWriter, open_trace
 
 R, E, K = 4, 16, 2
@@ -213,3 +221,34 @@ def test_a_prefill_chunks_expert_pairs_cost_the_rows_they_add(ranked: Path) -> N
     np.testing.assert_allclose(got, experts(12.0) - experts(8.0), rtol=1e-9)
     assert (got > 0).all()
     assert (_chunk_experts_s(setup, pricer, shape, 0.0) == 0).all()
+
+
+def test_a_prefill_chunk_joins_the_decode_tokens_kernels(ranked: Path) -> None:
+    """On one GPU (no all-to-all) a step's chunk costs its own attention core plus what its 512 rows
+    add to the kernels of the rank's decode rows (weights read and latency floors paid once): less
+    than the same layer as kernels of its own, more than its core alone."""
+    captured: list[WindowCost] = []
+    real = engine.attribute
+
+    def keep(cost: WindowCost, **kw: Any) -> Any:
+        captured.append(cost)
+        return real(cost, **kw)
+
+    dep = Deployment(hw="h200-sxm", ep=1, aggregated=(512, 64))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "attribute", keep)
+        res = replay(ranked, dep)
+    cost = captured[0]
+    assert cost.chunk_s is not None
+    setup = make_setup(open_trace(ranked), dep)
+    pre = _pricer(setup, "prefill")
+    W = cost.chunk_s.shape[0]
+    B = float(res.steps["num_tokens"][0])  # decode rows of the one GPU
+    assert (res.steps["num_tokens"] == B).all() and B > 0
+    own, core = _prefill_layer(setup, pre, 512.0, 0.0, W)
+    both, both_core = _prefill_layer(setup, pre, B + 512.0, 0.0, W)
+    alone, alone_core = _prefill_layer(setup, pre, B, 0.0, W)
+    np.testing.assert_allclose(cost.chunk_s, core + (both - both_core) - (alone - alone_core), rtol=1e-12)
+    assert (cost.chunk_s < own).all() and (cost.chunk_s > core).all()
+    # each of the B sequences is replaced every 64 steps, one chunk each
+    assert cost.chunk_prob == pytest.approx(B / 64)

@@ -298,10 +298,12 @@ def _prefill_chunks(
     the chance that at least one of the step's ranks runs one, and what the step's chunks add to
     every rank's routed experts ([W, T]); None without aggregated serving. Every rank's ``B``
     sequences are replaced at the rate they finish (``B / osl`` per step), each new one bringing
-    ``isl`` prompt tokens in chunks of ``prefill_chunk``. A chunk's tokens go through the MoE layers
-    like the decode tokens beside them: the rank running it dispatches and combines them
-    (:func:`_chunk_comm_s`), and their expert pairs land on every expert group
-    (:func:`_chunk_experts_s`)."""
+    ``isl`` prompt tokens in chunks of ``prefill_chunk``. The chunk's rows join the decode tokens'
+    kernels (engines batch context and generation tokens into one pass: norms, projections, router,
+    shared experts cost the rows they add, weights read once) and its own attention core runs beside
+    the decode one. Its tokens go through the MoE layers like the decode tokens: the rank running it
+    dispatches and combines them (:func:`_chunk_comm_s`), and their expert pairs land on every
+    expert group (:func:`_chunk_experts_s`)."""
     dep = setup.dep
     if dep.aggregated is None or phase != "decode":
         return None
@@ -314,43 +316,61 @@ def _prefill_chunks(
     groups = max(1, setup.num_ranks // dep.tp)
     prob = 1.0 - (1.0 - p) ** groups
     W = lm.W
-    one = np.full((1, W, 1), float(chunk))
-    ctx = np.full((1, W, 1, 1), max(0.0, (isl - chunk) / 2.0))  # the chunk's mean earlier context
-    prefill = LayerShape(
-        tokens=one,
-        new_tokens=one[..., None],
-        context_tokens=ctx,
-        expert_tokens=np.zeros((1, W, 1, 1, 1)),
-        phase="prefill",
-        tp=dep.tp,
-    )
-    pre = _pricer(setup, "prefill")
-    attn_costs: dict[Any, LayerCosts] = {}
-    for w in setup.distinct_windows:
-        costs = LayerCosts()
-        pre.attention_layer(prefill, w, costs)
-        attn_costs[w] = costs
-    moe = LayerCosts()
-    pre.router(prefill, moe)
-    if pre.has_shared():
-        pre.ffn(prefill.tokens, pre.shared_width(), "shared", moe, dep.tp)
-    dense = LayerCosts()
-    pre.ffn(prefill.tokens, float(setup.arch.intermediate_size or 0), "ffn", dense, dep.tp)
-    one_rank = LayerMap(source_of=setup.source_of, W=W, R=1)
-    kinds = _kinds(setup, one_rank)
-    per_layer = sum(
-        (_assemble(kinds, attn_costs, moe, dense, s, 1) for s in ("attn0", "attn1", "shared", "ffn")),
-        np.zeros((1, *one_rank.shape)),
-    )
     # tokens of the decode step on a rank (its attention group's, shared by its tp ranks)
     step_tokens = float(shape.tokens.sum(axis=0).mean())
+    pre = _pricer(setup, "prefill")
+    ctx = max(0.0, (isl - chunk) / 2.0)  # the chunk's mean earlier context
+    # the chunk's own attention core, and what its rows add to the kernels it shares with the decode
+    # tokens beside it (norms, projections, router, shared experts, a dense layer's FFN: one kernel
+    # over all the rank's tokens, weights read once)
+    _, core = _prefill_layer(setup, pre, float(chunk), ctx, W)
+    both, both_core = _prefill_layer(setup, pre, step_tokens + chunk, ctx, W)
+    alone, alone_core = _prefill_layer(setup, pre, step_tokens, ctx, W)
+    per_layer = core + (both - both_core) - (alone - alone_core)
     comm = _chunk_comm_s(setup, phase, routed, chunk / dep.tp, step_tokens / dep.tp)  # [W, L]
     # expected chunks of a step that has at least one, every chunk's pairs spread over the groups
     chunks = groups * p / prob if prob > 0 else 0.0
     pairs = chunks * chunk * setup.arch.top_k / setup.ep_groups
     experts = _chunk_experts_s(setup, pricer, shape, pairs)  # [W, L]
-    chunk_s = per_layer[0, :, :, 0] + lm.layers(comm[..., None], 0.0)[..., 0]
+    chunk_s = per_layer + lm.layers(comm[..., None], 0.0)[..., 0]
     return chunk_s, prob, lm.layers(experts[..., None], 0.0)[..., 0]
+
+
+def _prefill_layer(
+    setup: ReplaySetup, pricer: LayerPricer, tokens: float, context: float, W: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """[W, T] one rank's layer in the prefill form for ``tokens`` rows of one sequence over
+    ``context`` earlier tokens: its attention, router, shared experts and dense FFN, and the attention
+    core's part of it."""
+    dep = setup.dep
+    rows = np.full((1, W, 1), tokens)
+    shape = LayerShape(
+        tokens=rows,
+        new_tokens=rows[..., None],
+        context_tokens=np.full((1, W, 1, 1), context),
+        expert_tokens=np.zeros((1, W, 1, 1, 1)),
+        phase="prefill",
+        tp=dep.tp,
+    )
+    attn_costs: dict[Any, LayerCosts] = {}
+    for w in setup.distinct_windows:
+        costs = LayerCosts()
+        pricer.attention_layer(shape, w, costs)
+        attn_costs[w] = costs
+    moe = LayerCosts()
+    pricer.router(shape, moe)
+    if pricer.has_shared():
+        pricer.ffn(shape.tokens, pricer.shared_width(), "shared", moe, dep.tp)
+    dense = LayerCosts()
+    pricer.ffn(shape.tokens, float(setup.arch.intermediate_size or 0), "ffn", dense, dep.tp)
+    one_rank = LayerMap(source_of=setup.source_of, W=W, R=1)
+    kinds = _kinds(setup, one_rank)
+    total = sum(
+        (_assemble(kinds, attn_costs, moe, dense, s, 1) for s in ("attn0", "attn1", "shared", "ffn")),
+        np.zeros((1, *one_rank.shape)),
+    )
+    core = _component(kinds, attn_costs, moe, dense, "attention", 1).time
+    return total[0, :, :, 0], np.asarray(core, dtype=np.float64)[..., 0]
 
 
 def _chunk_comm_s(
