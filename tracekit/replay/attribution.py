@@ -165,10 +165,11 @@ def rank_times(cost: WindowCost, *, schedule: str, derate: float = 1.0) -> RankT
 
 def layer_times(cost: WindowCost, ranks: RankTimes) -> LayerTimes:
     """The slowest rank sets a layer's time. In aggregated serving, with chance ``p`` some rank
-    also runs a prefill chunk (``c`` per layer: its attention, router, shared experts and the extra
-    all-to-all of its tokens) and the layer takes ``max(slowest, mean + c)``, plus what the chunks'
-    tokens add to every rank's routed experts (``x``), plus ``e`` when decode runs under CUDA graphs
-    (such a step is not captured: every kernel launches eagerly): the expected time is
+    also runs a prefill chunk (``c`` per layer: its attention core, what its rows add to the rank's
+    other kernels, the extra all-to-all of its tokens) and the layer takes ``max(slowest, mean + c)``,
+    plus what the chunks' tokens add to every rank's routed experts (``x``), plus ``e`` when decode
+    runs under CUDA graphs (such a step is not captured: every kernel launches eagerly): the
+    expected time is
     ``(1 - p) * slowest + p * (e + x + max(slowest, mean + c))`` (a straggler too)."""
     total = ranks.total
     time = total.max(axis=-1)

@@ -158,8 +158,9 @@ class WindowCost:
     embedding: Priced
     lm_head: Priced
     #: Aggregated serving: [W, T] what a rank that also runs a prefill chunk spends on it per layer
-    #: (its attention, router and shared experts, and the extra dispatch and combine of the chunk's
-    #: tokens), and the chance that some rank of the step does (0: no prefill beside the decode steps).
+    #: (the chunk's attention core, what its rows add to the rank's norms, projections, router and
+    #: shared experts, and the extra dispatch and combine of its tokens), and the chance that some
+    #: rank of the step does (0: no prefill beside the decode steps).
     chunk_s: np.ndarray | None = None
     chunk_prob: float = 0.0
     #: [W, T] what the chunks' tokens add to every rank's routed experts in a step with a chunk (the
