@@ -112,3 +112,20 @@ def test_an_aggregated_prefill_chunk_stalls_the_layer() -> None:
     # every rank takes 30 us; a rank with a chunk takes 130: the layer waits for it a quarter of the time
     assert base == pytest.approx(30 * US)
     assert got == pytest.approx(0.75 * 30 * US + 0.25 * 130 * US)
+
+
+def test_a_prefill_chunks_expert_pairs_lengthen_every_rank() -> None:
+    """The chunks' tokens reach every rank's routed experts (8 us more each): a step with a chunk
+    takes 8 + max(30, 30 + 100) us, whoever runs the chunk."""
+    cost = _cost({"attn0": [10], "attn1": [20]}, dispatch=[0], combine=[0], ranks=4)
+    ranks = rank_times(cost, schedule="serial")
+    staged = cost.__class__(
+        **{
+            **cost.__dict__,
+            "chunk_s": np.array([[100 * US]]),
+            "chunk_prob": 0.25,
+            "chunk_moe_s": np.array([[8 * US]]),
+        }
+    )
+    got = float(layer_times(staged, ranks).time[0, 0])
+    assert got == pytest.approx(0.75 * 30 * US + 0.25 * (8 + 130) * US)

@@ -4,6 +4,7 @@ lengths scaled to a mean, prefix-cache hits, aggregated serving."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -11,9 +12,21 @@ import pytest
 
 from tests.factories import write_routing_trace
 from tests.replay._traces import random_ids, write_ranked_trace
+from tracekit.cost.kernels import elementwise_time, grouped_gemm_time
 from tracekit.errors import UsageError
-from tracekit.replay import Deployment, replay
-from tracekit.trace import TraceWriter
+from tracekit.precision import bytes_per_param, wire_bytes_per_token
+from tracekit.replay import Deployment, engine, replay
+from tracekit.replay.layer import LayerShape
+from tracekit.replay.setup import make_setup
+from tracekit.replay.timing import (
+    RoutedCounts,
+    WindowCost,
+    _chunk_comm_s,
+    _chunk_experts_s,
+    _prefill_layer,
+    _pricer,
+)
+from tracekit.trace import TraceWriter, open_trace
 
 R, E, K = 4, 16, 2
 PARTS = [
@@ -144,3 +157,98 @@ def test_aggregated_serving_stalls_decode(ranked: Path) -> None:
         np.testing.assert_allclose(agg.steps[c], plain.steps[c])
     assert (agg.steps["straggler_s"] > plain.steps["straggler_s"]).all()
     assert chunked.run["prefill_chunk"][0] == 128 and agg.run["aggregated_isl"][0] == 512
+
+
+def test_a_prefill_chunks_alltoall_grows_with_its_tokens(ranked: Path) -> None:
+    """A rank that also sends a chunk of 300 prompt tokens beside its 100 decode tokens sends 4x the
+    bytes and receives what it did: on NVLink, above the floor, each of dispatch and combine takes
+    (4 - 1) x its sent bytes / (NVLink bandwidth x efficiency) longer."""
+    setup = make_setup(open_trace(ranked), Deployment(hw="h200-sxm", ep=R, aggregated=(512, 64)))
+    hw, dep = setup.hw, setup.dep
+    tok = 2e5  # tokens each rank sends and receives on NVLink per layer (far above the latency floor)
+    loads = {
+        "nvlink_sent": np.full((1, 2, R), tok),
+        "nvlink_recv": np.full((1, 2, R), tok),
+        "network_sent": np.zeros((1, 2, R)),
+        "network_recv": np.zeros((1, 2, R)),
+    }
+    zero = np.zeros((1, 2, R))
+    routed = RoutedCounts(
+        loads=loads, tokens_recv=zero, active_experts=zero, sent_tokens=zero, recv_tokens=zero
+    )
+    got = _chunk_comm_s(setup, "decode", routed, 300.0, 100.0)
+    p = hw.comm_params(dep.impl_for("decode"))
+    H = setup.arch.hidden_size
+    sent = (
+        3
+        * tok
+        * (wire_bytes_per_token(dep.precision.dispatch, H) + wire_bytes_per_token(dep.precision.combine, H))
+    )
+    assert got.shape == (1, 2)
+    np.testing.assert_allclose(got, sent / (hw.scaleup_bw * p.eff_up), rtol=1e-9)
+    assert (_chunk_comm_s(setup, "decode", routed, 0.0, 100.0) == 0).all()
+
+
+def test_a_prefill_chunks_expert_pairs_cost_the_rows_they_add(ranked: Path) -> None:
+    """Each rank's 4 slots hold 8 rows each; 16 more pairs make it 12 each: the extra time is the
+    two grouped GEMMs and the activation at 12 rows per expert minus the same at 8."""
+    setup = make_setup(open_trace(ranked), Deployment(hw="h200-sxm", ep=R, aggregated=(512, 64)))
+    hw, arch = setup.hw, setup.arch
+    S = setup.placement.slots_per_rank
+    assert S == E // R
+    pricer = _pricer(setup, "decode")
+    shape = LayerShape(
+        tokens=np.full((1, 1, R), 16.0),
+        new_tokens=np.ones((1, 1, R, 16)),
+        context_tokens=np.full((1, 1, R, 16), 100.0),
+        expert_tokens=np.full((1, 1, 2, R, S), 8.0),
+        phase="decode",
+        tp=1,
+    )
+    got = _chunk_experts_s(setup, pricer, shape, 16.0)
+    H, F, prec = arch.hidden_size, arch.moe_intermediate_size, setup.dep.precision.experts
+
+    def experts(rows: float) -> float:
+        per = np.full(S, rows)
+        kw = {"tokens_per_expert": per, "precision": prec, "layout": pricer.expert_layout}
+        gemms = (
+            grouped_gemm_time(hw, n=2 * F, k=H, **kw).time_s + grouped_gemm_time(hw, n=H, k=F, **kw).time_s
+        )
+        act = elementwise_time(hw, hbm_bytes=S * rows * F * (4.0 + bytes_per_param(prec))).time_s
+        return float(gemms * hw.time_scale("expert_gemm") + act * hw.time_scale("elementwise"))
+
+    assert got.shape == (1, 2)
+    np.testing.assert_allclose(got, experts(12.0) - experts(8.0), rtol=1e-9)
+    assert (got > 0).all()
+    assert (_chunk_experts_s(setup, pricer, shape, 0.0) == 0).all()
+
+
+def test_a_prefill_chunk_joins_the_decode_tokens_kernels(ranked: Path) -> None:
+    """On one GPU (no all-to-all) a step's chunk costs its own attention core plus what its 512 rows
+    add to the kernels of the rank's decode rows (weights read and latency floors paid once): less
+    than the same layer as kernels of its own, more than its core alone."""
+    captured: list[WindowCost] = []
+    real = engine.attribute
+
+    def keep(cost: WindowCost, **kw: Any) -> Any:
+        captured.append(cost)
+        return real(cost, **kw)
+
+    dep = Deployment(hw="h200-sxm", ep=1, aggregated=(512, 64))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "attribute", keep)
+        res = replay(ranked, dep)
+    cost = captured[0]
+    assert cost.chunk_s is not None
+    setup = make_setup(open_trace(ranked), dep)
+    pre = _pricer(setup, "prefill")
+    W = cost.chunk_s.shape[0]
+    B = float(res.steps["num_tokens"][0])  # decode rows of the one GPU
+    assert (res.steps["num_tokens"] == B).all() and B > 0
+    own, core = _prefill_layer(setup, pre, 512.0, 0.0, W)
+    both, both_core = _prefill_layer(setup, pre, B + 512.0, 0.0, W)
+    alone, alone_core = _prefill_layer(setup, pre, B, 0.0, W)
+    np.testing.assert_allclose(cost.chunk_s, core + (both - both_core) - (alone - alone_core), rtol=1e-12)
+    assert (cost.chunk_s < own).all() and (cost.chunk_s > core).all()
+    # each of the B sequences is replaced every 64 steps, one chunk each
+    assert cost.chunk_prob == pytest.approx(B / 64)

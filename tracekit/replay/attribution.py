@@ -165,10 +165,12 @@ def rank_times(cost: WindowCost, *, schedule: str, derate: float = 1.0) -> RankT
 
 def layer_times(cost: WindowCost, ranks: RankTimes) -> LayerTimes:
     """The slowest rank sets a layer's time. In aggregated serving, with chance ``p`` some rank
-    also runs a prefill chunk (``c`` per layer) and the layer takes ``max(slowest, mean + c)``, plus
-    ``e`` when decode runs under CUDA graphs (such a step is not captured: every kernel launches
-    eagerly): the expected time is ``(1 - p) * slowest + p * (e + max(slowest, mean + c))`` (a
-    straggler too)."""
+    also runs a prefill chunk (``c`` per layer: its attention core, what its rows add to the rank's
+    other kernels, the extra all-to-all of its tokens) and the layer takes ``max(slowest, mean + c)``,
+    plus what the chunks' tokens add to every rank's routed experts (``x``), plus ``e`` when decode
+    runs under CUDA graphs (such a step is not captured: every kernel launches eagerly): the
+    expected time is
+    ``(1 - p) * slowest + p * (e + x + max(slowest, mean + c))`` (a straggler too)."""
     total = ranks.total
     time = total.max(axis=-1)
     slowest = total.argmax(axis=-1)
@@ -176,7 +178,8 @@ def layer_times(cost: WindowCost, ranks: RankTimes) -> LayerTimes:
     if cost.chunk_s is not None and cost.chunk_prob > 0:
         p = cost.chunk_prob
         eager = 0.0 if cost.chunk_eager_s is None else cost.chunk_eager_s
-        time = (1.0 - p) * time + p * (eager + np.maximum(time, mean_load + cost.chunk_s))
+        experts = 0.0 if cost.chunk_moe_s is None else cost.chunk_moe_s
+        time = (1.0 - p) * time + p * (eager + experts + np.maximum(time, mean_load + cost.chunk_s))
     share = np.divide(
         np.minimum(ranks.exposed, ranks.comm), ranks.comm, out=np.zeros_like(ranks.comm), where=ranks.comm > 0
     )

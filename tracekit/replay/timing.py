@@ -27,7 +27,7 @@ import numpy as np
 
 from tracekit.cost import EPTraffic, allreduce, gemm, link_loads, roofline
 from tracekit.cost.comm import combine_from_loads, dispatch_from_loads
-from tracekit.cost.kernels import GroupedRows
+from tracekit.cost.kernels import GROUPED_TILE_ROWS, GroupedRows
 from tracekit.cost.result import BOUNDS, CommCost
 from tracekit.hardware import comm_impl
 from tracekit.precision import bytes_per_param, wire_bytes_per_token
@@ -157,10 +157,15 @@ class WindowCost:
     #: Per (step, rank) [W, R]: the embedding read and the LM head.
     embedding: Priced
     lm_head: Priced
-    #: Aggregated serving: [W, T] what a rank that also runs a prefill chunk spends on it per layer,
-    #: and the chance that some rank of the step does (0: no prefill beside the decode steps).
+    #: Aggregated serving: [W, T] what a rank that also runs a prefill chunk spends on it per layer
+    #: (the chunk's attention core, what its rows add to the rank's norms, projections, router and
+    #: shared experts, and the extra dispatch and combine of its tokens), and the chance that some
+    #: rank of the step does (0: no prefill beside the decode steps).
     chunk_s: np.ndarray | None = None
     chunk_prob: float = 0.0
+    #: [W, T] what the chunks' tokens add to every rank's routed experts in a step with a chunk (the
+    #: expected chunks of such a step, their expert pairs spread over the expert groups).
+    chunk_moe_s: np.ndarray | None = None
     #: [T] what a step with a prefill chunk adds to every rank's layer when decode runs under CUDA
     #: graphs: engines capture decode-only batches, so such a step launches every kernel eagerly.
     chunk_eager_s: np.ndarray | None = None
@@ -242,10 +247,12 @@ def time_counted(
     outputs = load.outputs[lo:hi].astype(np.float64) * q
     tok = load.tokens[lo:hi].astype(np.float64) * q
     embedding, lm_head = _edges(setup, tok, _group_sum(outputs, dep.tp))
-    chunk_s, chunk_prob = _prefill_chunks(setup, phase, shape, lm)
+    chunk = _prefill_chunks(setup, phase, shape, lm, pricer=pricer, routed=routed)
+    chunk_s, chunk_prob, chunk_moe_s = chunk if chunk is not None else (None, 0.0, None)
     return WindowCost(
         chunk_s=chunk_s,
         chunk_prob=chunk_prob,
+        chunk_moe_s=chunk_moe_s,
         chunk_eager_s=_eager_penalty(setup, pricer, attn, moe, dense, M) if chunk_prob > 0 else None,
         layer_map=lm,
         M=M,
@@ -280,15 +287,27 @@ def _eager_penalty(
 
 
 def _prefill_chunks(
-    setup: ReplaySetup, phase: str, shape: LayerShape, lm: LayerMap
-) -> tuple[np.ndarray | None, float]:
-    """Aggregated serving: each layer's cost of one prefill chunk on a rank ([W, T]), and the chance
-    that at least one of the step's ranks runs one. Every rank's ``B`` sequences are replaced at
-    the rate they finish (``B / osl`` per step), each new one bringing ``isl`` prompt tokens in
-    chunks of ``prefill_chunk``."""
+    setup: ReplaySetup,
+    phase: str,
+    shape: LayerShape,
+    lm: LayerMap,
+    *,
+    pricer: LayerPricer,
+    routed: RoutedCounts,
+) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """Aggregated serving: each layer's cost of one prefill chunk on the rank running it ([W, T]),
+    the chance that at least one of the step's ranks runs one, and what the step's chunks add to
+    every rank's routed experts ([W, T]); None without aggregated serving. Every rank's ``B``
+    sequences are replaced at the rate they finish (``B / osl`` per step), each new one bringing
+    ``isl`` prompt tokens in chunks of ``prefill_chunk``. The chunk's rows join the decode tokens'
+    kernels (engines batch context and generation tokens into one pass: norms, projections, router,
+    shared experts cost the rows they add, weights read once) and its own attention core runs beside
+    the decode one. Its tokens go through the MoE layers like the decode tokens: the rank running it
+    dispatches and combines them (:func:`_chunk_comm_s`), and their expert pairs land on every
+    expert group (:func:`_chunk_experts_s`)."""
     dep = setup.dep
     if dep.aggregated is None or phase != "decode":
-        return None, 0.0
+        return None
     isl, osl = dep.aggregated
     chunk = min(dep.prefill_chunk or isl, isl)
     chunks_per_prompt = -(-isl // chunk)
@@ -298,35 +317,110 @@ def _prefill_chunks(
     groups = max(1, setup.num_ranks // dep.tp)
     prob = 1.0 - (1.0 - p) ** groups
     W = lm.W
-    one = np.full((1, W, 1), float(chunk))
-    ctx = np.full((1, W, 1, 1), max(0.0, (isl - chunk) / 2.0))  # the chunk's mean earlier context
-    prefill = LayerShape(
-        tokens=one,
-        new_tokens=one[..., None],
-        context_tokens=ctx,
+    # tokens of the decode step on a rank (its attention group's, shared by its tp ranks)
+    step_tokens = float(shape.tokens.sum(axis=0).mean())
+    pre = _pricer(setup, "prefill")
+    ctx = max(0.0, (isl - chunk) / 2.0)  # the chunk's mean earlier context
+    # the chunk's own attention core, and what its rows add to the kernels it shares with the decode
+    # tokens beside it (norms, projections, router, shared experts, a dense layer's FFN: one kernel
+    # over all the rank's tokens, weights read once)
+    _, core = _prefill_layer(setup, pre, float(chunk), ctx, W)
+    both, both_core = _prefill_layer(setup, pre, step_tokens + chunk, ctx, W)
+    alone, alone_core = _prefill_layer(setup, pre, step_tokens, ctx, W)
+    per_layer = core + (both - both_core) - (alone - alone_core)
+    comm = _chunk_comm_s(setup, phase, routed, chunk / dep.tp, step_tokens / dep.tp)  # [W, L]
+    # expected chunks of a step that has at least one, every chunk's pairs spread over the groups
+    chunks = groups * p / prob if prob > 0 else 0.0
+    pairs = chunks * chunk * setup.arch.top_k / setup.ep_groups
+    experts = _chunk_experts_s(setup, pricer, shape, pairs)  # [W, L]
+    chunk_s = per_layer + lm.layers(comm[..., None], 0.0)[..., 0]
+    return chunk_s, prob, lm.layers(experts[..., None], 0.0)[..., 0]
+
+
+def _prefill_layer(
+    setup: ReplaySetup, pricer: LayerPricer, tokens: float, context: float, W: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """[W, T] one rank's layer in the prefill form for ``tokens`` rows of one sequence over
+    ``context`` earlier tokens: its attention, router, shared experts and dense FFN, and the attention
+    core's part of it."""
+    dep = setup.dep
+    rows = np.full((1, W, 1), tokens)
+    shape = LayerShape(
+        tokens=rows,
+        new_tokens=rows[..., None],
+        context_tokens=np.full((1, W, 1, 1), context),
         expert_tokens=np.zeros((1, W, 1, 1, 1)),
         phase="prefill",
         tp=dep.tp,
     )
-    pricer = _pricer(setup, "prefill")
     attn_costs: dict[Any, LayerCosts] = {}
     for w in setup.distinct_windows:
         costs = LayerCosts()
-        pricer.attention_layer(prefill, w, costs)
+        pricer.attention_layer(shape, w, costs)
         attn_costs[w] = costs
     moe = LayerCosts()
-    pricer.router(prefill, moe)
+    pricer.router(shape, moe)
     if pricer.has_shared():
-        pricer.ffn(prefill.tokens, pricer.shared_width(), "shared", moe, dep.tp)
+        pricer.ffn(shape.tokens, pricer.shared_width(), "shared", moe, dep.tp)
     dense = LayerCosts()
-    pricer.ffn(prefill.tokens, float(setup.arch.intermediate_size or 0), "ffn", dense, dep.tp)
+    pricer.ffn(shape.tokens, float(setup.arch.intermediate_size or 0), "ffn", dense, dep.tp)
     one_rank = LayerMap(source_of=setup.source_of, W=W, R=1)
     kinds = _kinds(setup, one_rank)
-    per_layer = sum(
+    total = sum(
         (_assemble(kinds, attn_costs, moe, dense, s, 1) for s in ("attn0", "attn1", "shared", "ffn")),
         np.zeros((1, *one_rank.shape)),
     )
-    return per_layer[0, :, :, 0], prob
+    core = _component(kinds, attn_costs, moe, dense, "attention", 1).time
+    return total[0, :, :, 0], np.asarray(core, dtype=np.float64)[..., 0]
+
+
+def _chunk_comm_s(
+    setup: ReplaySetup, phase: str, routed: RoutedCounts, chunk_tokens: float, step_tokens: float
+) -> np.ndarray:
+    """[W, L] the extra dispatch and combine time of a rank that also sends ``chunk_tokens`` prompt
+    tokens beside its ``step_tokens`` decode tokens: its sent bytes grow in proportion (each token
+    reaches the peers the step's tokens reach on average), what it receives stays the step's. The
+    mean rank's link loads, priced with the deployment's implementation."""
+    dep, hw = setup.dep, setup.hw
+    if step_tokens <= 0 or chunk_tokens <= 0:
+        return np.zeros(next(iter(routed.loads.values())).shape[:2])
+    impl = dep.impl_for(phase)
+    grow = 1.0 + chunk_tokens / step_tokens
+    G = setup.ep_groups
+    out = np.zeros(next(iter(routed.loads.values())).shape[:2])
+    for fn, payload, key in (
+        (dispatch_from_loads, dep.precision.dispatch, "moe_dispatch"),
+        (combine_from_loads, dep.precision.combine, "moe_combine"),
+    ):
+        bpt = wire_bytes_per_token(payload, setup.arch.hidden_size)
+        base = {k: v.mean(axis=-1, keepdims=True) * bpt for k, v in routed.loads.items()}
+        more = {k: v * grow if k.endswith("_sent") else v for k, v in base.items()}
+        t0 = np.asarray(fn(hw, base, impl=impl, ranks=G).time_s)
+        t1 = np.asarray(fn(hw, more, impl=impl, ranks=G).time_s)
+        out += (t1 - t0)[..., 0] * hw.time_scale(key)
+    return out
+
+
+def _chunk_experts_s(setup: ReplaySetup, pricer: LayerPricer, shape: LayerShape, pairs: float) -> np.ndarray:
+    """[W, L] the extra routed-expert time of a rank whose slots receive ``pairs`` more token-expert
+    pairs beside the decode step's: the grouped GEMMs (and their activation) of the mean rank's rows
+    with and without them, both spread evenly over its slots (the weights are read once either way)."""
+    rows = grouped_rows(shape.expert_tokens).rows.sum(axis=0).mean(axis=-1)  # [W, L]
+    if pairs <= 0:
+        return np.zeros(rows.shape)
+    slots = float(setup.placement.slots_per_rank)
+
+    def cost(r: np.ndarray) -> np.ndarray:
+        even = GroupedRows(
+            rows=r,
+            active=np.minimum(slots, np.ceil(r)),
+            row_tiles={name: slots * np.ceil(r / slots / bm) for name, bm in GROUPED_TILE_ROWS.items()},
+        )
+        costs = LayerCosts()
+        pricer.experts(dataclasses.replace(shape, expert_tokens=even), costs)
+        return np.asarray(costs.stages["experts"], dtype=np.float64)
+
+    return cost(rows + pairs) - cost(rows)
 
 
 def _pricer(setup: ReplaySetup, phase: str) -> LayerPricer:
