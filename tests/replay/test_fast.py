@@ -116,3 +116,18 @@ def test_wrapping_schedule_counts_one_period(r1_trace: Path) -> None:
     for name in ("recv", "sent_pairs", "sent_tokens", "own_pairs", "own_tokens", "recv_tokens"):
         assert (getattr(six, name) == getattr(direct, name)).all(), name
         assert (getattr(six, name)[:2] == getattr(six, name)[2:4]).all(), name
+
+
+def test_wrapping_blocks_equal_direct_counts(r1_trace: Path) -> None:
+    """Blocks that wrap around the 2,048-token stream (1,536 tokens: three blocks of gcd 512) are sums
+    of the stream's own blocks; counted position by position they are the same."""
+    fr = FastReplay(r1_trace)
+    dep = Deployment(hw="h200-sxm", ep=24, batch_per_gpu=64, kv_len=2048, steps=7)
+    fr.phase(dep)
+    (work,) = fr._workloads.values()
+    layout = next(iter(fr._layouts.values()))
+    for name, chain in work._window_chains(layout, 64, 4).items():
+        for c, blocks in ((1536, 4), (64, 96), (3 * 64, 40)):
+            got = work._blocks(chain, c, blocks)
+            direct = work._count_blocks(chain, c, 0, blocks)  # positions taken modulo the stream
+            assert got.shape == direct.shape and (got == direct).all(), (name, c)

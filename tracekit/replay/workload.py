@@ -374,6 +374,8 @@ def _destinations(slots: np.ndarray, layout: Layout) -> _Destinations:
 
 #: Counter bins filled by one ``bincount`` (the counts of larger block sets are made in parts).
 MAX_BINS = 8_000_000
+#: Most counters of one block size a chain keeps for blocks that wrap around the stream.
+MAX_CELLS = 64_000_000
 
 
 @dataclass(kw_only=True, eq=False)
@@ -480,7 +482,24 @@ class Workloads:
         return got
 
     def _blocks(self, chain: _Chain, c: int, blocks: int) -> np.ndarray:
-        """[blocks, L, V] counts of ``chain`` per block of ``c`` replayed positions (see :class:`_Chain`)."""
+        """[blocks, L, V] counts of ``chain`` per block of ``c`` consecutive replayed positions (the
+        chain's values repeated). Blocks that wrap around the values are sums of ``r`` consecutive
+        blocks of ``g = gcd(c, n)`` positions, of which the ``n`` values hold ``n / g`` (counted once)."""
+        n = chain.values.shape[0]
+        if blocks * c <= n:
+            return self._aligned_blocks(chain, c, blocks)
+        g = math.gcd(c, n)
+        r, m = c // g, n // g
+        if m * self.L * chain.V > MAX_CELLS:  # tiny common blocks: count the wrapping blocks directly
+            return self._count_blocks(chain, c, 0, blocks)
+        base = self._aligned_blocks(chain, g, m)
+        if r == 1:
+            return base[np.arange(blocks) % m]
+        idx = (np.arange(blocks)[:, None] * r + np.arange(r)[None, :]) % m
+        return base[idx].sum(axis=1, dtype=_count_dtype(c * chain.per_token))
+
+    def _aligned_blocks(self, chain: _Chain, c: int, blocks: int) -> np.ndarray:
+        """:meth:`_blocks` for blocks within the values (``blocks * c <= n``), kept per size."""
         have = chain.sizes.get(c)
         if have is not None and have.shape[0] >= blocks:
             return have[:blocks]
@@ -493,7 +512,7 @@ class Workloads:
             if x < c and c % x == 0 and (c // x) & (c // x - 1) == 0 and x * self.top_k >= chain.V
         ]
         if below:
-            half = self._blocks(chain, c // 2, 2 * blocks)[2 * start :]
+            half = self._aligned_blocks(chain, c // 2, 2 * blocks)[2 * start :]
             dtype = _count_dtype(c * chain.per_token)
             new = half[0::2].astype(dtype) + half[1::2].astype(dtype)
         else:
