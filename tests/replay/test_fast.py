@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tracekit.models import get_model
+from tracekit.replay import workload
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.engine import replay
 from tracekit.replay.fast import FastReplay
@@ -118,9 +119,10 @@ def test_wrapping_schedule_counts_one_period(r1_trace: Path) -> None:
         assert (getattr(six, name)[:2] == getattr(six, name)[2:4]).all(), name
 
 
-def test_wrapping_blocks_equal_direct_counts(r1_trace: Path) -> None:
+def test_wrapping_blocks_equal_direct_counts(r1_trace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks that wrap around the 2,048-token stream (1,536 tokens: three blocks of gcd 512) are sums
-    of the stream's own blocks; counted position by position they are the same."""
+    of the stream's own blocks; counted position by position they are the same, and so are they
+    counted in parts of at most 1,000 choices (a large block's path)."""
     fr = FastReplay(r1_trace)
     dep = Deployment(hw="h200-sxm", ep=24, batch_per_gpu=64, kv_len=2048, steps=7)
     fr.phase(dep)
@@ -131,3 +133,6 @@ def test_wrapping_blocks_equal_direct_counts(r1_trace: Path) -> None:
             got = work._blocks(chain, c, blocks)
             direct = work._count_blocks(chain, c, 0, blocks)  # positions taken modulo the stream
             assert got.shape == direct.shape and (got == direct).all(), (name, c)
+            with monkeypatch.context() as m:
+                m.setattr(workload, "KEYS_PER_CALL", 1000)
+                assert (work._count_blocks(chain, c, 0, blocks) == direct).all(), (name, c)

@@ -374,6 +374,8 @@ def _destinations(slots: np.ndarray, layout: Layout) -> _Destinations:
 
 #: Counter bins filled by one ``bincount`` (the counts of larger block sets are made in parts).
 MAX_BINS = 8_000_000
+#: Choices counted by one ``bincount`` (larger blocks are counted in parts).
+KEYS_PER_CALL = 1 << 20
 #: Most counters of one block size a chain keeps for blocks that wrap around the stream.
 MAX_CELLS = 64_000_000
 
@@ -522,19 +524,31 @@ class Workloads:
         return out
 
     def _count_blocks(self, chain: _Chain, c: int, first: int, last: int) -> np.ndarray:
-        """Blocks ``first .. last - 1`` of size ``c`` counted from the values (in parts of at most
-        ``MAX_BINS`` counters)."""
+        """Blocks ``first .. last - 1`` of size ``c`` counted from the values: small blocks several to a
+        ``bincount`` (at most ``MAX_BINS`` counters), a large block in parts of at most ``KEYS_PER_CALL``
+        choices (the temporaries stay small and the counters in cache)."""
         L, V = self.L, chain.V
         dtype = _count_dtype(c * chain.per_token)
         out = np.zeros((last - first, L, V), dtype=dtype)
         cells = L * (V + 1)
-        step = max(1, MAX_BINS // cells)
         keyed = chain.keyed  # [n, L * K] layer * (V + 1) + value
-        n = keyed.shape[0]
+        n, per_pos = keyed.shape
+
+        def rows(a: int, b: int) -> np.ndarray:  # keyed rows of positions a .. b - 1 (repeated)
+            return keyed[a:b] if b <= n else keyed[np.arange(a, b, dtype=np.int64) % n]
+
+        if c * per_pos > KEYS_PER_CALL:
+            span = max(1, KEYS_PER_CALL // per_pos)
+            for j in range(first, last):
+                acc = np.zeros(cells, dtype=np.int64)
+                for a in range(j * c, (j + 1) * c, span):
+                    acc += np.bincount(rows(a, min((j + 1) * c, a + span)).reshape(-1), minlength=cells)
+                out[j - first] = acc.reshape(L, V + 1)[:, :V]
+            return out
+        step = max(1, min(MAX_BINS // cells, KEYS_PER_CALL // (c * per_pos)))
         for j0 in range(first, last, step):
             j1 = min(last, j0 + step)
-            a, b = j0 * c, j1 * c
-            part = keyed[a:b] if b <= n else keyed[np.arange(a, b, dtype=np.int64) % n]
+            part = rows(j0 * c, j1 * c)
             keys = part.reshape(j1 - j0, -1) + (np.arange(j1 - j0, dtype=np.int32) * cells)[:, None]
             counts = np.bincount(keys.reshape(-1), minlength=(j1 - j0) * cells)
             out[j0 - first : j1 - first] = counts.reshape(j1 - j0, L, V + 1)[..., :V]
