@@ -337,39 +337,45 @@ def _stack_rows(parts: list[GroupedRows]) -> GroupedRows:
 @dataclass(frozen=True, kw_only=True, eq=False)
 class _Destinations:
     """Per token (of the stream, or of the replayed positions for a replicated layout) and layer, for
-    one layout: its choices' groups sorted ascending, ``G`` for a choice without routing."""
+    one layout, as the chains count them ([n, L, K], uint8, or uint16 beyond 255 groups)."""
 
-    #: [n, L, K] sorted destination groups (uint8, or uint16 beyond 255 groups).
+    #: Each choice's destination group, sorted ascending per token (``G``: no routing).
     groups: np.ndarray
-    #: [n, L, K] the choice is the token's first to its group (and valid).
+    #: The group where the choice is the token's first to it, else ``G``.
     first: np.ndarray
-    #: [n, L, K] the choice is the token's first to its domain (and valid); None in one domain.
-    first_domain: np.ndarray | None
+    #: The destination domain where the choice is the token's first to it, else the number of
+    #: domains (None in one domain).
+    domain: np.ndarray | None
+
+
+#: Choices sorted per part by :func:`_destinations` (the temporaries stay small).
+CHOICES_PER_PART = 1 << 18
 
 
 def _destinations(slots: np.ndarray, layout: Layout) -> _Destinations:
-    """Sorted destination groups and first-occurrence marks of ``slots`` [n, L, K] (``num_slots``:
-    no routing)."""
+    """The destinations of ``slots`` [n, L, K] (``num_slots``: no routing), in parts of positions."""
     G, D, spg = layout.groups, layout.domain, layout.slots_per_group
-    K = slots.shape[-1]
+    n, L, K = slots.shape
     dtype = np.uint8 if G < 255 else np.uint16
-    dst = np.minimum(slots // spg, G).astype(dtype)
-    groups = np.stack(sort_columns([dst[..., k] for k in range(K)]), axis=-1)
-    valid = groups < G
-    first = np.ones(groups.shape, dtype=bool)
-    first[..., 1:] = groups[..., 1:] != groups[..., :-1]
-    first &= valid
-    first_domain = None
-    if G > D:
-        dom = groups // D
-        first_domain = np.ones(groups.shape, dtype=bool)
-        first_domain[..., 1:] = dom[..., 1:] != dom[..., :-1]
-        first_domain &= valid
-    return _Destinations(
-        groups=groups,
-        first=first,
-        first_domain=first_domain,
-    )
+    Q = -(-G // D)
+    groups = np.empty((n, L, K), dtype=dtype)
+    first = np.empty_like(groups)
+    domain = np.empty_like(groups) if G > D else None
+    step = max(1, CHOICES_PER_PART // (L * K))
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        dst = np.minimum(slots[a:b] // spg, G).astype(dtype)
+        g = np.stack(sort_columns([dst[..., k] for k in range(K)]), axis=-1)
+        groups[a:b] = g
+        valid = g < G
+        new = np.ones(g.shape, dtype=bool)
+        new[..., 1:] = g[..., 1:] != g[..., :-1]
+        first[a:b] = np.where(new & valid, g, np.asarray(G, dtype=dtype))
+        if domain is not None:
+            dom = g // D
+            new[..., 1:] = dom[..., 1:] != dom[..., :-1]
+            domain[a:b] = np.where(new & valid, dom, np.asarray(Q, dtype=dtype))
+    return _Destinations(groups=groups, first=first, domain=domain)
 
 
 #: Counter bins filled by one ``bincount`` (the counts of larger block sets are made in parts).
@@ -393,13 +399,6 @@ class _Chain:
     per_token: int
     #: Block size -> counts of the blocks computed so far (from position 0).
     sizes: dict[int, np.ndarray] = field(default_factory=dict)
-
-    @cached_property
-    def keyed(self) -> np.ndarray:
-        """[n, L * K] int32 counter of each choice within a block: ``layer * (V + 1) + value``."""
-        n, L, K = self.values.shape
-        lay = (np.arange(L, dtype=np.int32) * (self.V + 1))[None, :, None]
-        return (self.values.astype(np.int32) + lay).reshape(n, L * K)
 
 
 def _count_dtype(bound: int) -> type[np.unsignedinteger] | type[np.signedinteger]:
@@ -531,11 +530,13 @@ class Workloads:
         dtype = _count_dtype(c * chain.per_token)
         out = np.zeros((last - first, L, V), dtype=dtype)
         cells = L * (V + 1)
-        keyed = chain.keyed  # [n, L * K] layer * (V + 1) + value
-        n, per_pos = keyed.shape
+        values = chain.values
+        n, per_pos = values.shape[0], L * values.shape[2]
+        lay = (np.arange(L, dtype=np.int32) * (V + 1))[None, :, None]
 
-        def rows(a: int, b: int) -> np.ndarray:  # keyed rows of positions a .. b - 1 (repeated)
-            return keyed[a:b] if b <= n else keyed[np.arange(a, b, dtype=np.int64) % n]
+        def rows(a: int, b: int) -> np.ndarray:  # [b - a, L K] counters of positions a .. b - 1 (repeated)
+            part = values[a:b] if b <= n else values[np.arange(a, b, dtype=np.int64) % n]
+            return (part.astype(np.int32) + lay).reshape(b - a, per_pos)
 
         if c * per_pos > KEYS_PER_CALL:
             span = max(1, KEYS_PER_CALL // per_pos)
@@ -630,25 +631,14 @@ class Workloads:
             slot_chain = self._chain(("slots", *self._slot_key(layout)), lambda: (self.slots(layout), S, 1))
             base = self._stream_destinations(layout)
         keep = not layout.replicated  # a replicated layout counts per schedule: its window is the cache
-
-        def marked(mask: np.ndarray, values: np.ndarray, V: int) -> np.ndarray:
-            return np.where(mask, values, np.asarray(V, dtype=values.dtype))
-
         out = {
             "slots": slot_chain,
-            "first": self._chain(
-                ("first", *ckey), lambda: (marked(base.first, base.groups, G), G, 1), keep=keep
-            ),
-            "pairs": self._chain(
-                ("pairs", *ckey), lambda: (marked(base.groups < G, base.groups, G), G, K), keep=keep
-            ),
+            "first": self._chain(("first", *ckey), lambda: (base.first, G, 1), keep=keep),
+            "pairs": self._chain(("pairs", *ckey), lambda: (base.groups, G, K), keep=keep),
         }
-        first_domain = base.first_domain
-        if first_domain is not None:
-            Q = -(-G // D)
-            out["domain"] = self._chain(
-                ("domain", *ckey), lambda: (marked(first_domain, base.groups // D, Q), Q, 1), keep=keep
-            )
+        domain = base.domain
+        if domain is not None:
+            out["domain"] = self._chain(("domain", *ckey), lambda: (domain, -(-G // D), 1), keep=keep)
         return out
 
     def _by_source(self, chain: _Chain, B: int, W: int, G: int) -> np.ndarray:
