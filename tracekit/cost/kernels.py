@@ -33,7 +33,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from tracekit.cost.result import F64, ComputeCost, pick_bound
+from tracekit.cost.result import BOUNDS, F64, ComputeCost, pick_largest
 from tracekit.errors import UsageError
 from tracekit.hardware.curves import ATTENTION_FAMILIES, KernelCurve
 from tracekit.precision import bytes_per_param, compute_class
@@ -60,18 +60,23 @@ def _arr(x: ArrayLike) -> F64:
     return np.asarray(x, dtype=np.float64)
 
 
+_LATENCY = BOUNDS.index("latency")
+
+
 def _result(
     fixed: F64, terms: dict[str, F64], flops: F64, hbm: F64, active: NDArray[np.bool_]
 ) -> ComputeCost:
     """fixed + the largest term, and its bound (latency when the fixed part is larger); zero where
     there is no work."""
-    work, bound = pick_bound(terms)
+    work, code = pick_largest(list(terms.values()), [BOUNDS.index(name) for name in terms])
     total = np.where(active, fixed + work, 0.0)
-    bound = np.where(fixed > work, "latency", bound).astype("<U8")
     shape = total.shape
+    if code.shape != shape:
+        code = np.broadcast_to(code, shape).copy()
+    code[(fixed > work) | ~active] = _LATENCY
     return ComputeCost(
         time_s=total,
-        bound=np.where(active, bound, "latency").astype("<U8"),
+        code=code,
         flops=np.broadcast_to(flops, shape).copy(),
         hbm_bytes=np.broadcast_to(hbm, shape).copy(),
     )

@@ -687,8 +687,8 @@ def price_routed(
         zero = np.zeros((*rc.tokens_recv.shape[:-1], setup.num_ranks))
         d = c = CommCost(
             time_s=zero,
-            bound=np.full(zero.shape, "latency"),
-            link=np.full(zero.shape, "none"),
+            code=np.full(zero.shape, _LATENCY, np.int8),
+            link_code=np.zeros(zero.shape, np.int8),  # LINKS[0]: none
             nvlink_bytes_sent=zero,
             nvlink_bytes_recv=zero,
             network_bytes_sent=zero,
