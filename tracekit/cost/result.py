@@ -102,18 +102,18 @@ class CommCost(Cost):
 
 
 def pick_largest(times: Sequence[F64], codes: Sequence[int]) -> tuple[F64, Codes]:
-    """Element-wise maximum of ``times`` and the code of the largest (``codes[i]`` for ``times[i]``;
-    the first wins on ties, and the first NaN, as ``np.argmax``): one pass per candidate, no stack."""
+    """Element-wise maximum of ``times`` and the code of the largest (``codes[i]`` for ``times[i]``):
+    the first wins on ties, and the first NaN where there is one, as ``np.argmax`` over their stack
+    (one pass per candidate, no stack)."""
     shape = np.broadcast_shapes(*(np.shape(t) for t in times))
     best = np.broadcast_to(np.asarray(times[0], dtype=np.float64), shape)
     code = np.full(shape, codes[0], dtype=np.int8)
     for t, c in zip(times[1:], codes[1:], strict=True):
         t = np.asarray(t, dtype=np.float64)
-        take = t > best  # a later candidate wins only when strictly larger
-        nan_t, nan_best = np.isnan(t), np.isnan(best)  # best is NaN where an earlier candidate was
-        if nan_t.any() or nan_best.any():
-            take = (take | nan_t) & ~nan_best
-        code[take] = c
+        code[t > best] = c  # a later candidate wins only when strictly larger
         best = np.maximum(best, t)
+    nan = np.isnan(best)  # NaN wherever a candidate is
+    if nan.any():
+        for t, c in zip(reversed(times), reversed(codes), strict=True):
+            code[nan & np.isnan(t)] = c
     return np.array(best, dtype=np.float64), code
-

@@ -28,7 +28,7 @@ import numpy as np
 from tracekit.cost import EPTraffic, allreduce, gemm, link_loads, roofline
 from tracekit.cost.comm import combine_from_loads, dispatch_from_loads
 from tracekit.cost.kernels import GROUPED_TILE_ROWS, GroupedRows
-from tracekit.cost.result import BOUNDS, CommCost
+from tracekit.cost.result import BOUNDS, CommCost, pick_largest
 from tracekit.hardware import comm_impl
 from tracekit.precision import bytes_per_param, wire_bytes_per_token
 from tracekit.replay.counts import ExpertWindow
@@ -54,6 +54,15 @@ def bound_codes(bound: np.ndarray) -> np.ndarray:
     for i, name in enumerate(BOUND_NAMES):
         out[bound == name] = i
     return out
+
+
+def bound_of_largest(times: list[np.ndarray], bounds: list[np.ndarray]) -> np.ndarray:
+    """Element by element, the bound code of the largest of ``times`` (the first on ties, as
+    ``np.argmax`` over their stack)."""
+    if len(times) == 1:
+        return np.broadcast_to(bounds[0], np.shape(times[0])).astype(np.int8)
+    _, largest = pick_largest(times, range(len(times)))
+    return np.choose(largest, bounds).astype(np.int8)
 
 
 def _zero(shape: tuple[int, ...]) -> Priced:
@@ -535,7 +544,10 @@ class _Kinds:
     idx: np.ndarray
 
     def attention(self, by_class: list[np.ndarray]) -> np.ndarray:
-        """[M, W, R] per class -> [M, W, T, R]."""
+        """[M, W, R] per class -> [M, W, T, R] (a read-only view when every layer is of one class)."""
+        if len(by_class) == 1:
+            x = by_class[0]
+            return np.broadcast_to(x[..., None, :], (*x.shape[:-1], self.idx.size, x.shape[-1]))
         return np.moveaxis(np.stack(by_class)[self.idx], 0, -2)
 
 
@@ -569,13 +581,20 @@ def _assemble(
 
 def _priced(
     costs: LayerCosts, comp: str, shape: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(time, bound, measured part) of one component of a layer kind, broadcast to ``shape``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(time, bound, measured part or None) of one component of a layer kind, broadcast to ``shape``."""
     pr = costs.components.get(comp)
     if pr is None:
-        return np.zeros(shape), np.full(shape, _LATENCY, np.int8), np.zeros(shape)
-    measured = np.zeros(shape) if pr.measured is None else _full(pr.measured, shape)
+        return np.zeros(shape), np.full(shape, _LATENCY, np.int8), None
+    measured = None if pr.measured is None else _full(pr.measured, shape)
     return _full(pr.time, shape), np.broadcast_to(pr.bound, shape), measured
+
+
+def _measured(parts: list[np.ndarray | None], shape: tuple[int, ...]) -> list[np.ndarray] | None:
+    """The measured parts, zeros where a part has none (None when none has)."""
+    if all(m is None for m in parts):
+        return None
+    return [np.zeros(shape) if m is None else m for m in parts]
 
 
 def _component(
@@ -585,10 +604,11 @@ def _component(
     lm = k.lm
     shape = (M, lm.W, lm.R)
     parts = [_priced(attn[w], comp, shape) for w in k.order]
+    attn_measured = _measured([m for _, _, m in parts], shape)
     total = Priced(
         time=k.attention([t for t, _, _ in parts]),
         bound=k.attention([b for _, b, _ in parts]).astype(np.int8),
-        measured=k.attention([m for _, _, m in parts]),
+        measured=None if attn_measured is None else k.attention(attn_measured),
     )
     routed = moe.components.get(f"routed:{comp}")
     if routed is not None:
@@ -600,15 +620,16 @@ def _component(
             else lm.layers(np.asarray(routed.measured, dtype=np.float64), 0.0),
         )
     (mt, mb, mm), (dt, db, dm) = _priced(moe, comp, shape), _priced(dense, comp, shape)
+    kind_measured = _measured([mm, dm], shape)
     total = total + Priced(
-        time=lm.kinds(mt, dt), bound=lm.kinds(mb, db).astype(np.int8), measured=lm.kinds(mm, dm)
+        time=lm.kinds(mt, dt),
+        bound=lm.kinds(mb, db).astype(np.int8),
+        measured=None if kind_measured is None else lm.kinds(*kind_measured),
     )
-    largest = np.argmax(total.time, axis=0)[None]
-    assert total.measured is not None
     return Priced(
         time=total.time.sum(axis=0),
-        bound=np.take_along_axis(total.bound, largest, axis=0)[0],
-        measured=total.measured.sum(axis=0),
+        bound=bound_of_largest(list(total.time), list(total.bound)),
+        measured=np.zeros(lm.shape) if total.measured is None else total.measured.sum(axis=0),
     )
 
 
