@@ -28,7 +28,7 @@ import numpy as np
 from tracekit.cost import EPTraffic, allreduce, gemm, link_loads, roofline
 from tracekit.cost.comm import combine_from_loads, dispatch_from_loads
 from tracekit.cost.kernels import GROUPED_TILE_ROWS, GroupedRows
-from tracekit.cost.result import BOUNDS, CommCost, pick_largest
+from tracekit.cost.result import BOUNDS, CommCost
 from tracekit.hardware import comm_impl
 from tracekit.precision import bytes_per_param, wire_bytes_per_token
 from tracekit.replay.counts import ExpertWindow
@@ -57,12 +57,17 @@ def bound_codes(bound: np.ndarray) -> np.ndarray:
 
 
 def bound_of_largest(times: list[np.ndarray], bounds: list[np.ndarray]) -> np.ndarray:
-    """Element by element, the bound code of the largest of ``times`` (the first on ties, as
-    ``np.argmax`` over their stack)."""
-    if len(times) == 1:
-        return np.broadcast_to(bounds[0], np.shape(times[0])).astype(np.int8)
-    _, largest = pick_largest(times, range(len(times)))
-    return np.choose(largest, bounds).astype(np.int8)
+    """Element by element, the bound code of the largest of ``times`` (the first on ties, and the
+    first NaN where there is one, as ``np.argmax`` over their stack)."""
+    best, bound = times[0], bounds[0]
+    for t, b in zip(times[1:], bounds[1:], strict=True):
+        bound = np.where(t > best, b, bound)  # a later part wins only when strictly larger
+        best = np.maximum(best, t)
+    shape = np.shape(best)
+    if np.isnan(best).any():
+        first = np.argmax(np.stack(np.broadcast_arrays(*times)), axis=0)
+        return np.choose(first, [np.broadcast_to(b, shape) for b in bounds]).astype(np.int8)
+    return np.broadcast_to(bound, shape).astype(np.int8)
 
 
 def _zero(shape: tuple[int, ...]) -> Priced:
