@@ -74,15 +74,15 @@ class Priced:
         return Priced(time=np.asarray(cost.time_s, dtype=np.float64) * scale, bound=cost.code)
 
     def __add__(self, other: Priced) -> Priced:
-        a, b = np.broadcast_arrays(self.time, other.time)
-        ba, bb = np.broadcast_arrays(self.bound, other.bound)
+        a, b = self.time, other.time
+        time = a + b
         measured: np.ndarray | None = None
         if self.measured is not None or other.measured is not None:
             total = (0.0 if self.measured is None else self.measured) + (
                 0.0 if other.measured is None else other.measured
             )
-            measured = np.broadcast_to(np.asarray(total, dtype=np.float64), a.shape)
-        return Priced(time=a + b, bound=np.where(a >= b, ba, bb), measured=measured)
+            measured = np.broadcast_to(np.asarray(total, dtype=np.float64), time.shape)
+        return Priced(time=time, bound=np.where(a >= b, self.bound, other.bound), measured=measured)
 
     def measured_where(self, t: np.ndarray) -> Priced:
         """This price with measured times ``t`` (NaN: not covered) in place of the analytic ones
