@@ -67,7 +67,8 @@ def _result(
     fixed: F64, terms: dict[str, F64], flops: F64, hbm: F64, active: NDArray[np.bool_]
 ) -> ComputeCost:
     """fixed + the largest term, and its bound (latency when the fixed part is larger); zero where
-    there is no work."""
+    there is no work. ``flops`` and ``hbm`` are kept as given when of the result's shape (the
+    callers pass arrays they computed, or copies of their inputs)."""
     work, code = pick_largest(list(terms.values()), [BOUNDS.index(name) for name in terms])
     total = np.where(active, fixed + work, 0.0)
     shape = total.shape
@@ -77,8 +78,8 @@ def _result(
     return ComputeCost(
         time_s=total,
         code=code,
-        flops=np.broadcast_to(flops, shape).copy(),
-        hbm_bytes=np.broadcast_to(hbm, shape).copy(),
+        flops=flops if flops.shape == shape else np.broadcast_to(flops, shape).copy(),
+        hbm_bytes=hbm if hbm.shape == shape else np.broadcast_to(hbm, shape).copy(),
     )
 
 
@@ -232,7 +233,7 @@ def attention_time(
         "memory": b / (hw.hbm_bw * curve.memory_eff),
     }
     fixed = curve.fixed_s + curve.per_seq_s * s
-    return _result(np.broadcast_to(fixed, np.broadcast(f, b, s).shape), terms, f, b, s > 0)
+    return _result(np.broadcast_to(fixed, np.broadcast(f, b, s).shape), terms, f.copy(), b.copy(), s > 0)
 
 
 def elementwise_time(hw: _Hardware, *, hbm_bytes: ArrayLike, kernels: ArrayLike = 1.0) -> ComputeCost:
@@ -242,4 +243,4 @@ def elementwise_time(hw: _Hardware, *, hbm_bytes: ArrayLike, kernels: ArrayLike 
     curve = hw.kernel_curve("elementwise", "any")
     terms = {"memory": b / (hw.hbm_bw * curve.memory_eff)}
     fixed = np.broadcast_to(curve.fixed_s * count, np.broadcast(b, count).shape)
-    return _result(fixed, terms, np.zeros_like(b), b, (b > 0) & (count > 0))
+    return _result(fixed, terms, np.zeros_like(b), b.copy(), (b > 0) & (count > 0))

@@ -108,6 +108,8 @@ def pick_largest(times: Sequence[F64], codes: Sequence[int]) -> tuple[F64, Codes
     shape = np.broadcast_shapes(*(np.shape(t) for t in times))
     best = np.broadcast_to(np.asarray(times[0], dtype=np.float64), shape)
     code = np.full(shape, codes[0], dtype=np.int8)
+    if len(times) == 1:
+        return np.array(best, dtype=np.float64), code
     for t, c in zip(times[1:], codes[1:], strict=True):
         t = np.asarray(t, dtype=np.float64)
         code[t > best] = c  # a later candidate wins only when strictly larger
