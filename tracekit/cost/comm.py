@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from tracekit.cost.result import F64, CommCost, Cost, pick_bound
+from tracekit.cost.result import BOUNDS, F64, LINKS, CommCost, Cost, pick_largest
 from tracekit.cost.traffic import EPTraffic, num_domains
 from tracekit.errors import DeploymentError, UsageError, param
 from tracekit.hardware import COMM_IMPL_REGISTRY, CommParams, HardwareSpec, comm_impl
@@ -123,6 +123,10 @@ def _deepep_normal_loads(traffic: EPTraffic, bpt: float) -> dict[str, F64]:
     }
 
 
+_NONE, _NVLINK, _NIC = (LINKS.index(n) for n in ("none", "nvlink", "nic"))
+_LATENCY, _NETWORK = BOUNDS.index("latency"), BOUNDS.index("network")
+
+
 def _group_factor(ranks: int) -> float:
     return float(np.log2(max(ranks, 8) / 8.0))
 
@@ -142,11 +146,12 @@ def _time(
     hop = max(hw.scaleout_latency_s - hw.scaleup_latency_s, 0.0)  # extra latency of leaving the domain
     t_out = np.where(out_bytes > 0, lat + hop + p.latency_out_s + out_xfer, 0.0)
     floor = np.full(up_bytes.shape, floor_s)
-    t, which = pick_bound({"floor": floor, "nvlink": t_up, "nic": t_out})
-    xfer = np.where(which == "nic", out_xfer, np.where(which == "nvlink", up_xfer, 0.0))
-    lat_of = np.where(which == "nic", lat + hop + p.latency_out_s, lat)
-    bound = np.where((which == "floor") | (xfer < lat_of), "latency", "network").astype("<U8")
-    link = np.where(which == "floor", "none", which).astype("<U8")
+    t, link = pick_largest([floor, t_up, t_out], [_NONE, _NVLINK, _NIC])
+    nic, nvlink = link == _NIC, link == _NVLINK
+    xfer = np.where(nic, out_xfer, np.where(nvlink, up_xfer, 0.0))
+    lat_of = np.where(nic, lat + hop + p.latency_out_s, lat)
+    latency = (link == _NONE) | (xfer < lat_of)
+    bound = np.where(latency, _LATENCY, _NETWORK).astype(np.int8)
     return t, bound, link, t_up, t_out
 
 
@@ -175,12 +180,12 @@ def dispatch_from_loads(hw: HardwareSpec, loads: dict[str, F64], *, impl: str, r
     return _comm_cost(*timed, loads)
 
 
-def _comm_cost(time: F64, bound: Any, link: Any, t_up: F64, t_out: F64, loads: dict[str, F64]) -> CommCost:
+def _comm_cost(time: F64, code: Any, link: Any, t_up: F64, t_out: F64, loads: dict[str, F64]) -> CommCost:
     """A CommCost from the times and this rank's link loads (sent / received per link)."""
     return CommCost(
         time_s=time,
-        bound=bound,
-        link=link,
+        code=code,
+        link_code=link,
         up_time_s=t_up,
         out_time_s=t_out,
         nvlink_bytes_sent=loads["nvlink_sent"],
@@ -250,11 +255,10 @@ def _collective(hw: HardwareSpec, nbytes: ArrayLike, ranks: int, impl: str, kind
     lat = np.full(b.shape, p.dispatch_latency_s + p.latency_log2_s * g)
     if ranks == 1:
         t = np.zeros(b.shape)
-        return Cost(time_s=t, bound=np.full(b.shape, "latency", dtype="<U8"))
+        return Cost(time_s=t, code=np.full(b.shape, _LATENCY, dtype=np.int8))
     xfer = up + out
     t = np.maximum(lat + xfer, p.dispatch_floor_s)
-    bound = np.where(xfer > lat, "network", "latency").astype("<U8")
-    return Cost(time_s=t, bound=bound)
+    return Cost(time_s=t, code=np.where(xfer > lat, _NETWORK, _LATENCY).astype(np.int8))
 
 
 def allreduce(hw: HardwareSpec, *, nbytes: ArrayLike, ranks: int, impl: str = "nccl") -> Cost:

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from tracekit.cost.kernels import attention_time, elementwise_time, gemm_time, grouped_gemm_time
-from tracekit.cost.result import F64, ComputeCost, GroupedGemmCost, pick_bound
+from tracekit.cost.result import BOUNDS, F64, ComputeCost, GroupedGemmCost, pick_largest
 from tracekit.errors import UsageError
 from tracekit.hardware import HardwareSpec
 from tracekit.models.work import (
@@ -53,16 +53,17 @@ def roofline(
     peak = hw.peak_flops(precision)
     t_compute = np.divide(f, peak * eff, out=np.zeros(np.broadcast(f, eff).shape), where=eff > 0)
     curve = hw.kernel_curve("elementwise", "any")
-    t, bound = pick_bound(
-        {
-            "latency": np.full(np.broadcast(f, b).shape, curve.fixed_s),
-            "compute": t_compute,
-            "memory": np.maximum(mem.time_s - curve.fixed_s, 0.0),
-        }
+    t, code = pick_largest(
+        [
+            np.full(np.broadcast(f, b).shape, curve.fixed_s),
+            t_compute,
+            np.maximum(mem.time_s - curve.fixed_s, 0.0),
+        ],
+        [BOUNDS.index(name) for name in ("latency", "compute", "memory")],
     )
     return ComputeCost(
         time_s=t,
-        bound=bound,
+        code=code,
         flops=np.broadcast_to(f, t.shape).copy(),
         hbm_bytes=np.broadcast_to(b, t.shape).copy(),
     )
@@ -117,7 +118,7 @@ def grouped_gemm(
     time = up.time_s + down.time_s
     return GroupedGemmCost(
         time_s=time,
-        bound=np.where(up.time_s >= down.time_s, up.bound, down.bound),
+        code=np.where(up.time_s >= down.time_s, up.code, down.code),
         flops=up.flops + down.flops,
         hbm_bytes=up.hbm_bytes + down.hbm_bytes,
         active_experts=n_active.astype(np.int64),
@@ -174,7 +175,7 @@ def attention(
     time = core.time_s + proj.time_s
     return ComputeCost(
         time_s=time,
-        bound=np.where(core.time_s >= proj.time_s, core.bound, proj.bound),
+        code=np.where(core.time_s >= proj.time_s, core.code, proj.code),
         flops=core.flops + proj.flops,
         hbm_bytes=core.hbm_bytes + proj.hbm_bytes,
     )

@@ -33,7 +33,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from tracekit.cost.result import F64, ComputeCost, pick_bound
+from tracekit.cost.result import BOUNDS, F64, ComputeCost, pick_largest
 from tracekit.errors import UsageError
 from tracekit.hardware.curves import ATTENTION_FAMILIES, KernelCurve
 from tracekit.precision import bytes_per_param, compute_class
@@ -60,20 +60,26 @@ def _arr(x: ArrayLike) -> F64:
     return np.asarray(x, dtype=np.float64)
 
 
+_LATENCY = BOUNDS.index("latency")
+
+
 def _result(
     fixed: F64, terms: dict[str, F64], flops: F64, hbm: F64, active: NDArray[np.bool_]
 ) -> ComputeCost:
     """fixed + the largest term, and its bound (latency when the fixed part is larger); zero where
-    there is no work."""
-    work, bound = pick_bound(terms)
+    there is no work. ``flops`` and ``hbm`` are kept as given when of the result's shape (the
+    callers pass arrays they computed, or copies of their inputs)."""
+    work, code = pick_largest(list(terms.values()), [BOUNDS.index(name) for name in terms])
     total = np.where(active, fixed + work, 0.0)
-    bound = np.where(fixed > work, "latency", bound).astype("<U8")
     shape = total.shape
+    if code.shape != shape:
+        code = np.broadcast_to(code, shape).copy()
+    code[(fixed > work) | ~active] = _LATENCY
     return ComputeCost(
         time_s=total,
-        bound=np.where(active, bound, "latency").astype("<U8"),
-        flops=np.broadcast_to(flops, shape).copy(),
-        hbm_bytes=np.broadcast_to(hbm, shape).copy(),
+        code=code,
+        flops=flops if flops.shape == shape else np.broadcast_to(flops, shape).copy(),
+        hbm_bytes=hbm if hbm.shape == shape else np.broadcast_to(hbm, shape).copy(),
     )
 
 
@@ -227,7 +233,7 @@ def attention_time(
         "memory": b / (hw.hbm_bw * curve.memory_eff),
     }
     fixed = curve.fixed_s + curve.per_seq_s * s
-    return _result(np.broadcast_to(fixed, np.broadcast(f, b, s).shape), terms, f, b, s > 0)
+    return _result(np.broadcast_to(fixed, np.broadcast(f, b, s).shape), terms, f.copy(), b.copy(), s > 0)
 
 
 def elementwise_time(hw: _Hardware, *, hbm_bytes: ArrayLike, kernels: ArrayLike = 1.0) -> ComputeCost:
@@ -237,4 +243,4 @@ def elementwise_time(hw: _Hardware, *, hbm_bytes: ArrayLike, kernels: ArrayLike 
     curve = hw.kernel_curve("elementwise", "any")
     terms = {"memory": b / (hw.hbm_bw * curve.memory_eff)}
     fixed = np.broadcast_to(curve.fixed_s * count, np.broadcast(b, count).shape)
-    return _result(fixed, terms, np.zeros_like(b), b, (b > 0) & (count > 0))
+    return _result(fixed, terms, np.zeros_like(b), b.copy(), (b > 0) & (count > 0))

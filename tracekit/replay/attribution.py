@@ -36,7 +36,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracekit.replay.timing import BOUND_NAMES, COMM_COMPONENTS, COMPONENTS, CommTimes, WindowCost
+from tracekit.replay.timing import (
+    BOUND_NAMES,
+    COMM_COMPONENTS,
+    COMPONENTS,
+    CommTimes,
+    WindowCost,
+    bound_of_largest,
+)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -151,15 +158,12 @@ def rank_times(cost: WindowCost, *, schedule: str, derate: float = 1.0) -> RankT
     )
     comm = comp["dispatch"].time + comp["combine"].time + comp["tp_comm"].time
     total = np.maximum(_total(cost, compute, schedule, derate), compute)
-    stack = np.stack([comp[n].time for n in COMPONENTS])  # [components, W, T, R]
-    largest = stack.argmax(axis=0)
-    bstack = np.stack([np.broadcast_to(comp[n].bound, largest.shape) for n in COMPONENTS])
     return RankTimes(
         compute=compute,
         comm=comm,
         exposed=total - compute,
         total=total,
-        bound=np.take_along_axis(bstack, largest[None], axis=0)[0],
+        bound=bound_of_largest([comp[n].time for n in COMPONENTS], [comp[n].bound for n in COMPONENTS]),
     )
 
 

@@ -45,6 +45,7 @@ from tracekit.cost.kernels import (
     grouped_gemm_time,
 )
 from tracekit.cost.measured_source import MeasuredTiming
+from tracekit.cost.result import Cost
 from tracekit.hardware import HardwareSpec
 from tracekit.models import shared_expert_params
 from tracekit.models.work import (
@@ -69,26 +70,19 @@ class Priced:
     measured: np.ndarray | None = None
 
     @staticmethod
-    def of(cost: object, scale: float = 1.0) -> Priced:
-        from tracekit.cost.result import BOUNDS
-
-        time = np.asarray(cost.time_s, dtype=np.float64) * scale  # type: ignore[attr-defined]
-        names = np.asarray(cost.bound)  # type: ignore[attr-defined]
-        codes = np.zeros(names.shape, dtype=np.int8)
-        for i, name in enumerate(BOUNDS):
-            codes[names == name] = i
-        return Priced(time=time, bound=codes)
+    def of(cost: Cost, scale: float = 1.0) -> Priced:
+        return Priced(time=np.asarray(cost.time_s, dtype=np.float64) * scale, bound=cost.code)
 
     def __add__(self, other: Priced) -> Priced:
-        a, b = np.broadcast_arrays(self.time, other.time)
-        ba, bb = np.broadcast_arrays(self.bound, other.bound)
+        a, b = self.time, other.time
+        time = a + b
         measured: np.ndarray | None = None
         if self.measured is not None or other.measured is not None:
             total = (0.0 if self.measured is None else self.measured) + (
                 0.0 if other.measured is None else other.measured
             )
-            measured = np.broadcast_to(np.asarray(total, dtype=np.float64), a.shape)
-        return Priced(time=a + b, bound=np.where(a >= b, ba, bb), measured=measured)
+            measured = np.broadcast_to(np.asarray(total, dtype=np.float64), time.shape)
+        return Priced(time=time, bound=np.where(a >= b, self.bound, other.bound), measured=measured)
 
     def measured_where(self, t: np.ndarray) -> Priced:
         """This price with measured times ``t`` (NaN: not covered) in place of the analytic ones

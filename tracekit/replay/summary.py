@@ -275,7 +275,9 @@ def phase_summary(
     breakdown = {c: float(steps[f"{c}_s"].mean()) if n else 0.0 for c in BREAKDOWN}  # type: ignore[arg-type]
     spreads = spreads_of(setup, phase)
     band = throughput_band(tps_gpu, breakdown, spreads)
-    bound_time = steps.group_by("bound").agg(pl.col("step_time_s").sum()).sort("step_time_s", descending=True)
+    # the bound carrying the most of the phase's time
+    bounds, of_step = np.unique(steps["bound"].to_numpy(), return_inverse=True)
+    bound_s = np.bincount(of_step, weights=steps["step_time_s"].to_numpy(), minlength=bounds.size)
     kv_mean = float(np.mean(tokens.kv_len)) if tokens.num_tokens else 1.0
     measured = steps["measured_time_s"].drop_nulls()
     plan = setup.plan
@@ -295,7 +297,7 @@ def phase_summary(
         tpot_s=mean_step if decode else None,
         ttft_s=None if decode else _ttft(steps, tokens, schedule),
         breakdown=breakdown,
-        bound=str(bound_time["bound"][0]) if bound_time.height else "latency",
+        bound=str(bounds[int(np.argmax(bound_s))]) if bounds.size else "latency",
         max_batch_per_gpu=plan.max_batch(kv_mean, setup.dep.tp),
         weight_bytes_per_gpu=int(plan.weight_bytes),
         kv_bytes_per_token=round(plan.kv_bytes_per_token),

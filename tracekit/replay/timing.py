@@ -56,6 +56,20 @@ def bound_codes(bound: np.ndarray) -> np.ndarray:
     return out
 
 
+def bound_of_largest(times: list[np.ndarray], bounds: list[np.ndarray]) -> np.ndarray:
+    """Element by element, the bound code of the largest of ``times`` (the first on ties, and the
+    first NaN where there is one, as ``np.argmax`` over their stack)."""
+    best, bound = times[0], bounds[0]
+    for t, b in zip(times[1:], bounds[1:], strict=True):
+        bound = np.where(t > best, b, bound)  # a later part wins only when strictly larger
+        best = np.maximum(best, t)
+    shape = np.shape(best)
+    if np.isnan(best).any():
+        first = np.argmax(np.stack(np.broadcast_arrays(*times)), axis=0)
+        return np.choose(first, [np.broadcast_to(b, shape) for b in bounds]).astype(np.int8)
+    return np.broadcast_to(bound, shape).astype(np.int8)
+
+
 def _zero(shape: tuple[int, ...]) -> Priced:
     return Priced(time=np.zeros(shape), bound=np.full(shape, _LATENCY, dtype=np.int8))
 
@@ -535,7 +549,10 @@ class _Kinds:
     idx: np.ndarray
 
     def attention(self, by_class: list[np.ndarray]) -> np.ndarray:
-        """[M, W, R] per class -> [M, W, T, R]."""
+        """[M, W, R] per class -> [M, W, T, R] (a read-only view when every layer is of one class)."""
+        if len(by_class) == 1:
+            x = by_class[0]
+            return np.broadcast_to(x[..., None, :], (*x.shape[:-1], self.idx.size, x.shape[-1]))
         return np.moveaxis(np.stack(by_class)[self.idx], 0, -2)
 
 
@@ -569,13 +586,20 @@ def _assemble(
 
 def _priced(
     costs: LayerCosts, comp: str, shape: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(time, bound, measured part) of one component of a layer kind, broadcast to ``shape``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(time, bound, measured part or None) of one component of a layer kind, broadcast to ``shape``."""
     pr = costs.components.get(comp)
     if pr is None:
-        return np.zeros(shape), np.full(shape, _LATENCY, np.int8), np.zeros(shape)
-    measured = np.zeros(shape) if pr.measured is None else _full(pr.measured, shape)
+        return np.zeros(shape), np.full(shape, _LATENCY, np.int8), None
+    measured = None if pr.measured is None else _full(pr.measured, shape)
     return _full(pr.time, shape), np.broadcast_to(pr.bound, shape), measured
+
+
+def _measured(parts: list[np.ndarray | None], shape: tuple[int, ...]) -> list[np.ndarray] | None:
+    """The measured parts, zeros where a part has none (None when none has)."""
+    if all(m is None for m in parts):
+        return None
+    return [np.zeros(shape) if m is None else m for m in parts]
 
 
 def _component(
@@ -585,10 +609,11 @@ def _component(
     lm = k.lm
     shape = (M, lm.W, lm.R)
     parts = [_priced(attn[w], comp, shape) for w in k.order]
+    attn_measured = _measured([m for _, _, m in parts], shape)
     total = Priced(
         time=k.attention([t for t, _, _ in parts]),
         bound=k.attention([b for _, b, _ in parts]).astype(np.int8),
-        measured=k.attention([m for _, _, m in parts]),
+        measured=None if attn_measured is None else k.attention(attn_measured),
     )
     routed = moe.components.get(f"routed:{comp}")
     if routed is not None:
@@ -600,15 +625,16 @@ def _component(
             else lm.layers(np.asarray(routed.measured, dtype=np.float64), 0.0),
         )
     (mt, mb, mm), (dt, db, dm) = _priced(moe, comp, shape), _priced(dense, comp, shape)
+    kind_measured = _measured([mm, dm], shape)
     total = total + Priced(
-        time=lm.kinds(mt, dt), bound=lm.kinds(mb, db).astype(np.int8), measured=lm.kinds(mm, dm)
+        time=lm.kinds(mt, dt),
+        bound=lm.kinds(mb, db).astype(np.int8),
+        measured=None if kind_measured is None else lm.kinds(*kind_measured),
     )
-    largest = np.argmax(total.time, axis=0)[None]
-    assert total.measured is not None
     return Priced(
         time=total.time.sum(axis=0),
-        bound=np.take_along_axis(total.bound, largest, axis=0)[0],
-        measured=total.measured.sum(axis=0),
+        bound=bound_of_largest(list(total.time), list(total.bound)),
+        measured=np.zeros(lm.shape) if total.measured is None else total.measured.sum(axis=0),
     )
 
 
@@ -687,8 +713,8 @@ def price_routed(
         zero = np.zeros((*rc.tokens_recv.shape[:-1], setup.num_ranks))
         d = c = CommCost(
             time_s=zero,
-            bound=np.full(zero.shape, "latency"),
-            link=np.full(zero.shape, "none"),
+            code=np.full(zero.shape, _LATENCY, np.int8),
+            link_code=np.zeros(zero.shape, np.int8),  # LINKS[0]: none
             nvlink_bytes_sent=zero,
             nvlink_bytes_recv=zero,
             network_bytes_sent=zero,

@@ -20,6 +20,7 @@ To change the spread or what a component draws: this module.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -96,15 +97,22 @@ def step_factor_draws(
 
 
 def draw_factors(spreads: Sequence[Mapping[str, Spread]], seed: int = SEED) -> dict[str, np.ndarray]:
-    """One array of time factors per distinct fit key over ``spreads`` (shared by equal keys)."""
-    rng = np.random.default_rng(seed)
+    """One array of time factors per distinct fit key over ``spreads`` (shared by equal keys; the
+    arrays are shared between calls with the same fits: read-only)."""
     sigma: dict[str, float] = {}
     for sp in spreads:
         for s in sp.values():
             sigma[s.key] = max(sigma.get(s.key, 0.0), s.sigma)
-    return {
-        k: np.exp(rng.normal(0.0, v, DRAWS)) if v > 0 else np.ones(DRAWS) for k, v in sorted(sigma.items())
-    }
+    return dict(_draws(tuple(sorted(sigma.items())), seed))
+
+
+@functools.lru_cache(maxsize=256)
+def _draws(sigmas: tuple[tuple[str, float], ...], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {k: np.exp(rng.normal(0.0, v, DRAWS)) if v > 0 else np.ones(DRAWS) for k, v in sigmas}
+    for a in out.values():
+        a.flags.writeable = False
+    return out
 
 
 def throughput_band(
