@@ -619,18 +619,26 @@ class Workloads:
         token's first choice to a group, V = G), ``pairs`` (every valid choice, V = G) and, across
         domains, ``domain`` (each token's first choice to a domain, V = domains). A replicated layout's
         are counted per schedule (the slot depends on the token's source); the others' are the whole
-        stream's, shared by every batch (a schedule shorter than the stream counts its prefix's blocks)."""
+        stream's, shared by every batch, but for a schedule shorter than the stream, which counts its
+        own prefix (not kept: a search over small batches would hold one per batch)."""
         G, D, K, S = layout.groups, layout.domain, self.top_k, layout.num_slots
+        n = W * G * B
+        keep = False
         if layout.replicated:
             slots = self._replica_slots(layout, B, W)
             base = _destinations(slots, layout)
             ckey: tuple[object, ...] = (*layout.key, G, D, B, W)
             slot_chain = self._chain(("slots", *ckey), lambda: (slots, S, 1), keep=False)
+        elif n < self.N:
+            prefix = self.slots(layout)[:n]
+            base = _destinations(prefix, layout)
+            ckey = (*layout.key, G, D, n)
+            slot_chain = self._chain(("slots", *ckey), lambda: (prefix, S, 1), keep=False)
         else:
+            keep = True
             ckey = (*layout.key, G, D)
             slot_chain = self._chain(("slots", *self._slot_key(layout)), lambda: (self.slots(layout), S, 1))
             base = self._stream_destinations(layout)
-        keep = not layout.replicated  # a replicated layout counts per schedule: its window is the cache
         out = {
             "slots": slot_chain,
             "first": self._chain(("first", *ckey), lambda: (base.first, G, 1), keep=keep),
