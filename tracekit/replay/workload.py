@@ -592,26 +592,37 @@ class Workloads:
     def _replica_slots(self, layout: Layout, batch: int, W: int) -> np.ndarray:
         """[n, L, K] slots of a replicated layout at every replayed position: ``route_to_slots``
         over every (step, epoch) dispatch of a layer at once, each dispatch's tokens in (source group,
-        stream position) order, as the replay's counting routes them."""
-        G = layout.groups
+        stream position) order, as the replay's counting routes them. The tokens of an epoch are put
+        in that order once for all layers, and their slots written back once."""
+        G, L, K, S = layout.groups, self.L, self.top_k, layout.num_slots
         total = W * G * batch
-        p = np.arange(total, dtype=np.int64) % self.N
-        ids = self.stream.expert_ids[p]  # [n, L, K]
-        src = (np.arange(total) // batch) % G
-        step = np.arange(total) // (G * batch)
+        pos = np.arange(total, dtype=np.int64)
+        p = pos % self.N
+        src = (pos // batch) % G
+        step = pos // (G * batch)
         epoch = self._epoch_of_token(layout.epochs)
-        ep_of = np.zeros(total, dtype=np.int64) if epoch is None else epoch[p]
-        out = np.full(ids.shape, layout.num_slots, dtype=np.int32)
-        valid = ids[..., 0] >= 0  # [n, L]
         order = np.lexsort((p, src, step))
+        out = np.full((total, L, K), S, dtype=np.int32)
         for ei, placement in enumerate(layout.epochs):
-            in_epoch = order[ep_of[order] == ei]
+            rows = order if epoch is None else order[epoch[p[order]] == ei]
+            if not rows.size:
+                continue
+            ids = self.stream.expert_ids[p[rows]]  # [m, L, K] in dispatch order
+            src_r, step_r = src[rows], step[rows]
+            slots = np.full((L, rows.size, K), S, dtype=np.int32)
             for li, layer in enumerate(self.stream.layers):
-                rows = in_epoch[valid[in_epoch, li]]
-                if rows.size:
-                    out[rows, li] = route_to_slots(
-                        placement, layer, ids[rows, li], src[rows], layout.domain, dispatch=step[rows]
+                layer_ids = ids[:, li]
+                if self.stream.complete:
+                    slots[li] = route_to_slots(
+                        placement, layer, layer_ids, src_r, layout.domain, dispatch=step_r
                     )
+                    continue
+                ok = layer_ids[:, 0] >= 0
+                if ok.any():
+                    slots[li, ok] = route_to_slots(
+                        placement, layer, layer_ids[ok], src_r[ok], layout.domain, dispatch=step_r[ok]
+                    )
+            out[rows] = slots.transpose(1, 0, 2)
         return out
 
     def _window_chains(self, layout: Layout, B: int, W: int) -> dict[str, _Chain]:
