@@ -113,11 +113,18 @@ def _fast_points(args: tuple[str, Sequence[Deployment]]) -> list[dict[str, Any]]
 
 def _groups(points: Sequence[Deployment]) -> list[list[int]]:
     """Indices of ``points`` grouped by what their counts share (system, EP degree, redundant
-    experts and placement), each group in the order given."""
+    experts and placement), each group in the order given; the groups likely to cost most first
+    (more points, more GPUs, replicated experts: counted per schedule), so that a pool's workers
+    finish together."""
     out: dict[tuple[object, ...], list[int]] = {}
     for i, d in enumerate(points):
         out.setdefault((d.hw, d.ep, d.redundant, str(d.placement)), []).append(i)
-    return list(out.values())
+
+    def cost(idx: list[int]) -> int:
+        d = points[idx[0]]
+        return len(idx) * (d.ep or 1) * (4 if d.redundant or d.placement is not None else 1)
+
+    return sorted(out.values(), key=cost, reverse=True)
 
 
 def sweep_fast(
