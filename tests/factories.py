@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tracekit.models import get_model
+from tracekit.replay.deployment import Deployment, Precision
 from tracekit.schema import AttentionSpec, Manifest, ModelArch, ParallelLayout
+from tracekit.synth import SynthConfig, parse_spec, synthesize
 from tracekit.trace import TraceWriter
 
 
@@ -99,3 +102,31 @@ def write_routing_trace(
                     },
                 )
     return manifest
+
+
+def synth_r1(out: Path, *, spec: str, tokens_per_step: int, steps: int, seed: int, **kw: object) -> Path:
+    """DeepSeek-R1 routing (58 MoE layers x 256 experts, top-8) synthesised at ``out`` (decode
+    unless ``phase`` is given; no gate weights unless asked), for the replay's and planner's tests."""
+    options: dict[str, object] = {"phase": "decode", "gate_weights": False, **kw}
+    config = SynthConfig(
+        arch=get_model("deepseek-r1"),
+        spec=parse_spec(spec),
+        tokens_per_step=tokens_per_step,
+        steps=steps,
+        seed=seed,
+        **options,  # type: ignore[arg-type]
+    )
+    synthesize(config, out, overwrite=True)
+    return out
+
+
+def r1_h200_ep8(**kw: object) -> Deployment:
+    """DeepSeek-R1 on h200-sxm at EP 8 with FP8 experts, with ``kw`` replaced."""
+    base: dict[str, object] = {
+        "hw": "h200-sxm",
+        "model": "deepseek-r1",
+        "ep": 8,
+        "precision": Precision.parse("experts=fp8"),
+        **kw,
+    }
+    return Deployment(**base)  # type: ignore[arg-type]

@@ -7,28 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.models import get_model
+from tests.factories import synth_r1
 from tracekit.replay.compare import at_interactivity, at_interactivity_fast
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.fast import FastReplay
 from tracekit.replay.sweep import grid, run_sweep, sweep_fast
-from tracekit.synth import SynthConfig, parse_spec, synthesize
 
 
 @pytest.fixture(scope="module")
 def r1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("inter") / "trace"
-    config = SynthConfig(
-        arch=get_model("deepseek-r1"),
-        spec=parse_spec("zipf:0.8"),
-        phase="decode",
-        tokens_per_step=1024,
-        steps=1,
-        seed=5,
-        gate_weights=False,
-    )
-    synthesize(config, out)
-    return out
+    return synth_r1(out, spec="zipf:0.8", tokens_per_step=1024, steps=1, seed=5)
 
 
 @pytest.mark.parametrize("hw", ["h200-sxm", "gb200-nvl72"])

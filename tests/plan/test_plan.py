@@ -10,13 +10,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tests.factories import synth_r1
 from tracekit.errors import DeploymentError
-from tracekit.models import get_model
 from tracekit.plan import Grid, PlanInputs, Sla, plan
 from tracekit.replay.deployment import Deployment
 from tracekit.replay.engine import replay
 from tracekit.replay.fast import FastReplay
-from tracekit.synth import SynthConfig, parse_spec, synthesize
 
 ISL, OSL = 2000, 1000
 
@@ -25,18 +24,16 @@ ISL, OSL = 2000, 1000
 def traces(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """DeepSeek-R1 routing: one decode step of 512 tokens, one prefill step of two 2000-token prompts."""
     root = tmp_path_factory.mktemp("plan")
-    decode = SynthConfig(
-        arch=get_model("deepseek-r1"),
-        spec=parse_spec("zipf:0.6"),
-        phase="decode",
-        tokens_per_step=512,
+    synth_r1(root / "decode", spec="zipf:0.6", tokens_per_step=512, steps=1, seed=1, prompt_len=ISL)
+    synth_r1(
+        root / "prefill",
+        spec="zipf:0.6",
+        tokens_per_step=2 * ISL,
         steps=1,
         seed=1,
-        gate_weights=False,
         prompt_len=ISL,
+        phase="prefill",
     )
-    synthesize(decode, root / "decode")
-    synthesize(dataclasses.replace(decode, phase="prefill", tokens_per_step=2 * ISL), root / "prefill")
     return root / "decode", root / "prefill"
 
 

@@ -7,29 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tracekit.models import get_model
+from tests.factories import synth_r1
 from tracekit.replay import workload
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.engine import replay
 from tracekit.replay.fast import FastReplay
-from tracekit.synth import SynthConfig, parse_spec, synthesize
 
 
 @pytest.fixture(scope="module")
 def r1_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """DeepSeek-R1 decode routing (58 MoE layers x 256 experts, top-8), 2 steps of 1024 tokens."""
     out = tmp_path_factory.mktemp("fast") / "trace"
-    config = SynthConfig(
-        arch=get_model("deepseek-r1"),
-        spec=parse_spec("zipf:0.8"),
-        phase="decode",
-        tokens_per_step=1024,
-        steps=2,
-        seed=3,
-        gate_weights=False,
-    )
-    synthesize(config, out, overwrite=True)
-    return out
+    return synth_r1(out, spec="zipf:0.8", tokens_per_step=1024, steps=2, seed=3)
 
 
 FP4 = Precision.parse("experts=fp4")

@@ -16,12 +16,13 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
+from tests.factories import r1_h200_ep8
 from tests.replay._traces import random_ids, write_ranked_trace
 from tracekit.cli.main import cli
 from tracekit.cost.measured import MeasuredTable
 from tracekit.cost.measured_source import MeasuredTiming, aiconfigurator_system, resolve_timing
 from tracekit.errors import MissingDependencyError, UsageError
-from tracekit.replay import Deployment, Precision, replay
+from tracekit.replay import Deployment, replay
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +40,6 @@ def h200() -> MeasuredTable:
     return MeasuredTable.from_aiconfigurator(system="h200_sxm", framework="sglang")
 
 
-def _dep(**kw: object) -> Deployment:
-    base: dict[str, object] = {
-        "hw": "h200-sxm",
-        "model": "deepseek-r1",
-        "ep": 8,
-        "precision": Precision.parse("experts=fp8"),
-    }
-    base.update(kw)
-    return Deployment(**base)  # type: ignore[arg-type]
-
-
 def _moe_ranks(res: object) -> pl.DataFrame:
     ranks = res.ranks  # type: ignore[attr-defined]
     layers = res.layers.select("step", "layer", "kind")  # type: ignore[attr-defined]
@@ -57,7 +47,7 @@ def _moe_ranks(res: object) -> pl.DataFrame:
 
 
 def test_components_come_from_the_table_at_the_ranks_shapes(ds_trace: Path, h200: MeasuredTable) -> None:
-    res = replay(ds_trace, _dep(timing="measured"), phases=["decode"])
+    res = replay(ds_trace, r1_h200_ep8(timing="measured"), phases=["decode"])
     ranks = _moe_ranks(res)
     tok = ranks["tokens"].to_numpy().astype(float)
     kv = ranks["kv_tokens"].to_numpy() / tok  # mean KV length of the rank's sequences
@@ -99,22 +89,22 @@ def test_components_come_from_the_table_at_the_ranks_shapes(ds_trace: Path, h200
 
 
 def test_analytic_and_auto(ds_trace: Path) -> None:
-    analytic = replay(ds_trace, _dep(), phases=["decode"])
-    measured = replay(ds_trace, _dep(timing="measured"), phases=["decode"])
-    auto = replay(ds_trace, _dep(timing="auto"), phases=["decode"])
+    analytic = replay(ds_trace, r1_h200_ep8(), phases=["decode"])
+    measured = replay(ds_trace, r1_h200_ep8(timing="measured"), phases=["decode"])
+    auto = replay(ds_trace, r1_h200_ep8(timing="auto"), phases=["decode"])
     assert set(analytic.tables["replay_sources"]["source"].to_list()) == {"analytic"}
     assert not np.allclose(analytic.ranks["attention_s"].to_numpy(), measured.ranks["attention_s"].to_numpy())
     # auto on a system with a database is the measured replay
     np.testing.assert_allclose(auto.steps["step_time_s"].to_numpy(), measured.steps["step_time_s"].to_numpy())
     # h800 has no database: auto prices analytically, measured refuses in one line
-    h800 = replay(ds_trace, _dep(hw="h800-sxm", ep=32, timing="auto"), phases=["decode"])
+    h800 = replay(ds_trace, r1_h200_ep8(hw="h800-sxm", ep=32, timing="auto"), phases=["decode"])
     assert set(h800.tables["replay_sources"]["source"].to_list()) == {"analytic"}
     with pytest.raises(UsageError, match="no measured database is known for h800-sxm"):
-        replay(ds_trace, _dep(hw="h800-sxm", ep=32, timing="measured"), phases=["decode"])
+        replay(ds_trace, r1_h200_ep8(hw="h800-sxm", ep=32, timing="measured"), phases=["decode"])
     # an explicit database of the same SMs and HBM prices it
     h100 = replay(
         ds_trace,
-        _dep(hw="h800-sxm", ep=32, timing="measured", measured="aiconfigurator:h100_sxm/sglang"),
+        r1_h200_ep8(hw="h800-sxm", ep=32, timing="measured", measured="aiconfigurator:h100_sxm/sglang"),
         phases=["decode"],
     )
     src = {r["component"]: r["table"] for r in h100.tables["replay_sources"].iter_rows(named=True)}
@@ -124,11 +114,11 @@ def test_analytic_and_auto(ds_trace: Path) -> None:
 def test_a_table_file_covering_one_family(ds_trace: Path, h200: MeasuredTable, tmp_path: Path) -> None:
     path = tmp_path / "mla.parquet"
     h200.select(family="mla_decode").write(path)
-    res = replay(ds_trace, _dep(timing="measured", measured=str(path)), phases=["decode"])
+    res = replay(ds_trace, r1_h200_ep8(timing="measured", measured=str(path)), phases=["decode"])
     src = {r["component"]: r for r in res.tables["replay_sources"].iter_rows(named=True)}
     assert src["attention"]["source"] == "measured" and src["attention"]["table"] == str(path)
     assert src["attn_proj"]["source"] == "analytic" and src["expert_gemm"]["source"] == "analytic"
-    analytic = replay(ds_trace, _dep(), phases=["decode"])
+    analytic = replay(ds_trace, r1_h200_ep8(), phases=["decode"])
     np.testing.assert_allclose(
         res.ranks["expert_gemm_s"].to_numpy(), analytic.ranks["expert_gemm_s"].to_numpy()
     )
@@ -140,14 +130,14 @@ def test_uncovered_shapes_fall_back_and_mixed_is_reported(
     # attention rows up to KV 512 only: the replay's KV 1000 is not extrapolated to
     short = tmp_path / "short.parquet"
     h200.select(family="mla_decode").frame.filter(pl.col("kv_len") <= 512).pipe(MeasuredTable).write(short)
-    res = replay(ds_trace, _dep(timing="measured", measured=str(short)), phases=["decode"])
+    res = replay(ds_trace, r1_h200_ep8(timing="measured", measured=str(short)), phases=["decode"])
     src = {r["component"]: r for r in res.tables["replay_sources"].iter_rows(named=True)}
     assert src["attention"]["source"] == "analytic"
     # GEMM rows with k = hidden only: of the attention projections, q_a/kv_a (n = 1536 + 512 + 64)
     # is measured, q_b, w_kc, w_vc and o_proj are not
     hidden = tmp_path / "k7168.parquet"
     h200.frame.filter((pl.col("family") == "gemm") & (pl.col("k") == 7168)).pipe(MeasuredTable).write(hidden)
-    res = replay(ds_trace, _dep(timing="measured", measured=str(hidden)), phases=["decode"])
+    res = replay(ds_trace, r1_h200_ep8(timing="measured", measured=str(hidden)), phases=["decode"])
     src = {r["component"]: r for r in res.tables["replay_sources"].iter_rows(named=True)}
     assert src["attn_proj"]["source"] == "mixed" and 0 < src["attn_proj"]["measured_share"] < 1
     q_a = float(h200.time_s("gemm", dtype="bf16", m=16, n=2112, k=7168))

@@ -14,11 +14,12 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
+from tests.factories import r1_h200_ep8
 from tests.replay._traces import random_ids, write_ranked_trace
 from tracekit.cli.main import cli
 from tracekit.errors import UsageError
 from tracekit.hardware import get_hardware
-from tracekit.replay import Deployment, Precision, replay
+from tracekit.replay import replay
 from tracekit.replay.profile import load_profile, profile_table
 from tracekit.replay.profile_fit import ProfileFit, fit_profile, write_profile_preset
 from tracekit.replay.profile_synth import NAMES, write_profile
@@ -37,17 +38,6 @@ GAPS = {"launch_gap_s": 2.5e-6, "launch_gap_eager_s": 5e-6}
 SCALES = {"scale.moe_dispatch": 1.3, "scale.moe_combine": 0.8}
 
 
-def _dep(**kw: object) -> Deployment:
-    base: dict[str, object] = {
-        "hw": "h200-sxm",
-        "model": "deepseek-r1",
-        "ep": 8,
-        "precision": Precision.parse("experts=fp8"),
-    }
-    base.update(kw)
-    return Deployment(**base)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A trace (8 ranks: one prefill step of 512 tokens each, 3 decode steps of 16), the profile of
@@ -58,8 +48,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         root / "t", ids, num_experts=256, position=np.arange(16) * 97 + 300, prefill_tokens=512
     )
     over = {**TRUE, **GAPS, **SCALES}
-    true = replay(root / "t", _dep(hw_overrides=over))
-    free = replay(root / "t", _dep(hw_overrides={**over, "launch_gap_s": 0.0, "launch_gap_eager_s": 0.0}))
+    true = replay(root / "t", r1_h200_ep8(hw_overrides=over))
+    free = replay(
+        root / "t", r1_h200_ep8(hw_overrides={**over, "launch_gap_s": 0.0, "launch_gap_eager_s": 0.0})
+    )
     files = write_profile(
         true,
         free,
@@ -71,7 +63,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         seed=1,
     )
     profile = load_profile(files)
-    fit = fit_profile(root / "t", _dep(), profile)
+    fit = fit_profile(root / "t", r1_h200_ep8(), profile)
     return {"root": root, "files": files, "profile": profile, "fit": fit, "true": true}
 
 
@@ -123,13 +115,13 @@ def test_a_replay_on_the_written_preset_reproduces_the_step_times(
     assert "rms log residual" in raw["kernel"]["grouped_gemm"]["fp8"]["memory_eff"]["source"]
     root = run["root"]
     assert isinstance(root, Path)
-    res = replay(root / "t", _dep(hw=str(path)))
+    res = replay(root / "t", r1_h200_ep8(hw=str(path)))
     table = profile_table(res, profile)  # type: ignore[arg-type]
     steps = table.filter(pl.col("component") == "step")
     assert steps.height == 8  # 4 steps x 2 profiled ranks
     assert np.abs(steps["error"].to_numpy()).max() < 0.05
     # the preset it started from is far off (the test would catch a fit that did nothing)
-    before = profile_table(replay(root / "t", _dep()), profile)  # type: ignore[arg-type]
+    before = profile_table(replay(root / "t", r1_h200_ep8()), profile)  # type: ignore[arg-type]
     assert np.abs(before.filter(pl.col("component") == "step")["error"].to_numpy()).min() > 0.15
     # the written preset is the fit's replay (its values written to 6 significant digits)
     np.testing.assert_allclose(
@@ -186,7 +178,7 @@ def test_unmatched_kernels_are_reported_not_dropped(run: dict[str, object], tmp_
     path = tmp_path / "prof_rank0.json"
     path.write_text(json.dumps(doc))
     prof = load_profile([path])
-    res = replay(root / "t", _dep())
+    res = replay(root / "t", r1_h200_ep8())
     table = profile_table(res, prof)
     un = table.filter(pl.col("component") == "unmatched")
     assert un["measured_s"].to_list() == pytest.approx([7e-6]) and un["predicted_s"].to_list() == [None]
@@ -201,7 +193,7 @@ def test_step_matching(run: dict[str, object]) -> None:
 
     root = run["root"]
     assert isinstance(root, Path)
-    res = replay(root / "t", _dep())
+    res = replay(root / "t", r1_h200_ep8())
     m = match_profile(run["profile"], res.steps, num_ranks=8)  # type: ignore[arg-type]
     assert m.match == "order" and m.step_map["profile_step"].to_list() == [40, 41, 42, 43]
     with pytest.raises(UsageError, match="are not replayed trace steps"):
