@@ -125,3 +125,18 @@ def test_wrapping_blocks_equal_direct_counts(r1_trace: Path, monkeypatch: pytest
             with monkeypatch.context() as m:
                 m.setattr(workload, "KEYS_PER_CALL", 1000)
                 assert (work._count_blocks(chain, c, 0, blocks) == direct).all(), (name, c)
+
+
+@pytest.mark.parametrize("steps", [None, 7], ids=["stream", "wrap-p4"])
+def test_domain_loads_added_to_a_window_counted_without_them(r1_trace: Path, steps: int | None) -> None:
+    """A window counted for one implementation, then asked for DeepEP normal across 3 nodes: the
+    domain loads are counted then (tiled over the period when the schedule wraps), as a full replay."""
+    fr = FastReplay(r1_trace)
+    plain = Deployment(hw="h200-sxm", ep=24, batch_per_gpu=64, kv_len=2048, steps=steps)
+    fr.phase(plain)
+    normal = plain.replace(impl="deepep-normal")
+    got = fr.phase(normal)
+    full = replay(r1_trace, normal, phases=["decode"], collect_ranks=False).phases[0]
+    assert got.tokens_per_s_per_gpu == pytest.approx(full.tokens_per_s_per_gpu, rel=1e-9)
+    (work,) = fr._workloads.values()
+    assert all(w.domain_loads is not None for w in work._windows.values())

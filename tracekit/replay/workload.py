@@ -573,12 +573,14 @@ class Workloads:
                     one = self.window(layout, batch=batch, num_steps=P, deepep_normal=deepep_normal)
                     win = _tiled(one, W)
                 else:
-                    win = self._count(layout, batch, W)
+                    win = self._count(layout, batch, W, deepep_normal=deepep_normal)
                 self._windows[key] = win
-            if deepep_normal and win.domain_loads is None and layout.domain < G:
+            elif deepep_normal and win.domain_loads is None and layout.domain < G:
+                # counted before without them: the domain loads alone
                 if W > P:
                     one = self.window(layout, batch=batch, num_steps=P, deepep_normal=True)
-                    win.domain_loads = _tiled(one, W).domain_loads
+                    idx = np.arange(W) % P
+                    win.domain_loads = {k: v[idx] for k, v in (one.domain_loads or {}).items()}
                 else:
                     win.domain_loads = self._domain_loads(layout, batch, W)
         return win
