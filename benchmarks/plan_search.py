@@ -182,7 +182,7 @@ def main() -> None:
     # 2. 1,000-point sweep
     points = sweep_points(steps)
     with Timer() as fast_sweep:
-        df = sweep_fast(trace, points, jobs=args.jobs)
+        df = sweep_fast(FastReplay(tr), points, jobs=args.jobs)
     print(
         f"\n2. sweep of {len(points):,} points ({int(df['fits'].sum())} fit), fast path over {args.jobs} processes"
     )

@@ -43,7 +43,7 @@ def test_sweep_rows_equal_the_previous_sweep(r1: Path) -> None:
     )
     old = run_sweep(r1, points, jobs=1, fast=False)
     # one process, and two processes given whole groups of points (rows back in the grid's order)
-    for new in (sweep_fast(r1, points, jobs=1), run_sweep(r1, points, jobs=2)):
+    for new in (sweep_fast(FastReplay(r1), points, jobs=1), run_sweep(r1, points, jobs=2)):
         assert old.select("hw", "ep", "batch_per_gpu", "tbo", "fits").equals(
             new.select("hw", "ep", "batch_per_gpu", "tbo", "fits")
         )

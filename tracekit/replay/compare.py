@@ -396,9 +396,11 @@ def compare_at_interactivity(
     deployment is then replayed in full for its summary (the figures are the same)."""
     tr = trace if isinstance(trace, Trace) else open_trace(trace)
     fast = FastReplay(tr) if backend is None or backend.local else None
+    if fast is not None and not fast.holds():
+        fast = None
     found = []
     for b in systems:
-        if fast is not None and fast.holds():
+        if fast is not None:
             res, _ = at_interactivity_fast(
                 fast, b, tokens_per_s_per_user=tokens_per_s_per_user, precisions=precisions, progress=progress
             )

@@ -128,22 +128,21 @@ def _groups(points: Sequence[Deployment]) -> list[list[int]]:
 
 
 def sweep_fast(
-    trace: str | Path,
+    fast: FastReplay,
     points: Sequence[Deployment],
     *,
     jobs: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> pl.DataFrame:
-    """Every point re-timed on the fast path (:class:`~tracekit.replay.fast.FastReplay`: the trace's
-    routing read and counted once per expert layout and batch, shared by the points): the rows of
-    the full replay's sweep. Over ``jobs`` processes, each given whole groups of points that share
-    counts (:func:`_groups`); one row per point in the order of ``points``."""
+    """Every point re-timed on the fast path (``fast``: the trace's routing read and counted once per
+    expert layout and batch, shared by the points): the rows of the full replay's sweep. Here, or
+    over ``jobs`` processes, each opening the trace itself and given whole groups of points that
+    share counts (:func:`_groups`); one row per point in the order of ``points``."""
     groups = _groups(points)
     jobs = min(jobs or os.cpu_count() or 1, len(groups))
     rows: list[dict[str, Any] | None] = [None] * len(points)
     done = 0
     if jobs <= 1:
-        fast = FastReplay(trace)
         for i, dep in enumerate(points):
             rows[i] = point_row(dep, fast.phase)
             if progress is not None:
@@ -152,7 +151,8 @@ def sweep_fast(
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = {
-                pool.submit(_fast_points, (str(trace), [points[i] for i in idx])): idx for idx in groups
+                pool.submit(_fast_points, (str(fast.trace.path), [points[i] for i in idx])): idx
+                for idx in groups
             }
             for fut in as_completed(futures):
                 idx = futures[fut]
@@ -185,8 +185,10 @@ def run_sweep(
             )
         work = [(absolute(trace), d) for d in points]
         return pl.DataFrame(backend.map(_point, work, label="deployments"), schema=POINT_COLUMNS)
-    if fast and not isinstance(trace, RemotePath) and FastReplay(trace).holds():
-        return sweep_fast(trace, points, jobs=jobs, progress=progress)
+    if fast and not isinstance(trace, RemotePath):
+        here = FastReplay(trace)
+        if here.holds():
+            return sweep_fast(here, points, jobs=jobs, progress=progress)
     jobs = jobs or min(len(points), os.cpu_count() or 1)
     work = [(str(trace), d) for d in points]
     rows: list[dict[str, Any]] = []
