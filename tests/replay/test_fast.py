@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.factories import synth_r1
+from tracekit.models import get_model
+from tracekit.placement import Placement, write_placements
 from tracekit.replay import workload
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.engine import replay
@@ -46,6 +49,8 @@ DEPLOYMENTS = [
         Deployment(hw="h200-sxm", ep=16, tp=8, moe_tp=8, batch_per_gpu=16, kv_len=2048), id="h200-moe-tp8"
     ),
     pytest.param(Deployment(hw="h200-sxm", ep=24, batch_per_gpu=40, kv_len=512), id="h200-ep24-3nodes"),
+    # 256 experts on 72 GPUs: 32 of them replicated, over more groups than one 64-bit word holds
+    pytest.param(Deployment(hw="gb200-nvl72", ep=72, batch_per_gpu=12, kv_len=1024), id="gb200-ep72-uneven"),
     # fewer steps than the stream holds: only the replayed prefix is counted
     pytest.param(Deployment(hw="h200-sxm", ep=16, batch_per_gpu=8, kv_len=2048, steps=3), id="h200-prefix"),
     pytest.param(
@@ -140,3 +145,37 @@ def test_domain_loads_added_to_a_window_counted_without_them(r1_trace: Path, ste
     assert got.tokens_per_s_per_gpu == pytest.approx(full.tokens_per_s_per_gpu, rel=1e-9)
     (work,) = fr._workloads.values()
     assert all(w.domain_loads is not None for w in work._windows.values())
+
+
+@pytest.mark.parametrize("impl", ["nccl", "deepep-normal"])
+def test_replicated_placement_epochs_equal_full_replay(r1_trace: Path, tmp_path: Path, impl: str) -> None:
+    """A placement file of two epochs with 16 redundant slots, its replicated experts different per
+    layer and per epoch, on 2 nodes: the fast path (single-slot choices from the stream, replicated
+    ones routed per schedule) gives the full replay's figures, for every counting rule."""
+    layers = tuple(get_model("deepseek-r1").moe_layers)
+    rng = np.random.default_rng(5)
+    first = Placement.contiguous(layers, 256, 16, num_redundant=16)
+    # epoch 1: each layer's slots shuffled, and replicas of other experts than 0..15
+    rows = np.stack(
+        [
+            rng.permutation(np.concatenate([np.arange(256), rng.choice(256, 16, replace=False)]))
+            for _ in layers
+        ]
+    )
+    second = Placement(
+        layers=layers,
+        phy2log=rows,
+        num_ranks=16,
+        slots_per_rank=17,
+        from_step=1,
+        policy="file",
+        num_experts=256,
+    )
+    pfile = write_placements(tmp_path / "epochs.parquet", [first, second])
+    dep = Deployment(hw="h200-sxm", ep=16, batch_per_gpu=48, kv_len=2048, placement=str(pfile), impl=impl)
+    full = replay(r1_trace, dep, phases=["decode"], collect_ranks=False).phases[0]
+    got = FastReplay(r1_trace).phase(dep)
+    assert got.num_steps == full.num_steps
+    assert got.tokens_per_s_per_gpu == pytest.approx(full.tokens_per_s_per_gpu, rel=1e-9)
+    for name, value in full.breakdown.items():
+        assert got.breakdown[name] == pytest.approx(value, rel=1e-9, abs=1e-15), name

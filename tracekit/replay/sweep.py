@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from tracekit.errors import MissingDependencyError, TracekitError, UsageError
+from tracekit.hardware import comm_impl
 from tracekit.replay.deployment import Deployment, Precision
 from tracekit.replay.engine import replay
 from tracekit.replay.fast import FastReplay
 from tracekit.replay.results import prepare_dir, write_tables
 from tracekit.replay.summary import PhaseSummary, ReplaySummary
-from tracekit.trace import store
+from tracekit.trace import open_trace, store
 from tracekit.trace.store import Location, RemotePath, absolute
 
 if TYPE_CHECKING:
@@ -106,19 +107,22 @@ def _fast_points(args: tuple[str, Sequence[Deployment]]) -> list[dict[str, Any]]
     worker's earlier groups)."""
     trace, deps = args
     fast = _FAST.get(trace)
-    if fast is None:
-        fast = _FAST[trace] = FastReplay(trace)
+    if fast is None:  # the parent process checked the trace (and warned) when it opened it
+        fast = _FAST[trace] = FastReplay(open_trace(trace, warn=False))
     return [point_row(d, fast.phase) for d in deps]
 
 
 def _groups(points: Sequence[Deployment]) -> list[list[int]]:
     """Indices of ``points`` grouped by what their counts share (system, EP degree, redundant
-    experts and placement), each group in the order given; the groups likely to cost most first
-    (more points, more GPUs, replicated experts: counted per schedule), so that a pool's workers
-    finish together."""
+    experts and placement), each group in the order given but for the points of DeepEP normal first
+    (their windows count the domain loads with the rest, once, for the group's other points); the
+    groups likely to cost most first (more points, more GPUs, replicated experts: counted per
+    schedule), so that a pool's workers finish together."""
     out: dict[tuple[object, ...], list[int]] = {}
     for i, d in enumerate(points):
         out.setdefault((d.hw, d.ep, d.redundant, str(d.placement)), []).append(i)
+    for idx in out.values():
+        idx.sort(key=lambda i: comm_impl(points[i].impl_for("decode")).dedup != "domain")
 
     def cost(idx: list[int]) -> int:
         d = points[idx[0]]
@@ -143,10 +147,11 @@ def sweep_fast(
     rows: list[dict[str, Any] | None] = [None] * len(points)
     done = 0
     if jobs <= 1:
-        for i, dep in enumerate(points):
-            rows[i] = point_row(dep, fast.phase)
+        for i in itertools.chain.from_iterable(groups):
+            rows[i] = point_row(points[i], fast.phase)
+            done += 1
             if progress is not None:
-                progress("sweep", i + 1, len(points))
+                progress("sweep", done, len(points))
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:

@@ -348,6 +348,25 @@ class _Destinations:
     domain: np.ndarray | None
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _ReplicaChoices:
+    """A replicated layout's stream choices of experts with several slots, per trace MoE layer ``l``:
+    token ``t``'s are ``experts[l][offsets[l, t] : offsets[l, t + 1]]``, in choice order."""
+
+    offsets: np.ndarray
+    experts: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _SingleBits:
+    """Per trace MoE layer and stream token, the groups (and domains) its choices of experts with one
+    slot go to: bit ``v % 64`` of word ``v // 64`` ([L, N, words] uint64)."""
+
+    groups: np.ndarray
+    #: None in one domain.
+    domains: np.ndarray | None
+
+
 #: Choices sorted per part by :func:`_destinations` (the temporaries stay small).
 CHOICES_PER_PART = 1 << 18
 
@@ -417,6 +436,8 @@ class Workloads:
         self._lock = threading.RLock()
         self._slots: dict[tuple[object, ...], np.ndarray] = {}
         self._dest: dict[tuple[object, ...], _Destinations] = {}
+        self._replicas: dict[tuple[object, ...], _ReplicaChoices] = {}
+        self._bits: dict[tuple[object, ...], _SingleBits] = {}
         self._chains: dict[tuple[object, ...], _Chain] = {}
         self._windows: dict[tuple[object, ...], CountedWindow] = {}
 
@@ -441,9 +462,30 @@ class Workloads:
         identity = all(p.num_slots == E and bool((p.phy2log == np.arange(E)).all()) for p in layout.epochs)
         return ("identity",) if identity else (*layout.key, layout.groups)
 
+    def _replicated(self, layout: Layout) -> np.ndarray:
+        """[epochs, L, E + 1] whether each expert has several slots (the last column: no routing row)."""
+        E = self.stream.num_experts
+        out = np.zeros((len(layout.epochs), self.L, E + 1), dtype=bool)
+        for ei, p in enumerate(layout.epochs):
+            for li, layer in enumerate(self.stream.layers):
+                out[ei, li, :E] = np.bincount(p.row(layer), minlength=E) > 1
+        return out
+
+    def _per_choice(self, layout: Layout, table: np.ndarray) -> np.ndarray:
+        """``table[epoch, layer, expert]`` ([epochs, L, E + 1]) at every choice of the stream ([N, L, K])."""
+        E, L = self.stream.num_experts, self.L
+        flat = self.stream.expert_ids.astype(np.int32)  # -> index into table, flattened
+        flat[flat < 0] = E
+        flat += (np.arange(L, dtype=np.int32) * (E + 1))[None, :, None]
+        epoch = self._epoch_of_token(layout.epochs)
+        if epoch is not None:
+            flat += (epoch.astype(np.int32) * (L * (E + 1)))[:, None, None]
+        return np.take(table.reshape(-1), flat)
+
     def slots(self, layout: Layout) -> np.ndarray:
-        """[N, L, K] physical slot of every choice (``num_slots`` where there is no routing row), for a
-        layout without replicas (each expert has one slot: the token's source does not matter)."""
+        """[N, L, K] physical slot of every choice to an expert with one slot (the token's source does
+        not matter); ``num_slots`` where there is no routing row and, in a replicated layout, for the
+        choices of experts with several slots (:meth:`_replica_counts` counts those per schedule)."""
         key = self._slot_key(layout)
         got = self._slots.get(key)
         if got is not None:
@@ -454,14 +496,51 @@ class Workloads:
         for ei, p in enumerate(epochs):
             for li, layer in enumerate(self.stream.layers):
                 table[ei, li, p.row(layer)] = np.arange(S)
-        ids = self.stream.expert_ids.astype(np.int32)
-        ids = np.where(ids < 0, E, ids)
-        epoch = self._epoch_of_token(epochs)
-        lay = np.arange(L)[None, :, None]
-        out = table[0][lay, ids] if epoch is None else table[epoch[:, None, None], lay, ids]
-        out = out.astype(np.uint16 if S < 2**16 else np.int32)
+        if layout.replicated:
+            table[self._replicated(layout)] = S
+        out = self._per_choice(layout, table).astype(np.uint16 if S < 2**16 else np.int32)
         self._slots[key] = out
         return out
+
+    def _single_bits(self, layout: Layout) -> _SingleBits:
+        """Which groups and domains each stream token's single-slot choices go to, as bits (cached)."""
+        key = (*layout.key, layout.groups, layout.domain)
+        got = self._bits.get(key)
+        if got is None:
+            dest = self._stream_destinations(layout)
+            G, D = layout.groups, layout.domain
+            Q = -(-G // D)
+
+            def bits(values: np.ndarray, V: int) -> np.ndarray:  # values [N, L, K] in 0..V (V: none)
+                N, L, K = values.shape
+                out = np.zeros((L, N, V // 64 + 1), dtype=np.uint64)
+                rows = np.arange(N)
+                for li in range(L):
+                    for k in range(K):  # one choice per token: no repeated index in the update
+                        v = values[:, li, k].astype(np.int64)
+                        out[li, rows, v >> 6] |= np.left_shift(np.uint64(1), (v & 63).astype(np.uint64))
+                return out
+
+            groups = bits(dest.groups, G)
+            domains = None if G <= D else bits(np.where(dest.groups < G, dest.groups // D, Q), Q)
+            got = self._bits[key] = _SingleBits(groups=groups, domains=domains)
+        return got
+
+    def _replica_choices(self, layout: Layout) -> _ReplicaChoices:
+        """The stream's choices of experts with several slots in a replicated layout (cached)."""
+        key = (*layout.key, layout.groups)
+        got = self._replicas.get(key)
+        if got is None:
+            mask = self._per_choice(layout, self._replicated(layout))  # [N, L, K]
+            N, L = self.N, self.L
+            offsets = np.zeros((L, N + 1), dtype=np.int64)
+            experts = []
+            for li in range(L):
+                t, k = np.nonzero(mask[:, li])
+                experts.append(self.stream.expert_ids[t, li, k].astype(np.int64))
+                np.cumsum(np.bincount(t, minlength=N), out=offsets[li, 1:])
+            got = self._replicas[key] = _ReplicaChoices(offsets=offsets, experts=tuple(experts))
+        return got
 
     def _stream_destinations(self, layout: Layout) -> _Destinations:
         """Destinations of every stream token under ``layout`` (cached)."""
@@ -582,7 +661,7 @@ class Workloads:
                     idx = np.arange(W) % P
                     win.domain_loads = {k: v[idx] for k, v in (one.domain_loads or {}).items()}
                 else:
-                    win.domain_loads = self._domain_loads(layout, batch, W)
+                    win.domain_loads = self._domain_loads(layout, *self._source_counts(layout, batch, W))
         return win
 
     def period(self, per_step: int) -> int:
@@ -591,61 +670,121 @@ class Workloads:
         is the least multiple of the stream's length), so its counts are step ``w``'s."""
         return self.N // math.gcd(per_step, self.N) if self.N else 1
 
-    def _replica_slots(self, layout: Layout, batch: int, W: int) -> np.ndarray:
-        """[n, L, K] slots of a replicated layout at every replayed position: ``route_to_slots``
-        over every (step, epoch) dispatch of a layer at once, each dispatch's tokens in (source group,
-        stream position) order, as the replay's counting routes them. The tokens of an epoch are put
-        in that order once for all layers, and their slots written back once."""
-        G, L, K, S = layout.groups, self.L, self.top_k, layout.num_slots
-        total = W * G * batch
+    def _replica_counts(
+        self, layout: Layout, B: int, W: int, *, by_source: bool = False
+    ) -> dict[str, np.ndarray]:
+        """What the choices of experts with several slots add to a replicated layout's window (its
+        other choices are counted from the stream's chains, as any layout's). Such a choice's slot
+        depends on the token's source and its order in the dispatch: ``route_to_slots`` routes them
+        per layer over every (step, epoch) dispatch at once, each dispatch's tokens in (source group,
+        stream position) order, as the replay's counting routes them. A choice adds a token to its
+        group (``new``) when the group is neither among the token's single-slot destinations nor an
+        earlier replicated choice's. Returns ``recv`` [W, L, S]; per source group [W, L, G]
+        ``sent_pairs``, ``sent_tokens``, ``own_pairs``, ``own_tokens``, ``local_sent_pairs``,
+        ``local_sent_tokens``; per destination group [W, L, G] ``recv_tokens``, ``local_recv_pairs``,
+        ``local_recv_tokens``; with ``by_source`` also ``tok`` [W, G, L, G] (tokens per source and
+        destination group) and ``dom`` [W, G, L, domains] (tokens per source and destination domain)."""
+        G, D, L, S = layout.groups, layout.domain, self.L, layout.num_slots
+        spg, Q = layout.slots_per_group, -(-G // D)
+        total = W * G * B
         pos = np.arange(total, dtype=np.int64)
         p = pos % self.N
-        src = (pos // batch) % G
-        step = pos // (G * batch)
-        epoch = self._epoch_of_token(layout.epochs)
+        src = (pos // B) % G
+        step = pos // (G * B)
         order = np.lexsort((p, src, step))
-        out = np.full((total, L, K), S, dtype=np.int32)
+        epoch = self._epoch_of_token(layout.epochs)
+        choices = self._replica_choices(layout)
+        single = self._single_bits(layout)
+        recv = np.zeros((W, L, S), dtype=np.int64)
+        by_src = np.zeros((W, L, G, 8), dtype=np.int64)  # code: new + 2 (to itself) + 4 (own domain)
+        by_dst = np.zeros((W, L, G, 4), dtype=np.int64)  # code: new + 2 (from its own domain)
+        tok = np.zeros((W, G, L, G), dtype=np.int64) if by_source else None
+        dom = np.zeros((W, G, L, Q), dtype=np.int64) if by_source else None
+
+        def first_of_token(
+            value: np.ndarray, bits: np.ndarray, t: np.ndarray, which: np.ndarray, run: int
+        ) -> np.ndarray:
+            # not among the token's single-slot destinations (bit ``value`` of its [words] bits) ...
+            word = bits[t, value >> 6]
+            new = ((word >> (value & 63).astype(np.uint64)) & np.uint64(1)) == 0
+            for d in range(1, run):  # ... nor an earlier replicated choice's (a token's are consecutive)
+                new[d:] &= (which[d:] != which[:-d]) | (value[d:] != value[:-d])
+            return new
+
         for ei, placement in enumerate(layout.epochs):
             rows = order if epoch is None else order[epoch[p[order]] == ei]
             if not rows.size:
                 continue
-            ids = self.stream.expert_ids[p[rows]]  # [m, L, K] in dispatch order
-            src_r, step_r = src[rows], step[rows]
-            slots = np.full((L, rows.size, K), S, dtype=np.int32)
+            tp, src_r, step_r = p[rows], src[rows], step[rows]
+            index = np.arange(rows.size)
             for li, layer in enumerate(self.stream.layers):
-                layer_ids = ids[:, li]
-                if self.stream.complete:
-                    slots[li] = route_to_slots(
-                        placement, layer, layer_ids, src_r, layout.domain, dispatch=step_r
-                    )
+                off = choices.offsets[li]
+                a = off[tp]
+                c = off[tp + 1] - a
+                m = int(c.sum())
+                if not m:
                     continue
-                ok = layer_ids[:, 0] >= 0
-                if ok.any():
-                    slots[li, ok] = route_to_slots(
-                        placement, layer, layer_ids[ok], src_r[ok], layout.domain, dispatch=step_r[ok]
-                    )
-            out[rows] = slots.transpose(1, 0, 2)
+                which = np.repeat(index, c)  # the dispatched token of each choice, in dispatch order
+                ci = np.arange(m) + np.repeat(a - (np.cumsum(c) - c), c)
+                s, w = src_r[which], step_r[which]
+                experts = choices.experts[li][ci][:, None]
+                slot = route_to_slots(placement, layer, experts, s, D, dispatch=w)[:, 0]
+                g = slot // spg
+                t = tp[which]
+                run = int(c.max())
+                new = first_of_token(g, single.groups[li], t, which, run)
+                same = (g // D) == (s // D)
+                recv[:, li] += np.bincount(w * S + slot, minlength=W * S).reshape(W, S)
+                code = new + 2 * (g == s) + 4 * same
+                by_src[:, li] += np.bincount((w * G + s) * 8 + code, minlength=W * G * 8).reshape(W, G, 8)
+                code = new + 2 * same
+                by_dst[:, li] += np.bincount((w * G + g) * 4 + code, minlength=W * G * 4).reshape(W, G, 4)
+                if tok is not None and dom is not None and single.domains is not None:
+                    key = ((w * G + s) * G + g)[new]
+                    tok[:, :, li] += np.bincount(key, minlength=W * G * G).reshape(W, G, G)
+                    q = g // D
+                    newq = first_of_token(q, single.domains[li], t, which, run)
+                    key = ((w * G + s) * Q + q)[newq]
+                    dom[:, :, li] += np.bincount(key, minlength=W * G * Q).reshape(W, G, Q)
+        out = {
+            "recv": recv,
+            "sent_pairs": by_src.sum(axis=-1),
+            "sent_tokens": by_src[..., 1::2].sum(axis=-1),
+            "own_pairs": by_src[..., [2, 3, 6, 7]].sum(axis=-1),
+            "own_tokens": by_src[..., [3, 7]].sum(axis=-1),
+            "local_sent_pairs": by_src[..., 4:].sum(axis=-1),
+            "local_sent_tokens": by_src[..., [5, 7]].sum(axis=-1),
+            "recv_tokens": by_dst[..., [1, 3]].sum(axis=-1),
+            "local_recv_pairs": by_dst[..., 2:].sum(axis=-1),
+            "local_recv_tokens": by_dst[..., 3],
+        }
+        if tok is not None and dom is not None:
+            out["tok"], out["dom"] = tok, dom
         return out
 
     def _window_chains(self, layout: Layout, B: int, W: int) -> dict[str, _Chain]:
         """The chains a window of ``layout`` counts from: ``slots`` (V = slots), ``first`` (each
         token's first choice to a group, V = G), ``pairs`` (every valid choice, V = G) and, across
-        domains, ``domain`` (each token's first choice to a domain, V = domains). A replicated layout's
-        are counted per schedule (the slot depends on the token's source); the others' are the whole
-        stream's, shared by every batch, but for a schedule shorter than the stream, which counts its
-        own prefix (not kept: a search over small batches would hold one per batch)."""
+        domains, ``domain`` (each token's first choice to a domain, V = domains): the whole stream's,
+        shared by every batch, but for a schedule shorter than the stream, which counts its own prefix
+        (not kept: a search over small batches would hold one per batch). A replicated layout's are
+        those of its choices of experts with one slot (:meth:`slots`); its other choices are counted
+        per schedule (:meth:`_replica_counts`)."""
         G, D, K, S = layout.groups, layout.domain, self.top_k, layout.num_slots
         n = W * G * B
         keep = False
-        if layout.replicated:
-            slots = self._replica_slots(layout, B, W)
-            base = _destinations(slots, layout)
-            ckey: tuple[object, ...] = (*layout.key, G, D, B, W)
-            slot_chain = self._chain(("slots", *ckey), lambda: (slots, S, 1), keep=False)
-        elif n < self.N:
+        if n < self.N:
             prefix = self.slots(layout)[:n]
-            base = _destinations(prefix, layout)
-            ckey = (*layout.key, G, D, n)
+            if layout.replicated:  # the stream's destinations are needed anyway (_replica_counts)
+                whole = self._stream_destinations(layout)
+                base = _Destinations(
+                    groups=whole.groups[:n],
+                    first=whole.first[:n],
+                    domain=None if whole.domain is None else whole.domain[:n],
+                )
+            else:
+                base = _destinations(prefix, layout)
+            ckey: tuple[object, ...] = (*layout.key, G, D, n)
             slot_chain = self._chain(("slots", *ckey), lambda: (prefix, S, 1), keep=False)
         else:
             keep = True
@@ -669,8 +808,16 @@ class Workloads:
     def _count(self, layout: Layout, batch: int, W: int, *, deepep_normal: bool = False) -> CountedWindow:
         G, D, K = layout.groups, layout.domain, self.top_k
         B = batch
+        by_source = deepep_normal and G > D
         chains = self._window_chains(layout, B, W)
+        extra = self._replica_counts(layout, B, W, by_source=by_source) if layout.replicated else {}
+
+        def plus(name: str, x: np.ndarray) -> np.ndarray:  # a replicated layout's other choices added
+            return x + extra[name] if name in extra else x
+
         recv = self._blocks(chains["slots"], G * B, W)
+        if "recv" in extra:  # a slot receives at most one choice per token: the sum keeps the dtype
+            recv = (recv + extra["recv"]).astype(recv.dtype)
         recv_tokens = self._blocks(chains["first"], G * B, W)
         # source side, from each source group's B tokens of a step ([W, G src, L, G dst]): tokens with a
         # choice to each group, and valid choices to it
@@ -690,17 +837,21 @@ class Workloads:
             num_steps=W,
             top_k=K,
             recv=recv,
-            sent_pairs=per_src(pairs.sum(axis=-1, dtype=np.int64)),
-            sent_tokens=per_src(tok.sum(axis=-1, dtype=np.int64)),
-            own_pairs=own(pairs),
-            own_tokens=own(tok),
-            recv_tokens=recv_tokens.astype(np.int64),
+            sent_pairs=plus("sent_pairs", per_src(pairs.sum(axis=-1, dtype=np.int64))),
+            sent_tokens=plus("sent_tokens", per_src(tok.sum(axis=-1, dtype=np.int64))),
+            own_pairs=plus("own_pairs", own(pairs)),
+            own_tokens=plus("own_tokens", own(tok)),
+            recv_tokens=plus("recv_tokens", recv_tokens.astype(np.int64)),
         )
         if G > D:  # what stays in the source's domain; a domain's tokens are B * D consecutive positions
             Q = -(-G // D)
             same = (g[:, None] // D == g[None, :] // D)[None, :, None, :]  # [1, G src, 1, G dst]
-            win.local_sent_pairs = per_src(np.where(same, pairs, 0).sum(axis=-1, dtype=np.int64))
-            win.local_sent_tokens = per_src(np.where(same, tok, 0).sum(axis=-1, dtype=np.int64))
+            win.local_sent_pairs = plus(
+                "local_sent_pairs", per_src(np.where(same, pairs, 0).sum(axis=-1, dtype=np.int64))
+            )
+            win.local_sent_tokens = plus(
+                "local_sent_tokens", per_src(np.where(same, tok, 0).sum(axis=-1, dtype=np.int64))
+            )
             dom_of = np.arange(G) // D
             if G % D == 0:
                 blocks = W * Q
@@ -714,11 +865,24 @@ class Workloads:
                 def local(chain: _Chain) -> np.ndarray:
                     return self._local_partial(chain, B, W, G, D)
 
-            win.local_recv_pairs = local(chains["pairs"]).astype(np.int64)
-            win.local_recv_tokens = local(chains["first"]).astype(np.int64)
-            if deepep_normal:
-                win.domain_loads = self._domain_loads(layout, B, W, chains, tok)
+            win.local_recv_pairs = plus("local_recv_pairs", local(chains["pairs"]).astype(np.int64))
+            win.local_recv_tokens = plus("local_recv_tokens", local(chains["first"]).astype(np.int64))
+            if by_source:
+                dom = self._by_source(chains["domain"], B, W, G)
+                win.domain_loads = self._domain_loads(layout, plus("tok", tok), plus("dom", dom))
         return win
+
+    def _source_counts(self, layout: Layout, B: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+        """[W, G, L, G] tokens of each source group with a choice to each group, and [W, G, L, domains]
+        to each domain (with a replicated layout's replicated choices)."""
+        G = layout.groups
+        chains = self._window_chains(layout, B, W)
+        tok = self._by_source(chains["first"], B, W, G)
+        dom = self._by_source(chains["domain"], B, W, G)
+        if layout.replicated:
+            extra = self._replica_counts(layout, B, W, by_source=True)
+            return tok + extra["tok"], dom + extra["dom"]
+        return tok, dom
 
     def _local_partial(self, chain: _Chain, B: int, W: int, G: int, D: int) -> np.ndarray:
         """[W, L, G] of ``chain``'s counts from sources in the destination's own domain, when the groups
@@ -732,33 +896,23 @@ class Workloads:
         keys = ((step * L + np.arange(L)[None, :, None]) * G + vals)[keep]
         return np.bincount(keys, minlength=W * L * G).reshape(W, L, G)
 
-    def _domain_loads(
-        self,
-        layout: Layout,
-        B: int,
-        W: int,
-        chains: dict[str, _Chain] | None = None,
-        tok: np.ndarray | None = None,
-    ) -> dict[str, np.ndarray]:
+    def _domain_loads(self, layout: Layout, tok: np.ndarray, dom: np.ndarray) -> dict[str, np.ndarray]:
         """DeepEP normal across domains (as ``tracekit.cost.comm`` prices it from the matrices): NVLink
         carries every (token, group) pair whose local indices differ, forwarded inside the destination
         domain by the rank of the source's local index; the NIC one copy per (token, remote destination
         domain), received by that rank. From each source group's tokens with a choice to each group
-        (``tok``) and to each domain, per step."""
+        (``tok`` [W, G, L, G]) and to each domain (``dom`` [W, G, L, domains]), per step."""
         G, D, L = layout.groups, layout.domain, self.L
+        W = tok.shape[0]
         if G % D:
             raise DeploymentError(
                 f"deepep-normal across domains needs whole domains: {G} ranks is not a multiple of {D} per domain"
             )
-        if chains is None:
-            chains = self._window_chains(layout, B, W)
-        if tok is None:
-            tok = self._by_source(chains["first"], B, W, G)
         Q = G // D
         f = np.float64
         # sources (a, i) and destinations (q, k): domain and local index
         t6 = tok.reshape(W, Q, D, L, Q, D).astype(f)  # [w, a, i, l, q, k]
-        h5 = self._by_source(chains["domain"], B, W, G).reshape(W, Q, D, L, Q).astype(f)  # [w, a, i, l, q]
+        h5 = dom.reshape(W, Q, D, L, Q).astype(f)  # [w, a, i, l, q]
         d = np.arange(D)
         q = np.arange(Q)
         to_k = t6.sum(axis=(1, 2))  # [w, l, q, k] from every source
