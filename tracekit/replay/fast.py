@@ -182,6 +182,13 @@ class FastReplay:
         n = 0 if stream is None else int(stream.size)
         return n * len(model.moe_layers) * model.top_k * 2 <= MAX_STREAM_BYTES
 
+    def release(self) -> None:
+        """Drop the counts kept per expert layout (the routing, tokens and schedules stay): a caller
+        done with some layouts frees their memory (a sweep between its groups of points)."""
+        with self._lock:
+            for work in self._workloads.values():
+                work.release()
+
     def has_phase(self, phase: str) -> bool:
         """Whether the trace holds tokens of ``phase``."""
         return phase in self._phase_tokens(None, None).tokens

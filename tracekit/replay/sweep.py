@@ -103,13 +103,15 @@ _FAST: dict[str, FastReplay] = {}
 
 
 def _fast_points(args: tuple[str, Sequence[Deployment]]) -> list[dict[str, Any]]:
-    """The rows of a group of points on the fast path of this worker (counts shared with the
-    worker's earlier groups)."""
+    """The rows of a group of points on the fast path of this worker (the routing read once per
+    worker; the group's counts dropped after it)."""
     trace, deps = args
     fast = _FAST.get(trace)
     if fast is None:  # the parent process checked the trace (and warned) when it opened it
         fast = _FAST[trace] = FastReplay(open_trace(trace, warn=False))
-    return [point_row(d, fast.phase) for d in deps]
+    rows = [point_row(d, fast.phase) for d in deps]
+    fast.release()  # the next group counts other layouts: this one's memory is reused for them
+    return rows
 
 
 def _groups(points: Sequence[Deployment]) -> list[list[int]]:
@@ -147,11 +149,13 @@ def sweep_fast(
     rows: list[dict[str, Any] | None] = [None] * len(points)
     done = 0
     if jobs <= 1:
-        for i in itertools.chain.from_iterable(groups):
-            rows[i] = point_row(points[i], fast.phase)
-            done += 1
-            if progress is not None:
-                progress("sweep", done, len(points))
+        for idx in groups:
+            for i in idx:
+                rows[i] = point_row(points[i], fast.phase)
+                done += 1
+                if progress is not None:
+                    progress("sweep", done, len(points))
+            fast.release()
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:

@@ -445,6 +445,12 @@ class Workloads:
     def N(self) -> int:
         return self.stream.num_tokens
 
+    def release(self) -> None:
+        """Drop every count kept per layout (the stream stays)."""
+        with self._lock:
+            for cache in (self._slots, self._dest, self._chains, self._windows, self._replicas, self._bits):
+                cache.clear()
+
     @property
     def L(self) -> int:
         return len(self.stream.layers)
@@ -471,16 +477,13 @@ class Workloads:
                 out[ei, li, :E] = np.bincount(p.row(layer), minlength=E) > 1
         return out
 
-    def _per_choice(self, layout: Layout, table: np.ndarray) -> np.ndarray:
-        """``table[epoch, layer, expert]`` ([epochs, L, E + 1]) at every choice of the stream ([N, L, K])."""
-        E, L = self.stream.num_experts, self.L
-        flat = self.stream.expert_ids.astype(np.int32)  # -> index into table, flattened
-        flat[flat < 0] = E
-        flat += (np.arange(L, dtype=np.int32) * (E + 1))[None, :, None]
+    def _per_choice(self, layout: Layout, table: np.ndarray, li: int) -> np.ndarray:
+        """``table[epoch, layer, expert]`` ([epochs, L, E + 1]) at every choice of the stream at trace
+        MoE layer ``li`` ([N, K]; a layer at a time, so that the temporaries stay small)."""
+        ids = self.stream.expert_ids[:, li].astype(np.int32)
+        ids[ids < 0] = self.stream.num_experts
         epoch = self._epoch_of_token(layout.epochs)
-        if epoch is not None:
-            flat += (epoch.astype(np.int32) * (L * (E + 1)))[:, None, None]
-        return np.take(table.reshape(-1), flat)
+        return table[0, li][ids] if epoch is None else table[epoch[:, None], li, ids]
 
     def slots(self, layout: Layout) -> np.ndarray:
         """[N, L, K] physical slot of every choice to an expert with one slot (the token's source does
@@ -498,7 +501,9 @@ class Workloads:
                 table[ei, li, p.row(layer)] = np.arange(S)
         if layout.replicated:
             table[self._replicated(layout)] = S
-        out = self._per_choice(layout, table).astype(np.uint16 if S < 2**16 else np.int32)
+        out = np.empty((self.N, L, self.top_k), dtype=np.uint16 if S < 2**16 else np.int32)
+        for li in range(L):
+            out[:, li] = self._per_choice(layout, table, li)
         self._slots[key] = out
         return out
 
@@ -514,11 +519,14 @@ class Workloads:
             def bits(values: np.ndarray, V: int) -> np.ndarray:  # values [N, L, K] in 0..V (V: none)
                 N, L, K = values.shape
                 out = np.zeros((L, N, V // 64 + 1), dtype=np.uint64)
-                rows = np.arange(N)
+                one, rows = np.uint64(1), np.arange(N)
                 for li in range(L):
+                    v = values[:, li].astype(np.uint64)
+                    if V < 64:  # one word: the bits of a token's choices OR-ed at once
+                        out[li, :, 0] = np.bitwise_or.reduce(one << v, axis=1)
+                        continue
                     for k in range(K):  # one choice per token: no repeated index in the update
-                        v = values[:, li, k].astype(np.int64)
-                        out[li, rows, v >> 6] |= np.left_shift(np.uint64(1), (v & 63).astype(np.uint64))
+                        out[li, rows, (v[:, k] >> 6).astype(np.intp)] |= one << (v[:, k] & np.uint64(63))
                 return out
 
             groups = bits(dest.groups, G)
@@ -531,12 +539,12 @@ class Workloads:
         key = (*layout.key, layout.groups)
         got = self._replicas.get(key)
         if got is None:
-            mask = self._per_choice(layout, self._replicated(layout))  # [N, L, K]
+            table = self._replicated(layout)
             N, L = self.N, self.L
             offsets = np.zeros((L, N + 1), dtype=np.int64)
             experts = []
             for li in range(L):
-                t, k = np.nonzero(mask[:, li])
+                t, k = np.nonzero(self._per_choice(layout, table, li))
                 experts.append(self.stream.expert_ids[t, li, k].astype(np.int64))
                 np.cumsum(np.bincount(t, minlength=N), out=offsets[li, 1:])
             got = self._replicas[key] = _ReplicaChoices(offsets=offsets, experts=tuple(experts))
