@@ -367,6 +367,102 @@ class _SingleBits:
     domains: np.ndarray | None
 
 
+def _first_of_token(
+    value: np.ndarray, bits: np.ndarray, t: np.ndarray, which: np.ndarray, run: int
+) -> np.ndarray:
+    """Whether each replicated choice (to group or domain ``value``, of stream token ``t``, dispatched
+    token ``which``) is its token's first to it: not among the token's single-slot destinations
+    (``bits`` [N, words] of the layer) nor an earlier replicated choice's (a token's choices are
+    consecutive, at most ``run`` of them)."""
+    word = bits[t, value >> 6]
+    new = ((word >> (value & 63).astype(np.uint64)) & np.uint64(1)) == 0
+    for d in range(1, run):
+        new[d:] &= (which[d:] != which[:-d]) | (value[d:] != value[:-d])
+    return new
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class _ReplicaTally:
+    """What a replicated layout's replicated choices add to a window, tallied layer by layer."""
+
+    groups: int
+    domain: int
+    #: [W, L, S] choices per slot.
+    recv: np.ndarray
+    #: [W, L, G, 8] choices per source group by code: new + 2 (to itself) + 4 (to its own domain).
+    by_src: np.ndarray
+    #: [W, L, G, 4] choices per destination group by code: new + 2 (from its own domain).
+    by_dst: np.ndarray
+    #: DeepEP normal across domains: [W, G, L, G] new tokens per source and destination group, and
+    #: [W, G, L, domains] per source group and destination domain (else None).
+    tok: np.ndarray | None
+    dom: np.ndarray | None
+
+    @classmethod
+    def empty(cls, layout: Layout, W: int, L: int, *, by_source: bool) -> _ReplicaTally:
+        G, S, Q = layout.groups, layout.num_slots, -(-layout.groups // layout.domain)
+        zeros = np.zeros
+        return cls(
+            groups=G,
+            domain=layout.domain,
+            recv=zeros((W, L, S), dtype=np.int64),
+            by_src=zeros((W, L, G, 8), dtype=np.int64),
+            by_dst=zeros((W, L, G, 4), dtype=np.int64),
+            tok=zeros((W, G, L, G), dtype=np.int64) if by_source else None,
+            dom=zeros((W, G, L, Q), dtype=np.int64) if by_source else None,
+        )
+
+    def add(
+        self,
+        li: int,
+        *,
+        w: np.ndarray,
+        s: np.ndarray,
+        g: np.ndarray,
+        slot: np.ndarray,
+        new: np.ndarray,
+        newq: np.ndarray | None,
+    ) -> None:
+        """Layer ``li``'s choices: step ``w``, source group ``s``, slot and its group ``g``, whether
+        each is its token's first to the group (``new``) and to the domain (``newq``)."""
+        G, D = self.groups, self.domain
+        W, S = self.recv.shape[0], self.recv.shape[2]
+        same = (g // D) == (s // D)
+        self.recv[:, li] += np.bincount(w * S + slot, minlength=W * S).reshape(W, S)
+        code = new + 2 * (g == s) + 4 * same
+        self.by_src[:, li] += np.bincount((w * G + s) * 8 + code, minlength=W * G * 8).reshape(W, G, 8)
+        code = new + 2 * same
+        self.by_dst[:, li] += np.bincount((w * G + g) * 4 + code, minlength=W * G * 4).reshape(W, G, 4)
+        if self.tok is not None and self.dom is not None and newq is not None:
+            Q = self.dom.shape[-1]
+            key = ((w * G + s) * G + g)[new]
+            self.tok[:, :, li] += np.bincount(key, minlength=W * G * G).reshape(W, G, G)
+            key = ((w * G + s) * Q + g // D)[newq]
+            self.dom[:, :, li] += np.bincount(key, minlength=W * G * Q).reshape(W, G, Q)
+
+    def totals(self) -> dict[str, np.ndarray]:
+        """``recv`` [W, L, S]; per source group [W, L, G] ``sent_pairs``, ``sent_tokens``,
+        ``own_pairs``, ``own_tokens``, ``local_sent_pairs``, ``local_sent_tokens``; per destination
+        group [W, L, G] ``recv_tokens``, ``local_recv_pairs``, ``local_recv_tokens``; with the
+        by-source tallies ``tok`` and ``dom``."""
+        src, dst = self.by_src, self.by_dst
+        out = {
+            "recv": self.recv,
+            "sent_pairs": src.sum(axis=-1),
+            "sent_tokens": src[..., 1::2].sum(axis=-1),
+            "own_pairs": src[..., [2, 3, 6, 7]].sum(axis=-1),
+            "own_tokens": src[..., [3, 7]].sum(axis=-1),
+            "local_sent_pairs": src[..., 4:].sum(axis=-1),
+            "local_sent_tokens": src[..., [5, 7]].sum(axis=-1),
+            "recv_tokens": dst[..., [1, 3]].sum(axis=-1),
+            "local_recv_pairs": dst[..., 2:].sum(axis=-1),
+            "local_recv_tokens": dst[..., 3],
+        }
+        if self.tok is not None and self.dom is not None:
+            out["tok"], out["dom"] = self.tok, self.dom
+        return out
+
+
 #: Choices sorted per part by :func:`_destinations` (the temporaries stay small).
 CHOICES_PER_PART = 1 << 18
 
@@ -686,16 +782,10 @@ class Workloads:
         depends on the token's source and its order in the dispatch: ``route_to_slots`` routes them
         per layer over every (step, epoch) dispatch at once, each dispatch's tokens in (source group,
         stream position) order, as the replay's counting routes them. A choice adds a token to its
-        group (``new``) when the group is neither among the token's single-slot destinations nor an
-        earlier replicated choice's. Returns ``recv`` [W, L, S]; per source group [W, L, G]
-        ``sent_pairs``, ``sent_tokens``, ``own_pairs``, ``own_tokens``, ``local_sent_pairs``,
-        ``local_sent_tokens``; per destination group [W, L, G] ``recv_tokens``, ``local_recv_pairs``,
-        ``local_recv_tokens``; with ``by_source`` also ``tok`` [W, G, L, G] (tokens per source and
-        destination group) and ``dom`` [W, G, L, domains] (tokens per source and destination domain)."""
-        G, D, L, S = layout.groups, layout.domain, self.L, layout.num_slots
-        spg, Q = layout.slots_per_group, -(-G // D)
-        total = W * G * B
-        pos = np.arange(total, dtype=np.int64)
+        group when the group is neither among the token's single-slot destinations nor an earlier
+        replicated choice's. The counts: :meth:`_ReplicaTally.totals`."""
+        G, D = layout.groups, layout.domain
+        pos = np.arange(W * G * B, dtype=np.int64)
         p = pos % self.N
         src = (pos // B) % G
         step = pos // (G * B)
@@ -703,22 +793,7 @@ class Workloads:
         epoch = self._epoch_of_token(layout.epochs)
         choices = self._replica_choices(layout)
         single = self._single_bits(layout)
-        recv = np.zeros((W, L, S), dtype=np.int64)
-        by_src = np.zeros((W, L, G, 8), dtype=np.int64)  # code: new + 2 (to itself) + 4 (own domain)
-        by_dst = np.zeros((W, L, G, 4), dtype=np.int64)  # code: new + 2 (from its own domain)
-        tok = np.zeros((W, G, L, G), dtype=np.int64) if by_source else None
-        dom = np.zeros((W, G, L, Q), dtype=np.int64) if by_source else None
-
-        def first_of_token(
-            value: np.ndarray, bits: np.ndarray, t: np.ndarray, which: np.ndarray, run: int
-        ) -> np.ndarray:
-            # not among the token's single-slot destinations (bit ``value`` of its [words] bits) ...
-            word = bits[t, value >> 6]
-            new = ((word >> (value & 63).astype(np.uint64)) & np.uint64(1)) == 0
-            for d in range(1, run):  # ... nor an earlier replicated choice's (a token's are consecutive)
-                new[d:] &= (which[d:] != which[:-d]) | (value[d:] != value[:-d])
-            return new
-
+        tally = _ReplicaTally.empty(layout, W, self.L, by_source=by_source)
         for ei, placement in enumerate(layout.epochs):
             rows = order if epoch is None else order[epoch[p[order]] == ei]
             if not rows.size:
@@ -737,38 +812,14 @@ class Workloads:
                 s, w = src_r[which], step_r[which]
                 experts = choices.experts[li][ci][:, None]
                 slot = route_to_slots(placement, layer, experts, s, D, dispatch=w)[:, 0]
-                g = slot // spg
-                t = tp[which]
-                run = int(c.max())
-                new = first_of_token(g, single.groups[li], t, which, run)
-                same = (g // D) == (s // D)
-                recv[:, li] += np.bincount(w * S + slot, minlength=W * S).reshape(W, S)
-                code = new + 2 * (g == s) + 4 * same
-                by_src[:, li] += np.bincount((w * G + s) * 8 + code, minlength=W * G * 8).reshape(W, G, 8)
-                code = new + 2 * same
-                by_dst[:, li] += np.bincount((w * G + g) * 4 + code, minlength=W * G * 4).reshape(W, G, 4)
-                if tok is not None and dom is not None and single.domains is not None:
-                    key = ((w * G + s) * G + g)[new]
-                    tok[:, :, li] += np.bincount(key, minlength=W * G * G).reshape(W, G, G)
-                    q = g // D
-                    newq = first_of_token(q, single.domains[li], t, which, run)
-                    key = ((w * G + s) * Q + q)[newq]
-                    dom[:, :, li] += np.bincount(key, minlength=W * G * Q).reshape(W, G, Q)
-        out = {
-            "recv": recv,
-            "sent_pairs": by_src.sum(axis=-1),
-            "sent_tokens": by_src[..., 1::2].sum(axis=-1),
-            "own_pairs": by_src[..., [2, 3, 6, 7]].sum(axis=-1),
-            "own_tokens": by_src[..., [3, 7]].sum(axis=-1),
-            "local_sent_pairs": by_src[..., 4:].sum(axis=-1),
-            "local_sent_tokens": by_src[..., [5, 7]].sum(axis=-1),
-            "recv_tokens": by_dst[..., [1, 3]].sum(axis=-1),
-            "local_recv_pairs": by_dst[..., 2:].sum(axis=-1),
-            "local_recv_tokens": by_dst[..., 3],
-        }
-        if tok is not None and dom is not None:
-            out["tok"], out["dom"] = tok, dom
-        return out
+                g = slot // layout.slots_per_group
+                t, run = tp[which], int(c.max())
+                new = _first_of_token(g, single.groups[li], t, which, run)
+                newq = None
+                if tally.dom is not None and single.domains is not None:
+                    newq = _first_of_token(g // D, single.domains[li], t, which, run)
+                tally.add(li, w=w, s=s, g=g, slot=slot, new=new, newq=newq)
+        return tally.totals()
 
     def _window_chains(self, layout: Layout, B: int, W: int) -> dict[str, _Chain]:
         """The chains a window of ``layout`` counts from: ``slots`` (V = slots), ``first`` (each
