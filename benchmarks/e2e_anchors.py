@@ -12,7 +12,10 @@ EP 32 without load balancing), placed with the deployment's policy and replayed.
 replayed with and without the mechanism (two-batch overlap; EPLB placement against contiguous
 experts without redundant copies), compared with the published gain (within 10 points).
 Nothing here is fitted: the presets' parameters come from kernel and communication tables
-(``tracekit calibrate``).
+(``tracekit calibrate``). Each anchor is priced with the kernels its engine ran: the analytic curves
+(fitted to DeepGEMM, FlashMLA and DeepEP, which the SGLang deployments ran), or a measured database of
+the engine's own kernels on its GPU where it names one (``timing``/``measured`` in the TOML; the
+analytic figure is then printed beside it).
 """
 
 from __future__ import annotations
@@ -131,6 +134,8 @@ def deployment(a: dict[str, Any], trace: Path, *, tbo: bool | None = None) -> De
         kv_len=kv,
         steps=None if decode else 1,
         aggregated=(a["isl"], a["osl"]) if a.get("aggregated") else None,
+        timing=a.get("timing", "analytic"),
+        measured=a.get("measured"),
     )
 
 
@@ -265,6 +270,12 @@ def main() -> None:
         if args.breakdown:
             parts = ", ".join(f"{k} {1e3 * v:.2f}" for k, v in o.breakdown.items() if v)
             print(f"    ms per step: {parts}")
+        if a.get("timing", "analytic") != "analytic":  # the engine's measured kernels; the curves beside
+            alt = run_anchor(dict(a, timing="analytic", measured=None), data["routing"], args.work)
+            print(
+                f"    {a['measured']} kernels above; with the analytic curves: {alt.predicted:,.0f} "
+                f"({100 * alt.error:+.1f}%)"
+            )
     for g in data.get("gain", []):
         if g["anchor"] not in anchors:
             continue
