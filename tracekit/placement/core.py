@@ -486,22 +486,25 @@ def route_to_slots(
         # j-th occurrence (in token order) within the candidate group (expert, case, scope).
         gid = table.group[cell[multi]]
         order = np.argsort(gid, kind="stable")  # radix sort when groups fit in 16 bits
+        disp = None
+        if dispatch is not None:  # candidate groups of different dispatches count apart
+            disp = np.repeat(np.asarray(dispatch, dtype=np.int64).reshape(-1), K)[multi]
+            low = int(disp.min())
+            top = int(disp.max()) - low
+            if top:  # then by dispatch, stably (a second radix pass when dispatches fit in 16 bits)
+                narrow = (disp - low).astype(
+                    np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int64
+                )
+                order = order[np.argsort(narrow[order], kind="stable")]
+            else:
+                disp = None
         sk = gid[order]
         first = np.empty(sk.size, dtype=bool)
         first[0] = True
         np.not_equal(sk[1:], sk[:-1], out=first[1:])
-        if dispatch is not None:  # candidate groups of different dispatches count apart
-            disp = np.repeat(np.asarray(dispatch, dtype=np.int64).reshape(-1), K)[multi]
-            top = int(disp.max()) - int(disp.min())
-            if top:  # then by dispatch, stably (a second radix pass when dispatches fit in 16 bits)
-                disp = disp - int(disp.min())
-                narrow = disp.astype(np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int64)
-                by_disp = np.argsort(narrow[order], kind="stable")
-                order = order[by_disp]
-                sk = sk[by_disp]
-                dk = disp[order]
-                np.not_equal(sk[1:], sk[:-1], out=first[1:])
-                first[1:] |= dk[1:] != dk[:-1]
+        if disp is not None:
+            dk = disp[order]
+            first[1:] |= dk[1:] != dk[:-1]
         idx = np.arange(sk.size, dtype=np.int64)
         group_start = np.maximum.accumulate(np.where(first, idx, 0))
         occ = np.empty(sk.size, dtype=np.int64)

@@ -143,7 +143,8 @@ def sweep_fast(
     """Every point re-timed on the fast path (``fast``: the trace's routing read and counted once per
     expert layout and batch, shared by the points): the rows of the full replay's sweep. Here, or
     over ``jobs`` processes, each opening the trace itself and given whole groups of points that
-    share counts (:func:`_groups`); one row per point in the order of ``points``."""
+    share counts (:func:`_groups`); one row per point in the order of ``points``. Each group's counts
+    are dropped when it is done (:meth:`FastReplay.release`, ``fast``'s too in one process)."""
     groups = _groups(points)
     jobs = min(jobs or os.cpu_count() or 1, len(groups))
     rows: list[dict[str, Any] | None] = [None] * len(points)

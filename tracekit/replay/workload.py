@@ -573,12 +573,12 @@ class Workloads:
                 out[ei, li, :E] = np.bincount(p.row(layer), minlength=E) > 1
         return out
 
-    def _per_choice(self, layout: Layout, table: np.ndarray, li: int) -> np.ndarray:
+    def _per_choice(self, table: np.ndarray, epoch: np.ndarray | None, li: int) -> np.ndarray:
         """``table[epoch, layer, expert]`` ([epochs, L, E + 1]) at every choice of the stream at trace
-        MoE layer ``li`` ([N, K]; a layer at a time, so that the temporaries stay small)."""
+        MoE layer ``li`` ([N, K]; a layer at a time, so that the temporaries stay small); ``epoch``:
+        each token's placement epoch (:meth:`_epoch_of_token`)."""
         ids = self.stream.expert_ids[:, li].astype(np.int32)
         ids[ids < 0] = self.stream.num_experts
-        epoch = self._epoch_of_token(layout.epochs)
         return table[0, li][ids] if epoch is None else table[epoch[:, None], li, ids]
 
     def slots(self, layout: Layout) -> np.ndarray:
@@ -598,8 +598,9 @@ class Workloads:
         if layout.replicated:
             table[self._replicated(layout)] = S
         out = np.empty((self.N, L, self.top_k), dtype=np.uint16 if S < 2**16 else np.int32)
+        epoch = self._epoch_of_token(epochs)
         for li in range(L):
-            out[:, li] = self._per_choice(layout, table, li)
+            out[:, li] = self._per_choice(table, epoch, li)
         self._slots[key] = out
         return out
 
@@ -636,11 +637,12 @@ class Workloads:
         got = self._replicas.get(key)
         if got is None:
             table = self._replicated(layout)
+            epoch = self._epoch_of_token(layout.epochs)
             N, L = self.N, self.L
             offsets = np.zeros((L, N + 1), dtype=np.int64)
             experts = []
             for li in range(L):
-                t, k = np.nonzero(self._per_choice(layout, table, li))
+                t, k = np.nonzero(self._per_choice(table, epoch, li))
                 experts.append(self.stream.expert_ids[t, li, k].astype(np.int64))
                 np.cumsum(np.bincount(t, minlength=N), out=offsets[li, 1:])
             got = self._replicas[key] = _ReplicaChoices(offsets=offsets, experts=tuple(experts))
